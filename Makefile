@@ -1,0 +1,44 @@
+# uplab: two commands set everything up. `make reproduce-table` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TABLE  ?= toy
+
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup test lint reproduce-table sweep bench gpu-check cost clean
+
+setup: $(STAMP)
+
+# Re-install only when the package definition changes, so a second `make test` is fast.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests scripts
+
+reproduce-table: setup
+	$(PY) scripts/reproduce_table.py --table $(TABLE)
+
+sweep: setup
+	$(VENV)/bin/uplab-train -m hparams_search=toy_seg_upsampler
+
+bench: setup
+	$(PY) scripts/bench_ops.py
+
+gpu-check:
+	bash scripts/gpu_check.sh
+
+cost: setup
+	$(VENV)/bin/uplab-cost
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache .hypothesis

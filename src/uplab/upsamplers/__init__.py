@@ -1,0 +1,10 @@
+"""Every upsampler as a drop-in ``nn.Module``: ``build(name, in_channels, scale=2, **kw)``.
+
+One file per operator family; importing this package registers them all.
+"""
+
+from uplab.upsamplers import basic  # noqa: F401  (registers nearest, bilinear, deconv, pixelshuffle)
+from uplab.upsamplers.base import Upsampler
+from uplab.upsamplers.registry import available, build, is_guided, register
+
+__all__ = ["Upsampler", "available", "build", "is_guided", "register"]

@@ -1,0 +1,62 @@
+"""Name → constructor registry, in the manner of timm's ``create_model``.
+
+``build(name, in_channels, scale=2, **kw)`` drops keyword arguments set to ``None`` so configs can
+leave options out, and an unknown name lists what is available.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str) -> Callable:
+    """Decorator: register an upsampler class or factory under ``name``."""
+
+    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"upsampler {name!r} is registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def available() -> list[str]:
+    """Names of all registered upsamplers, sorted."""
+    return sorted(_REGISTRY)
+
+
+def is_guided(name: str) -> bool:
+    """Whether the upsampler registered as ``name`` needs ``guide`` in its forward."""
+    return bool(getattr(_lookup(name), "guided", False))
+
+
+def _lookup(name: str) -> Callable[..., nn.Module]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown upsampler {name!r}; available: {', '.join(available())}"
+        ) from None
+
+
+def build(name: str, in_channels: int, scale: int = 2, **kwargs) -> nn.Module:
+    """Build the upsampler registered as ``name``.
+
+    Args:
+        name: a name from :func:`available`.
+        in_channels: channels of the low-resolution decoder feature.
+        scale: integer upsampling ratio.
+        **kwargs: the upsampler's own options; ``None`` values are dropped.
+
+    Example:
+        >>> up = build("sapa_b", in_channels=64, embedding_dim=32)
+        >>> up(torch.randn(1, 64, 8, 8), guide=torch.randn(1, 64, 16, 16)).shape
+        torch.Size([1, 64, 16, 16])
+    """
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    return _lookup(name)(in_channels=in_channels, scale=scale, **kwargs)
