@@ -44,13 +44,21 @@ def _lookup(name: str) -> Callable[..., nn.Module]:
         ) from None
 
 
-def build(name: str, in_channels: int, scale: int = 2, **kwargs) -> nn.Module:
+def build(
+    name: str, in_channels: int, scale: int = 2, guide_channels: int | None = None, **kwargs
+) -> nn.Module:
     """Build the upsampler registered as ``name``.
+
+    Decoders call every upsampler the same way, ``build(name, in_channels, scale,
+    guide_channels=...)``; ``guide_channels`` reaches guided upsamplers only, so unguided ones
+    need not know about it.
 
     Args:
         name: a name from :func:`available`.
         in_channels: channels of the low-resolution decoder feature.
         scale: integer upsampling ratio.
+        guide_channels: channels of the high-resolution encoder feature (guided upsamplers;
+            default ``in_channels``).
         **kwargs: the upsampler's own options; ``None`` values are dropped.
 
     Example:
@@ -59,4 +67,7 @@ def build(name: str, in_channels: int, scale: int = 2, **kwargs) -> nn.Module:
         torch.Size([1, 64, 16, 16])
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    return _lookup(name)(in_channels=in_channels, scale=scale, **kwargs)
+    factory = _lookup(name)
+    if guide_channels is not None and getattr(factory, "guided", False):
+        kwargs["guide_channels"] = guide_channels
+    return factory(in_channels=in_channels, scale=scale, **kwargs)
