@@ -1,0 +1,123 @@
+"""Matting errors vs the released MATLAB evaluation (golden) and vs hand-computed values."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from uplab.metrics.matting import (
+    MattingMetrics,
+    connectivity_error,
+    gaussian_derivative_filters,
+    gradient_error,
+    matting_errors,
+    mse_error,
+    sad_error,
+)
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+def _golden_cases():
+    arrays = np.load(FIXTURES / "matting_metrics.npz")
+    expected = json.loads((FIXTURES / "matting_metrics.json").read_text())
+    return [
+        (arrays[f"pred{i}"], arrays[f"gt{i}"], arrays[f"trimap{i}"], expected[i])
+        for i in sorted(expected)
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_matches_released_matlab_evaluation(case):
+    pred, gt, trimap, expected = _golden_cases()[case]
+    errors = matting_errors(pred, gt, trimap)
+    assert set(errors) == {"sad", "mse", "grad", "conn"}
+    for key, value in expected.items():
+        assert errors[key] == pytest.approx(value, rel=1e-6), key
+
+
+def test_sad_and_mse_by_hand():
+    # Unknown region: the two pixels of the top row. |255-0|/255 + |51-0|/255 = 1 + 0.2 = 1.2,
+    # SAD/1000 = 1.2e-3; squares: 1 + 0.04 over 2 pixels -> MSE 0.52. The bottom row is known.
+    pred = np.array([[255, 51], [200, 0]], np.uint8)
+    gt = np.array([[0, 0], [0, 0]], np.uint8)
+    trimap = np.array([[128, 128], [0, 255]], np.uint8)
+    assert sad_error(pred, gt, trimap) == pytest.approx(1.2e-3, rel=1e-6)
+    assert mse_error(pred, gt, trimap) == pytest.approx(0.52, rel=1e-6)
+
+
+def test_mse_of_empty_unknown_region_is_zero():
+    a = np.zeros((3, 3), np.uint8)
+    assert mse_error(a, a + 1, np.zeros((3, 3), np.uint8)) == 0.0
+
+
+def test_gradient_filter_is_the_9x9_unit_norm_derivative_of_gaussian():
+    # halfsize = ceil(1.4 * sqrt(-2 ln(sqrt(2 pi) * 1.4 * 0.01))) = ceil(1.4 * 2.588) = ceil(3.62) = 4;
+    # the derivative is odd along x, even along y, and the filter has unit L2 norm.
+    hx, hy = gaussian_derivative_filters(1.4)
+    assert hx.shape == (9, 9)
+    np.testing.assert_allclose(hy, hx.T)
+    assert np.sum(hx**2) == pytest.approx(1.0)
+    np.testing.assert_allclose(hx[:, ::-1], -hx)
+    np.testing.assert_allclose(hx[::-1, :], hx)
+    assert hx[4, 3] > 0  # -x g(x) is positive left of the centre
+
+
+def test_gradient_error_is_zero_for_equal_mattes_and_for_a_scaled_copy():
+    # mat2gray removes any affine rescaling, so a matte and its half-intensity copy agree.
+    rng = np.random.default_rng(0)
+    gt = (2 * rng.integers(0, 128, (12, 12))).astype(np.uint8)
+    gt[0, 0], gt[0, 1] = 0, 254  # so mat2gray divides both by their max: 254 and 127
+    trimap = np.full((12, 12), 128, np.uint8)
+    assert gradient_error(gt, gt, trimap) == 0.0
+    assert gradient_error(gt // 2, gt, trimap) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_connectivity_by_hand():
+    # gt is fully opaque (every threshold's component is the whole image only where pred also
+    # passes). pred = [[255, 0]]: at t = 0.1 the largest component of pred & gt is the left pixel,
+    # so the right pixel gets level l = 0 and the left keeps l = 1 (never leaves).
+    # Right pixel: pred d = 0 - 0 = 0 < 0.15 -> phi = 1; gt d = 1 - 0 = 1 -> phi = 0; |1 - 0| = 1.
+    # Left pixel: d = 1 - 1 = 0 for both -> phi equal. Conn = 1 / 1000.
+    pred = np.array([[255, 0]], np.uint8)
+    gt = np.array([[255, 255]], np.uint8)
+    trimap = np.full((1, 2), 128, np.uint8)
+    assert connectivity_error(pred, gt, trimap) == pytest.approx(1e-3, rel=1e-6)
+
+
+def test_connectivity_tie_picks_first_component_in_column_major_order():
+    # pred has two one-pixel components, A = (0, 2) (first in row-major order) and B = (1, 0)
+    # (first in MATLAB's column-major order); gt has A = 102 (0.4) and B = 204 (0.8).
+    # For t = 0.1..0.4 both pass and tie in size; MATLAB keeps B. So at t = 0.1 every pixel but B
+    # gets level 0; B passes until t = 0.8, then the set is empty (skipped), so B ends at level 1.
+    #   A: pred d = 1 - 0 -> phi 0; gt d = 0.4 -> phi 0.6; |.| = 0.6.
+    #   B: pred d = 0 -> phi 1; gt d = -0.2 -> phi 1; |.| = 0. Zeros: d = 0 for both.
+    # Conn = 0.6 / 1000. Keeping A instead would give A level 0.4 (|0.4 - 1| = 0.6) and B level 0
+    # (|0 - 0.2| = 0.2): 0.8 / 1000.
+    pred = np.array([[0, 0, 255], [255, 0, 0]], np.uint8)
+    gt = np.array([[0, 0, 102], [204, 0, 0]], np.uint8)
+    trimap = np.full(pred.shape, 128, np.uint8)
+    assert connectivity_error(pred, gt, trimap) == pytest.approx(0.6e-3, rel=1e-6)
+
+
+def test_rejects_non_uint8_and_mismatched_shapes():
+    a = np.zeros((4, 4), np.uint8)
+    with pytest.raises(ValueError, match="uint8"):
+        matting_errors(a.astype(np.float32), a, a)
+    with pytest.raises(ValueError, match="shape"):
+        matting_errors(a, np.zeros((4, 5), np.uint8), a)
+
+
+def test_metric_averages_per_image_errors():
+    # Image 1: alpha 1 vs 0 on a fully unknown 2x2 -> SAD 4/1000, MSE 1. Image 2: exact -> 0.
+    # Mean over the two images: SAD 2e-3, MSE 0.5.
+    pred = torch.stack([torch.ones(1, 2, 2), torch.zeros(1, 2, 2)])
+    alpha = torch.zeros(2, 1, 2, 2)
+    trimap = torch.full((2, 1, 2, 2), 0.5)
+    metric = MattingMetrics()
+    metric.update(pred, alpha, trimap)
+    result = metric.compute()
+    assert result["sad"].item() == pytest.approx(2e-3)
+    assert result["mse"].item() == pytest.approx(0.5)
