@@ -1,0 +1,162 @@
+// SAPA's local similarity (Lu et al., NeurIPS 2022, Eq. 4 before the softmax), with channel groups:
+//
+//   out[b, g*K*K + ky*K + kx, Y, X] = sum_{c in group g} query[b, c, Y, X]
+//                                                        * key[b, c, Y/s - r + ky, X/s - r + kx]
+//
+// with r = (K-1)/2; a neighbour outside the map contributes 0 (the logit stays 0, as in the
+// released SAPA kernels).
+//
+// window_dot<T>  local_similarity forward (groups = 1); also carafe's grad_masks, with
+//                query = grad_out and key = features (groups = carafe's groups).
+// local_similarity's grad_query and grad_key are reassemble<T> and reassemble_transpose<T> in
+// carafe.cu (masks = grad_sim, features = key, grad_out = query).
+//
+// A gather: every output element is owned by one thread that sums over channels in a fixed
+// order, so there are no atomics and two runs give bit-identical results.
+//
+// Sizes (all kernel arguments): query [B, C, sH, sW], key [B, C, H, W], out [B, G*K*K, sH, sW].
+#include "uplab_scalar.cuh"
+
+// Channels whose query values a thread holds in registers at once (4 pixels each).
+#define WINDOW_DOT_CHANNELS 8
+
+// One thread owns a 2x2 quad of output pixels and k_per_block window offsets. For each chunk of
+// WINDOW_DOT_CHANNELS channels the quad's query values are loaded once into registers and reused
+// for every offset; with an even scale the quad shares one parent, so each key load feeds four
+// FMAs. The running sums live in shared memory (the number of offsets is a run-time size, so they
+// cannot be registers); each thread touches only its own entries, so no barrier is needed.
+// Splitting the offsets over grid.y (k_per_block) gives small images enough blocks without a
+// cross-block reduction.
+template <typename T, bool kQuadSharesParent>
+__device__ __forceinline__ void window_dot_quad(
+    const T* __restrict__ query, const T* __restrict__ key, typename AccOf<T>::type* sums,
+    int sums_stride, int n_channels, int height, int width, int kernel_size, int scale, int k_begin, int n_k,
+    int Y, int X) {
+    typedef typename AccOf<T>::type acc_t;
+    const int out_h = height * scale, out_w = width * scale;
+    const long long in_plane = (long long)height * width;
+    const long long out_plane = (long long)out_h * out_w;
+    const int r = (kernel_size - 1) / 2;
+    const bool has_right = X + 1 < out_w, has_below = Y + 1 < out_h;
+    const int sy0 = Y / scale, sx0 = X / scale;
+    const int sy1 = kQuadSharesParent ? sy0 : (Y + 1) / scale;
+    const int sx1 = kQuadSharesParent ? sx0 : (X + 1) / scale;
+    const long long q_off = (long long)Y * out_w + X;
+
+    for (int c0 = 0; c0 < n_channels; c0 += WINDOW_DOT_CHANNELS) {
+        const int nc = min(WINDOW_DOT_CHANNELS, n_channels - c0);
+        acc_t q[WINDOW_DOT_CHANNELS][4];
+#pragma unroll
+        for (int cc = 0; cc < WINDOW_DOT_CHANNELS; ++cc) {
+            const T* qc = query + (c0 + cc) * out_plane + q_off;
+            const bool ok = cc < nc;
+            q[cc][0] = ok ? to_acc(qc[0]) : acc_t(0);
+            q[cc][1] = ok && has_right ? to_acc(qc[1]) : acc_t(0);
+            q[cc][2] = ok && has_below ? to_acc(qc[out_w]) : acc_t(0);
+            q[cc][3] = ok && has_right && has_below ? to_acc(qc[out_w + 1]) : acc_t(0);
+        }
+        const T* kc = key + c0 * in_plane;
+        for (int i = 0; i < n_k; ++i) {
+            const int k = k_begin + i;
+            const int ky = k / kernel_size, kx = k - ky * kernel_size;
+            const int y0 = sy0 - r + ky, y1 = sy1 - r + ky;
+            const int x0 = sx0 - r + kx, x1 = sx1 - r + kx;
+            const bool v00 = inside(y0, height) && inside(x0, width);
+            acc_t p0 = acc_t(0), p1 = acc_t(0), p2 = acc_t(0), p3 = acc_t(0);
+            if (kQuadSharesParent) {
+                if (!v00) continue;
+                const long long off = (long long)y0 * width + x0;
+#pragma unroll
+                for (int cc = 0; cc < WINDOW_DOT_CHANNELS; ++cc) {
+                    if (cc < nc) {
+                        const acc_t v = to_acc(kc[cc * in_plane + off]);
+                        p0 += q[cc][0] * v;
+                        p1 += q[cc][1] * v;
+                        p2 += q[cc][2] * v;
+                        p3 += q[cc][3] * v;
+                    }
+                }
+            } else {
+                const bool v01 = inside(y0, height) && inside(x1, width);
+                const bool v10 = inside(y1, height) && inside(x0, width);
+                const bool v11 = inside(y1, height) && inside(x1, width);
+                const long long o00 = (long long)y0 * width + x0, o01 = (long long)y0 * width + x1;
+                const long long o10 = (long long)y1 * width + x0, o11 = (long long)y1 * width + x1;
+#pragma unroll
+                for (int cc = 0; cc < WINDOW_DOT_CHANNELS; ++cc) {
+                    if (cc < nc) {
+                        const T* kcc = kc + cc * in_plane;
+                        if (v00) p0 += q[cc][0] * to_acc(kcc[o00]);
+                        if (v01) p1 += q[cc][1] * to_acc(kcc[o01]);
+                        if (v10) p2 += q[cc][2] * to_acc(kcc[o10]);
+                        if (v11) p3 += q[cc][3] * to_acc(kcc[o11]);
+                    }
+                }
+            }
+            acc_t* s = sums + 4 * i * sums_stride;
+            s[0] += p0;
+            s[sums_stride] += p1;
+            s[2 * sums_stride] += p2;
+            s[3 * sums_stride] += p3;
+        }
+    }
+}
+
+// Grid: x = output tiles of (2*blockDim.x) x (2*blockDim.y) pixels, y = chunks of k_per_block
+// window offsets, z = batch * groups. Dynamic shared memory: k_per_block * 4 * blockDim.x *
+// blockDim.y accumulator-typed running sums, laid out [offset][quad pixel][thread] so that a warp's
+// lanes hit consecutive banks.
+template <typename T>
+__global__ void window_dot(const T* __restrict__ query, const T* __restrict__ key,
+                           T* __restrict__ out, int channels, int height, int width,
+                           int kernel_size, int scale, int groups, int k_per_block) {
+    typedef typename AccOf<T>::type acc_t;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+
+    const int kk = kernel_size * kernel_size;
+    const int out_h = height * scale, out_w = width * scale;
+    const long long out_plane = (long long)out_h * out_w;
+    const int tile_w = 2 * blockDim.x, tile_h = 2 * blockDim.y;
+    const int tiles_x = (out_w + tile_w - 1) / tile_w;
+    const int Y = (blockIdx.x / tiles_x) * tile_h + 2 * threadIdx.y;
+    const int X = (blockIdx.x % tiles_x) * tile_w + 2 * threadIdx.x;
+    const int b = blockIdx.z / groups, g = blockIdx.z % groups;
+    const int group_channels = channels / groups;
+    const int k_begin = blockIdx.y * k_per_block;
+    const int n_k = min(k_per_block, kk - k_begin);
+    if (Y >= out_h || X >= out_w || n_k <= 0) return;
+
+    const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+    const int n_threads = blockDim.x * blockDim.y;
+    acc_t* sums = reinterpret_cast<acc_t*>(smem_raw) + tid;
+    for (int i = 0; i < 4 * n_k; ++i) sums[i * n_threads] = acc_t(0);
+
+    const long long first_channel = (long long)b * channels + (long long)g * group_channels;
+    const T* q = query + first_channel * out_plane;
+    const T* kb = key + first_channel * height * width;
+    if (scale % 2 == 0) {
+        window_dot_quad<T, true>(q, kb, sums, n_threads, group_channels, height, width, kernel_size, scale,
+                                 k_begin, n_k, Y, X);
+    } else {
+        window_dot_quad<T, false>(q, kb, sums, n_threads, group_channels, height, width, kernel_size, scale,
+                                  k_begin, n_k, Y, X);
+    }
+
+    const bool has_right = X + 1 < out_w, has_below = Y + 1 < out_h;
+    T* o = out + (((long long)b * groups + g) * kk + k_begin) * out_plane + (long long)Y * out_w + X;
+    for (int i = 0; i < n_k; ++i) {
+        T* oi = o + i * out_plane;
+        const acc_t* s = sums + 4 * i * n_threads;
+        const acc_t s0 = s[0], s1 = s[n_threads], s2 = s[2 * n_threads], s3 = s[3 * n_threads];
+        if (scale % 2 == 0) {
+            // Even scale: even output width and height, so the whole quad is inside.
+            store_pair(oi, s0, s1);
+            store_pair(oi + out_w, s2, s3);
+        } else {
+            oi[0] = from_acc<T>(s0);
+            if (has_right) oi[1] = from_acc<T>(s1);
+            if (has_below) oi[out_w] = from_acc<T>(s2);
+            if (has_right && has_below) oi[out_w + 1] = from_acc<T>(s3);
+        }
+    }
+}

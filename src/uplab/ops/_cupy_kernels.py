@@ -1,0 +1,262 @@
+"""Run the CUDA C++ kernels of ``kernels/*.cu`` on PyTorch tensors through CuPy (NVRTC).
+
+Three kernels serve both ops (see the header comments of the ``.cu`` files):
+
+- :func:`reassemble`: CARAFE forward, and local similarity's gradient w.r.t. the query;
+- :func:`reassemble_transpose`: CARAFE's gradient w.r.t. the features, and local similarity's
+  gradient w.r.t. the key;
+- :func:`window_dot`: local similarity forward, and CARAFE's gradient w.r.t. the masks.
+
+Sources are compiled once per (file, storage type, device) and memoized; every size is a kernel
+argument, so new shapes never recompile. Launches go to PyTorch's current stream on the tensor's
+device. CuPy is imported lazily, so this module imports (and its launch arithmetic is testable)
+without it. Callers pass contiguous tensors of one dtype on one CUDA device.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+KERNEL_FILES = {
+    "carafe.cu": ("reassemble", "reassemble_transpose"),
+    "local_similarity.cu": ("window_dot",),
+}
+HEADER = "uplab_scalar.cuh"
+SCALAR_TYPES = {
+    torch.float32: "float",
+    torch.float64: "double",
+    torch.float16: "half_t",
+    torch.bfloat16: "bfloat16_t",
+}
+NVRTC_OPTIONS = ("--std=c++17",)
+
+# Channels (or quads) per thread, as #defined in the .cu files.
+REASSEMBLE_CHANNELS = 8
+TRANSPOSE_CHANNELS = 16
+# Default dynamic shared memory a block may use without opting in (all CUDA GPUs since sm_20).
+SHARED_MEMORY_LIMIT = 48 * 1024
+MAX_GRID_YZ = 65535
+# Enough blocks per SM to hide memory latency; more only adds per-block staging.
+BLOCKS_PER_SM = 32
+
+
+def kernel_dir() -> Path:
+    """Folder holding the ``.cu`` files: ``uplab/_kernels`` in a wheel, ``<repo>/kernels`` in a
+    source checkout."""
+    packaged = resources.files("uplab") / "_kernels"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    source_tree = Path(__file__).resolve().parents[3] / "kernels"
+    if source_tree.is_dir():
+        return source_tree
+    raise FileNotFoundError(
+        f"uplab's CUDA sources are missing: looked for {packaged} and {source_tree}"
+    )
+
+
+def kernel_source(file: str) -> str:
+    """The file's source with the shared header inlined, so NVRTC needs no include path and
+    CuPy's compile cache sees every byte that is compiled."""
+    folder = kernel_dir()
+    header = (folder / HEADER).read_text()
+    return (folder / file).read_text().replace(f'#include "{HEADER}"', header)
+
+
+def name_expressions(file: str, scalar: str) -> tuple[str, ...]:
+    """The template instantiations of ``file`` for one storage type, e.g. ``reassemble<float>``."""
+    return tuple(f"{kernel}<{scalar}>" for kernel in KERNEL_FILES[file])
+
+
+def scalar_type(dtype: torch.dtype) -> str:
+    if dtype not in SCALAR_TYPES:
+        raise ValueError(
+            f"the CUDA kernels take {sorted(str(d) for d in SCALAR_TYPES)}, got {dtype}"
+        )
+    return SCALAR_TYPES[dtype]
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Grid and block shape, dynamic shared memory in bytes, and the per-block work split
+    (channels per block, or window offsets per block for :func:`window_dot`)."""
+
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    shared_mem: int
+    per_block: int
+
+
+def _check_batch_groups(batch: int, groups: int) -> None:
+    if batch * groups > MAX_GRID_YZ:
+        raise ValueError(
+            f"the CUDA kernels take batch * groups <= {MAX_GRID_YZ}, got {batch} * {groups}; "
+            "split the batch or use backend='torch'"
+        )
+
+
+def _quad_tiles(out_h: int, out_w: int, block: tuple[int, int]) -> int:
+    return math.ceil(out_w / (2 * block[0])) * math.ceil(out_h / (2 * block[1]))
+
+
+def _split(total: int, parts_wanted: int, multiple: int) -> int:
+    """Items per part when ``total`` is split into about ``parts_wanted`` parts, rounded up to a
+    multiple of ``multiple`` (the per-thread register chunk)."""
+    parts = max(1, min(parts_wanted, math.ceil(total / multiple)))
+    return math.ceil(math.ceil(total / parts) / multiple) * multiple
+
+
+def reassemble_config(
+    batch: int, channels: int, height: int, width: int, kernel_size: int, scale: int,
+    groups: int, acc_bytes: int, n_sm: int,
+) -> LaunchConfig:
+    """Launch of ``reassemble``: 2x2 output quads per thread, the block's K*K masks in shared
+    memory (the largest block whose masks fit), channels split over grid.y until the GPU is full."""
+    _check_batch_groups(batch, groups)
+    kk = kernel_size**2
+    for block in ((16, 4), (16, 2), (8, 2), (8, 1), (4, 1), (2, 1), (1, 1)):
+        shared_mem = kk * 4 * block[0] * block[1] * acc_bytes
+        if shared_mem <= SHARED_MEMORY_LIMIT:
+            break
+    else:
+        raise ValueError(
+            f"kernel_size={kernel_size} is too large for the CUDA carafe kernel (its masks need "
+            f"{shared_mem} bytes of shared memory per block, at most {SHARED_MEMORY_LIMIT}); "
+            "use backend='torch'"
+        )
+    tiles = _quad_tiles(height * scale, width * scale, block)
+    wanted = math.ceil(BLOCKS_PER_SM * n_sm / (tiles * batch * groups))
+    per_block = _split(channels // groups, wanted, REASSEMBLE_CHANNELS)
+    chunks = math.ceil(channels // groups / per_block)
+    return LaunchConfig((tiles, chunks, batch * groups), (*block, 1), shared_mem, per_block)
+
+
+def reassemble_transpose_config(
+    batch: int, channels: int, height: int, width: int, groups: int, n_sm: int
+) -> LaunchConfig:
+    """Launch of ``reassemble_transpose``: one low-resolution point per thread, 32 x 4 blocks."""
+    _check_batch_groups(batch, groups)
+    block = (32, 4)
+    tiles = math.ceil(width / block[0]) * math.ceil(height / block[1])
+    wanted = math.ceil(BLOCKS_PER_SM // 2 * n_sm / (tiles * batch * groups))
+    per_block = _split(channels // groups, wanted, TRANSPOSE_CHANNELS)
+    chunks = math.ceil(channels // groups / per_block)
+    return LaunchConfig((tiles, chunks, batch * groups), (*block, 1), 0, per_block)
+
+
+def window_dot_config(
+    batch: int, height: int, width: int, kernel_size: int, scale: int, groups: int,
+    acc_bytes: int, n_sm: int,
+) -> LaunchConfig:
+    """Launch of ``window_dot``: 2x2 output quads per thread, window offsets split over grid.y
+    both to bound the shared-memory running sums and to fill the GPU on small images."""
+    _check_batch_groups(batch, groups)
+    block = (16, 4)
+    threads = block[0] * block[1]
+    kk = kernel_size**2
+    tiles = _quad_tiles(height * scale, width * scale, block)
+    wanted = math.ceil(BLOCKS_PER_SM * n_sm / (tiles * batch * groups))
+    fit = SHARED_MEMORY_LIMIT // (4 * threads * acc_bytes)
+    per_block = min(_split(kk, wanted, 1), fit)
+    chunks = math.ceil(kk / per_block)
+    shared_mem = per_block * 4 * threads * acc_bytes
+    return LaunchConfig((tiles, chunks, batch * groups), (*block, 1), shared_mem, per_block)
+
+
+def _acc_bytes(dtype: torch.dtype) -> int:
+    return 8 if dtype == torch.float64 else 4
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(file: str, scalar: str, device_index: int) -> dict:
+    """Compile ``file`` for one storage type on one device; kernels by name. Memoized."""
+    import cupy
+
+    expressions = name_expressions(file, scalar)
+    with cupy.cuda.Device(device_index):
+        module = cupy.RawModule(
+            code=kernel_source(file), options=NVRTC_OPTIONS, name_expressions=expressions
+        )
+        return {e.split("<")[0]: module.get_function(e) for e in expressions}
+
+
+def _launch(kernel: str, file: str, config: LaunchConfig, tensors, ints) -> None:
+    """Launch ``kernel`` on PyTorch's current stream under the first tensor's device."""
+    import cupy
+    import numpy as np
+
+    device = tensors[0].device
+    function = _compiled(file, scalar_type(tensors[0].dtype), device.index)[kernel]
+    args = tuple(np.uint64(t.data_ptr()) for t in tensors) + tuple(np.int32(i) for i in ints)
+    with cupy.cuda.Device(device.index):
+        stream = cupy.cuda.ExternalStream(
+            torch.cuda.current_stream(device).cuda_stream, device.index
+        )
+        function(config.grid, config.block, args, shared_mem=config.shared_mem, stream=stream)
+
+
+def reassemble(
+    features: torch.Tensor, masks: torch.Tensor, kernel_size: int, scale: int, groups: int
+) -> torch.Tensor:
+    """``out[b,c,Y,X] = sum_k masks[b,g*K*K+k,Y,X] * features[b,c,Y//s-r+ky,X//s-r+kx]``."""
+    b, c, h, w = features.shape
+    out = features.new_empty(b, c, h * scale, w * scale)
+    if out.numel() == 0:
+        return out
+    config = reassemble_config(
+        b, c, h, w, kernel_size, scale, groups, _acc_bytes(features.dtype),
+        _multiprocessors(features.device.index),
+    )
+    _launch(
+        "reassemble", "carafe.cu", config, (features, masks, out),
+        (c, h, w, kernel_size, scale, groups, config.per_block),
+    )
+    return out
+
+
+def reassemble_transpose(
+    grad_out: torch.Tensor, masks: torch.Tensor, kernel_size: int, scale: int, groups: int
+) -> torch.Tensor:
+    """The adjoint of :func:`reassemble` in its features: ``[B, C, sH, sW] -> [B, C, H, W]``."""
+    b, c, out_h, out_w = grad_out.shape
+    h, w = out_h // scale, out_w // scale
+    grad_features = grad_out.new_empty(b, c, h, w)
+    if grad_features.numel() == 0:
+        return grad_features
+    config = reassemble_transpose_config(
+        b, c, h, w, groups, _multiprocessors(grad_out.device.index)
+    )
+    _launch(
+        "reassemble_transpose", "carafe.cu", config, (grad_out, masks, grad_features),
+        (c, h, w, kernel_size, scale, groups, config.per_block),
+    )
+    return grad_features
+
+
+def window_dot(
+    query: torch.Tensor, key: torch.Tensor, kernel_size: int, scale: int, groups: int
+) -> torch.Tensor:
+    """``out[b,g*K*K+k,Y,X] = sum_{c in g} query[b,c,Y,X] * key[b,c,Y//s-r+ky,X//s-r+kx]``."""
+    b, c, h, w = key.shape
+    out = query.new_empty(b, groups * kernel_size**2, h * scale, w * scale)
+    if out.numel() == 0:
+        return out
+    config = window_dot_config(
+        b, h, w, kernel_size, scale, groups, _acc_bytes(query.dtype),
+        _multiprocessors(query.device.index),
+    )
+    _launch(
+        "window_dot", "local_similarity.cu", config, (query, key, out),
+        (c, h, w, kernel_size, scale, groups, config.per_block),
+    )
+    return out
