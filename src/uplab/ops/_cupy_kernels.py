@@ -172,12 +172,12 @@ def _acc_bytes(dtype: torch.dtype) -> int:
     return 8 if dtype == torch.float64 else 4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(file: str, scalar: str, device_index: int) -> dict:
     """Compile ``file`` for one storage type on one device; kernels by name. Memoized."""
     import cupy
