@@ -130,7 +130,7 @@ def reassemble_config(
             "use backend='torch'"
         )
     tiles = _quad_tiles(height * scale, width * scale, block)
-    wanted = math.ceil(BLOCKS_PER_SM * n_sm / (tiles * batch * groups))
+    wanted = BLOCKS_PER_SM * n_sm // (tiles * batch * groups)
     per_block = _split(channels // groups, wanted, REASSEMBLE_CHANNELS)
     chunks = math.ceil(channels // groups / per_block)
     return LaunchConfig((tiles, chunks, batch * groups), (*block, 1), shared_mem, per_block)
@@ -143,7 +143,7 @@ def reassemble_transpose_config(
     _check_batch_groups(batch, groups)
     block = (32, 4)
     tiles = math.ceil(width / block[0]) * math.ceil(height / block[1])
-    wanted = math.ceil(BLOCKS_PER_SM // 2 * n_sm / (tiles * batch * groups))
+    wanted = BLOCKS_PER_SM // 2 * n_sm // (tiles * batch * groups)
     per_block = _split(channels // groups, wanted, TRANSPOSE_CHANNELS)
     chunks = math.ceil(channels // groups / per_block)
     return LaunchConfig((tiles, chunks, batch * groups), (*block, 1), 0, per_block)
@@ -160,7 +160,7 @@ def window_dot_config(
     threads = block[0] * block[1]
     kk = kernel_size**2
     tiles = _quad_tiles(height * scale, width * scale, block)
-    wanted = math.ceil(BLOCKS_PER_SM * n_sm / (tiles * batch * groups))
+    wanted = BLOCKS_PER_SM * n_sm // (tiles * batch * groups)
     fit = SHARED_MEMORY_LIMIT // (4 * threads * acc_bytes)
     per_block = min(_split(kk, wanted, 1), fit)
     chunks = math.ceil(kk / per_block)

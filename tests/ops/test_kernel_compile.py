@@ -1,0 +1,180 @@
+"""The CUDA sources compile for sm_80 and sm_90 with every template instantiation (NVRTC from
+``cuda.bindings`` and ``nvcc -ptx``, whichever is present; no GPU needed), and the launch
+geometry of :mod:`uplab.ops._cupy_kernels` covers every output exactly once."""
+
+import importlib.util
+import math
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from uplab.ops import _cupy_kernels as kernels
+
+ARCHS = (80, 90)
+FILES = sorted(kernels.KERNEL_FILES)
+NVCC = shutil.which("nvcc")
+HAS_NVRTC = importlib.util.find_spec("cuda") is not None and (
+    importlib.util.find_spec("cuda.bindings") is not None
+)
+
+
+def _all_expressions(file):
+    return [
+        e
+        for scalar in kernels.SCALAR_TYPES.values()
+        for e in kernels.name_expressions(file, scalar)
+    ]
+
+
+def _nvrtc_ptx(file, arch):
+    from cuda.bindings import nvrtc
+
+    def ok(result):
+        err, *rest = result
+        assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, f"{file}: {err}"
+        return rest[0] if rest else None
+
+    prog = ok(
+        nvrtc.nvrtcCreateProgram(kernels.kernel_source(file).encode(), file.encode(), 0, [], [])
+    )
+    try:
+        expressions = _all_expressions(file)
+        for expression in expressions:
+            ok(nvrtc.nvrtcAddNameExpression(prog, expression.encode()))
+        options = [o.encode() for o in kernels.NVRTC_OPTIONS] + [
+            f"--gpu-architecture=compute_{arch}".encode()
+        ]
+        (err,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
+        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            size = ok(nvrtc.nvrtcGetProgramLogSize(prog))
+            log = b" " * size
+            nvrtc.nvrtcGetProgramLog(prog, log)
+            pytest.fail(
+                f"NVRTC failed on {file} for compute_{arch}:\n{log.decode(errors='replace')}"
+            )
+        lowered = [ok(nvrtc.nvrtcGetLoweredName(prog, e.encode())).decode() for e in expressions]
+        ptx = b" " * ok(nvrtc.nvrtcGetPTXSize(prog))
+        ok(nvrtc.nvrtcGetPTX(prog, ptx))
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+    return ptx.decode(errors="replace"), lowered
+
+
+@pytest.mark.skipif(not HAS_NVRTC, reason="NVRTC (cuda.bindings) is not installed")
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("file", FILES)
+def test_compiles_with_nvrtc(file, arch):
+    ptx, lowered = _nvrtc_ptx(file, arch)
+    assert f".target sm_{arch}" in ptx
+    entries = set(re.findall(r"\.entry\s+(\w+)", ptx))
+    assert entries == set(lowered), "every name expression must become exactly one kernel entry"
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("file", FILES)
+def test_compiles_with_nvcc(file, arch, tmp_path):
+    # Taking each template's address in host code instantiates it, as NVRTC's name expressions do.
+    expressions = _all_expressions(file)
+    unit = tmp_path / "instances.cu"
+    unit.write_text(
+        f'#include "{file}"\nvoid* uplab_instances[] = {{'
+        + ", ".join(f"(void*)&{e}" for e in expressions)
+        + "};\n"
+    )
+    ptx = tmp_path / "out.ptx"
+    result = subprocess.run(
+        [
+            NVCC,
+            "-ptx",
+            f"-arch=sm_{arch}",
+            "-std=c++17",
+            "-I",
+            str(kernels.kernel_dir()),
+            str(unit),
+            "-o",
+            str(ptx),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(re.findall(r"\.entry\s+\w+", ptx.read_text())) == len(expressions)
+
+
+def test_sources_are_found_and_inline_their_header():
+    for file in FILES:
+        source = kernels.kernel_source(file)
+        assert "#include" not in source
+        assert "struct bfloat16_t" in source
+        for kernel in kernels.KERNEL_FILES[file]:
+            assert re.search(rf"__global__ void {kernel}\(", source), kernel
+
+
+def test_unsupported_dtype_is_a_value_error():
+    with pytest.raises(ValueError, match="torch.int32"):
+        kernels.scalar_type(torch.int32)
+
+
+def _reassemble_covers(batch, channels, h, w, k, s, groups, acc_bytes, n_sm):
+    cfg = kernels.reassemble_config(batch, channels, h, w, k, s, groups, acc_bytes, n_sm)
+    tiles_x = math.ceil(w * s / (2 * cfg.block[0]))
+    tiles_y = math.ceil(h * s / (2 * cfg.block[1]))
+    assert cfg.grid == (tiles_x * tiles_y, cfg.grid[1], batch * groups)
+    assert cfg.per_block % kernels.REASSEMBLE_CHANNELS == 0
+    # The channel chunks tile the group exactly: the last one starts inside the group.
+    assert (cfg.grid[1] - 1) * cfg.per_block < channels // groups <= cfg.grid[1] * cfg.per_block
+    assert cfg.shared_mem == k * k * 4 * cfg.block[0] * cfg.block[1] * acc_bytes
+    assert cfg.shared_mem <= kernels.SHARED_MEMORY_LIMIT
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (1, 256, 120, 120, 5, 2, 1, 4),
+        (16, 256, 128, 128, 5, 2, 1, 4),
+        (2, 6, 3, 5, 7, 3, 2, 8),
+        (1, 1, 1, 1, 1, 1, 1, 4),
+        (4, 64, 9, 7, 9, 4, 4, 8),
+    ],
+)
+def test_reassemble_launch_covers_every_output(shape):
+    cfg = _reassemble_covers(*shape, n_sm=132)
+    assert cfg.grid[1] <= kernels.MAX_GRID_YZ
+
+
+def test_small_images_split_channels_to_fill_the_gpu():
+    small = _reassemble_covers(1, 256, 30, 30, 5, 2, 1, 4, n_sm=132)
+    large = _reassemble_covers(16, 256, 128, 128, 5, 2, 1, 4, n_sm=132)
+    assert small.grid[1] > 1 and large.grid[1] == 1
+
+
+def test_large_kernels_shrink_the_block_and_huge_ones_are_refused():
+    assert _reassemble_covers(1, 8, 4, 4, 7, 2, 1, 4, 1).block[:2] == (16, 2)
+    with pytest.raises(ValueError, match="backend='torch'"):
+        kernels.reassemble_config(1, 8, 4, 4, 57, 2, 1, 4, 1)
+
+
+@pytest.mark.parametrize("k, acc_bytes, n_sm", [(5, 4, 132), (7, 4, 1), (9, 8, 1), (3, 8, 132)])
+def test_window_dot_launch_splits_offsets_within_shared_memory(k, acc_bytes, n_sm):
+    cfg = kernels.window_dot_config(2, 20, 30, k, 2, 1, acc_bytes, n_sm)
+    assert (cfg.grid[1] - 1) * cfg.per_block < k * k <= cfg.grid[1] * cfg.per_block
+    assert cfg.shared_mem == cfg.per_block * 4 * cfg.block[0] * cfg.block[1] * acc_bytes
+    assert cfg.shared_mem <= kernels.SHARED_MEMORY_LIMIT
+
+
+def test_transpose_launch_covers_every_low_resolution_point():
+    cfg = kernels.reassemble_transpose_config(3, 40, 33, 65, 2, n_sm=132)
+    assert cfg.grid[0] == math.ceil(65 / cfg.block[0]) * math.ceil(33 / cfg.block[1])
+    assert cfg.per_block % kernels.TRANSPOSE_CHANNELS == 0
+    assert (cfg.grid[1] - 1) * cfg.per_block < 20 <= cfg.grid[1] * cfg.per_block
+
+
+def test_batch_times_groups_beyond_the_grid_is_refused():
+    with pytest.raises(ValueError, match="batch \\* groups"):
+        kernels.reassemble_transpose_config(70000, 1, 1, 1, 1, n_sm=1)
