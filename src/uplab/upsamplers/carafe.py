@@ -99,7 +99,9 @@ class CARAFE(Upsampler):
         )
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, kernel_size={self.kernel_size}, group_size={self.group_size}"
+        return (
+            f"{super().extra_repr()}, kernel_size={self.kernel_size}, group_size={self.group_size}"
+        )
 
 
 @register_official("mmcv.CARAFEPack")

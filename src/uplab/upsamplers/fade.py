@@ -76,6 +76,8 @@ class SemiShiftKernels(nn.Module):
     ):
         super().__init__()
         _check_odd("encoder_kernel_size", encoder_kernel_size)
+        if not isinstance(embedding_dim, int) or embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
         if depthwise and embedding_dim != kernel_size**2:
             raise ValueError(
                 f"a depth-wise content encoder maps K*K = {kernel_size**2} channels to themselves, "
@@ -125,10 +127,10 @@ class SemiShiftUp(Upsampler):
         scale: integer ratio ``s``.
         guide_channels: channels of ``guide`` (``in_channels_en``; default ``in_channels``).
         kernel_size: odd reassembly window ``K`` (``up_kernel_size``, 5).
-        embedding_dim: compressed channels of the semi-shift convolution (64).
+        embedding_dim: compressed channels of the semi-shift convolution (default 64, or ``K*K``
+            with the depth-wise encoder, which allows no other width).
         encoder_kernel_size: odd size of the content encoder (3).
-        depthwise_encoder: FADE-Lite's depth-wise content encoder on ``K*K`` compressed channels
-            (``embedding_dim`` is then ``K*K``).
+        depthwise_encoder: FADE-Lite's depth-wise content encoder on ``K*K`` compressed channels.
         backend: passed to :func:`uplab.ops.carafe`.
 
     Example:
@@ -145,7 +147,7 @@ class SemiShiftUp(Upsampler):
         scale: int = 2,
         guide_channels: int | None = None,
         kernel_size: int = 5,
-        embedding_dim: int = 64,
+        embedding_dim: int | None = None,
         encoder_kernel_size: int = 3,
         depthwise_encoder: bool = False,
         backend: str = "auto",
@@ -154,12 +156,14 @@ class SemiShiftUp(Upsampler):
         _check_odd("kernel_size", kernel_size)
         self.kernel_size = kernel_size
         self.backend = backend
+        if embedding_dim is None:
+            embedding_dim = kernel_size**2 if depthwise_encoder else 64
         self.kernels = SemiShiftKernels(
             in_channels,
             self.guide_channels,
             kernel_size,
             scale,
-            embedding_dim=kernel_size**2 if depthwise_encoder else embedding_dim,
+            embedding_dim=embedding_dim,
             encoder_kernel_size=encoder_kernel_size,
             depthwise=depthwise_encoder,
         )
@@ -253,10 +257,10 @@ class FADELite(FADE):
     """
 
     def __init__(self, in_channels: int, scale: int = 2, guide_channels: int | None = None, **kw):
-        if "embedding_dim" in kw or "depthwise_encoder" in kw:
+        if "depthwise_encoder" in kw:
             raise ValueError(
-                "FADELite fixes its encoder (depth-wise on K*K channels); embedding_dim and "
-                "depthwise_encoder are not options here (use fade or semishift for those)"
+                "FADELite's content encoder is always depth-wise; depthwise_encoder is not an "
+                "option here (use fade for the full encoder)"
             )
         super().__init__(in_channels, scale, guide_channels, depthwise_encoder=True, **kw)
 
@@ -283,10 +287,13 @@ _GATE_KEYS = {
 }
 
 
-def _from_released(cls, state_dict, key_map, encoder_key, in_channels_en, in_channels_de,
-                   scale, up_kernel_size, **extra):
+def _convert(
+    cls, state_dict, key_map, encoder_key, in_channels_en, in_channels_de, scale, kernel_size
+):
+    """Build ``cls`` with the released constructor's settings; the compressed width and the
+    encoder size are read off the weights, an aligner is added when the checkpoint has one."""
     encoder = state_dict[encoder_key]
-    options = dict(extra, kernel_size=up_kernel_size, encoder_kernel_size=encoder.shape[-1])
+    options = {"kernel_size": kernel_size, "encoder_kernel_size": encoder.shape[-1]}
     if cls is not FADELite:
         options["embedding_dim"] = encoder.shape[1]
     if cls is not SemiShiftUp:
@@ -296,36 +303,42 @@ def _from_released(cls, state_dict, key_map, encoder_key, in_channels_en, in_cha
     return load_mapped(module, state_dict, key_map)
 
 
+_L2H_ENCODER = "ker_generator.content_encoder.weight"
+_H2L_ENCODER = "kernel_generator.conv2_kernels"
+
+
 @register_official("FADE_L2H.FADE")
 def _from_fade_l2h(state_dict, in_channels_en, in_channels_de=None, scale=2, up_kernel_size=5):
-    return _from_released(
-        FADE, state_dict, {**_GATE_KEYS, **_L2H_KERNEL_KEYS}, "ker_generator.content_encoder.weight",
-        in_channels_en, in_channels_de, scale, up_kernel_size,
-    )
+    key_map = {**_GATE_KEYS, **_L2H_KERNEL_KEYS}
+    return _convert(
+        FADE, state_dict, key_map, _L2H_ENCODER, in_channels_en, in_channels_de, scale,
+        up_kernel_size,
+    )  # fmt: skip
 
 
 @register_official("FADE_L2H.FADELite")
 def _from_fade_lite(state_dict, in_channels_en, in_channels_de=None, scale=2, up_kernel_size=5):
-    return _from_released(
-        FADELite, state_dict, {**_GATE_KEYS, **_L2H_KERNEL_KEYS},
-        "ker_generator.content_encoder.weight", in_channels_en, in_channels_de, scale,
+    key_map = {**_GATE_KEYS, **_L2H_KERNEL_KEYS}
+    return _convert(
+        FADELite, state_dict, key_map, _L2H_ENCODER, in_channels_en, in_channels_de, scale,
         up_kernel_size,
-    )
+    )  # fmt: skip
 
 
 @register_official("FADE_L2H.SemiShiftUp")
 def _from_semishift(state_dict, in_channels_en, in_channels_de=None, scale=2, up_kernel_size=5):
-    return _from_released(
-        SemiShiftUp, state_dict, _L2H_KERNEL_KEYS, "ker_generator.content_encoder.weight",
-        in_channels_en, in_channels_de, scale, up_kernel_size,
-    )
+    return _convert(
+        SemiShiftUp, state_dict, _L2H_KERNEL_KEYS, _L2H_ENCODER, in_channels_en, in_channels_de,
+        scale, up_kernel_size,
+    )  # fmt: skip
 
 
 @register_official("FADE_H2L.FADE")
 def _from_fade_h2l(state_dict, in_channels_en, in_channels_de=None, scale=2, up_kernel_size=5):
     # The stride-2 (high-to-low) formulation evaluates the same semi-shift convolution at each of
     # the s*s sub-pixel phases, so its weights map one-to-one onto the L2H module.
-    return _from_released(
-        FADE, state_dict, {**_GATE_KEYS, **_H2L_KERNEL_KEYS}, "kernel_generator.conv2_kernels",
-        in_channels_en, in_channels_de, scale, up_kernel_size,
-    )
+    key_map = {**_GATE_KEYS, **_H2L_KERNEL_KEYS}
+    return _convert(
+        FADE, state_dict, key_map, _H2L_ENCODER, in_channels_en, in_channels_de, scale,
+        up_kernel_size,
+    )  # fmt: skip
