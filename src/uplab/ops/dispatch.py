@@ -17,7 +17,7 @@ import torch
 BACKENDS = ("auto", "torch", "cuda")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cupy_status() -> str | None:
     """``None`` when CuPy is importable, else a sentence saying why not."""
     if importlib.util.find_spec("cupy") is None:
@@ -29,7 +29,7 @@ def cupy_status() -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_fallback_once(reason: str) -> None:
     warnings.warn(
         f"uplab.ops: CUDA tensors are going through the PyTorch path because {reason}. "

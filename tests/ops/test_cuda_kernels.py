@@ -1,0 +1,196 @@
+"""CUDA kernels against the PyTorch path (the reference): outputs and gradients of carafe and
+local_similarity for every dtype, odd and non-square sizes, k in {1,3,5,7}, s in {1,2,4}, groups;
+the golden cases at 1e-10 in float64; bit-identical gradients across runs; streams, autocast,
+non-contiguous inputs; whole SAPA-G and FADE modules through ``backend="cuda"`` vs ``"torch"``.
+
+Tolerances: float64 1e-10 absolute (the golden standard); float32 1e-4; float16 and bfloat16
+compare with the float64 PyTorch path on the same (rounded) inputs at the output dtype's
+resolution: both accumulate in float32 and round once, so only that last rounding differs.
+"""
+
+import pytest
+import torch
+
+from uplab.ops import _cupy_kernels, carafe, dispatch, local_similarity
+
+GPU_READY = torch.cuda.is_available() and dispatch.cupy_status() is None
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not GPU_READY, reason="needs a CUDA device and CuPy"),
+]
+
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+TOL = {  # (atol, rtol)
+    torch.float64: (1e-10, 0.0),
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (2e-2, 1e-2),
+}
+
+
+def _run(op, inputs, grad, backend):
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = op(*leaves, backend=backend)
+    out.backward(grad)
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def _compare(op, inputs, grad, dtype):
+    """CUDA kernels in ``dtype`` vs the PyTorch path in float64 on the same values."""
+    got = _run(op, [t.to(dtype) for t in inputs], grad.to(dtype), "cuda")
+    want = _run(op, [t.to(dtype).double() for t in inputs], grad.to(dtype).double(), "torch")
+    atol, rtol = TOL[dtype]
+    for name, g, w in zip(["output", "grad[0]", "grad[1]"], got, want, strict=True):
+        assert g.dtype == dtype, name
+        torch.testing.assert_close(g.double(), w, atol=atol, rtol=rtol, msg=name)
+
+
+def _carafe_inputs(b, c, h, w, k, s, g=1):
+    f = torch.randn(b, c, h, w, device="cuda", dtype=torch.float64)
+    m = torch.randn(b, g * k * k, s * h, s * w, device="cuda", dtype=torch.float64)
+    return [f, m], torch.randn(b, c, s * h, s * w, device="cuda", dtype=torch.float64)
+
+
+def _similarity_inputs(b, c, h, w, k, s):
+    q = torch.randn(b, c, s * h, s * w, device="cuda", dtype=torch.float64)
+    key = torch.randn(b, c, h, w, device="cuda", dtype=torch.float64)
+    return [q, key], torch.randn(b, k * k, s * h, s * w, device="cuda", dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("s", [1, 2, 4])
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+def test_carafe_matches_torch_path(k, s, dtype):
+    # 5 x 7 low-resolution map: odd, non-square, and k=7 windows cross every border.
+    inputs, grad = _carafe_inputs(2, 11, 5, 7, k, s)
+    _compare(lambda f, m, backend: carafe(f, m, k, s, backend=backend), inputs, grad, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("s", [1, 2, 4])
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+def test_local_similarity_matches_torch_path(k, s, dtype):
+    inputs, grad = _similarity_inputs(2, 11, 5, 7, k, s)
+    _compare(
+        lambda q, key, backend: local_similarity(q, key, k, s, backend=backend), inputs, grad, dtype
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("groups, s", [(2, 2), (4, 3), (3, 1)])
+def test_carafe_groups_match_torch_path(groups, s, dtype):
+    inputs, grad = _carafe_inputs(2, 12, 6, 9, 3, s, groups)
+    op = lambda f, m, backend: carafe(f, m, 3, s, group_size=groups, backend=backend)  # noqa: E731
+    _compare(op, inputs, grad, dtype)
+
+
+def test_many_channels_and_split_launches_match_torch_path():
+    # More channels than one register chunk, a ragged last chunk, and enough to split over blocks.
+    inputs, grad = _carafe_inputs(1, 1037, 9, 13, 5, 2, 1)
+    _compare(lambda f, m, backend: carafe(f, m, 5, 2, backend=backend), inputs, grad, torch.float32)
+    inputs, grad = _similarity_inputs(1, 1037, 9, 13, 5, 2)
+    op = lambda q, key, backend: local_similarity(q, key, 5, 2, backend=backend)  # noqa: E731
+    _compare(op, inputs, grad, torch.float32)
+
+
+@pytest.mark.parametrize("name", ["carafe_op_k5_s2", "carafe_op_k3_s2", "sim_op_k5_s2"])
+def test_golden_cases_on_gpu(golden, name):
+    case = golden[name]
+    op = carafe if case["official_class"] == "op.carafe" else local_similarity
+    inputs = [t.cuda().requires_grad_(True) for t in case["inputs"]]
+    out = op(*inputs, **case["kwargs"], backend="cuda")
+    torch.testing.assert_close(out.cpu(), case["output"], atol=1e-10, rtol=0)
+    out.backward(case["grad_output"].cuda())
+    for t, expected in zip(inputs, case["grad_inputs"], strict=True):
+        torch.testing.assert_close(t.grad.cpu(), expected, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gradients_are_bit_identical_across_runs(dtype):
+    inputs, grad = _carafe_inputs(2, 64, 33, 47, 5, 2, 2)
+    inputs, grad = [t.to(dtype) for t in inputs], grad.to(dtype)
+    op = lambda f, m, backend: carafe(f, m, 5, 2, group_size=2, backend=backend)  # noqa: E731
+    first, second = _run(op, inputs, grad, "cuda"), _run(op, inputs, grad, "cuda")
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    inputs, grad = _similarity_inputs(2, 64, 33, 47, 5, 2)
+    inputs, grad = [t.to(dtype) for t in inputs], grad.to(dtype)
+    op = lambda q, key, backend: local_similarity(q, key, 5, 2, backend=backend)  # noqa: E731
+    first, second = _run(op, inputs, grad, "cuda"), _run(op, inputs, grad, "cuda")
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_non_contiguous_inputs():
+    f = torch.randn(2, 9, 7, 6, device="cuda").transpose(2, 3)  # [2, 9, 6, 7], strided
+    m = torch.randn(2, 9, 12, 14, device="cuda").to(memory_format=torch.channels_last)
+    expected = carafe(f.contiguous(), m.contiguous(), 3, 2, backend="torch")
+    torch.testing.assert_close(carafe(f, m, 3, 2, backend="cuda"), expected, atol=1e-5, rtol=1e-5)
+    q = torch.randn(2, 12, 14, 9, device="cuda").permute(0, 3, 1, 2)  # [2, 9, 12, 14]
+    expected = local_similarity(q.contiguous(), f.contiguous(), 3, 2, backend="torch")
+    got = local_similarity(q, f, 3, 2, backend="cuda")
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_runs_on_the_current_stream():
+    inputs, _ = _carafe_inputs(4, 64, 40, 40, 5, 2)
+    f, m = [t.float() for t in inputs]
+    expected = carafe(f, m, 5, 2, backend="torch")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        got = carafe(f, m, 5, 2, backend="cuda")
+    stream.synchronize()
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_works_under_autocast(dtype):
+    inputs, grad = _carafe_inputs(2, 8, 6, 5, 3, 2)
+    f, m = [t.to(dtype).requires_grad_(True) for t in inputs]
+    plain = carafe(f, m, 3, 2, backend="cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = carafe(f, m, 3, 2, backend="cuda")
+        sim = local_similarity(out, f, 3, 2, backend="cuda")
+    assert out.dtype == dtype and torch.equal(out, plain)
+    sim.float().sum().backward()
+    assert f.grad is not None and m.grad is not None and torch.isfinite(f.grad).all()
+
+
+def test_new_sizes_do_not_recompile():
+    f, m = [t.float() for t in _carafe_inputs(1, 4, 3, 5, 3, 2)[0]]
+    carafe(f, m, 3, 2, backend="cuda")
+    compiled = _cupy_kernels._compiled.cache_info().currsize
+    for b, c, h, w, k, s in [(2, 5, 7, 4, 5, 4), (1, 3, 11, 2, 7, 1)]:
+        f, m = [t.float() for t in _carafe_inputs(b, c, h, w, k, s)[0]]
+        carafe(f, m, k, s, backend="cuda")
+    assert _cupy_kernels._compiled.cache_info().currsize == compiled
+
+
+def _module_pair(name, channels, **kw):
+    from uplab.upsamplers import build
+
+    torch.manual_seed(0)
+    cuda_module = build(name, channels, 2, backend="cuda", **kw).cuda().double()
+    torch_module = build(name, channels, 2, backend="torch", **kw).cuda().double()
+    torch_module.load_state_dict(cuda_module.state_dict())
+    return cuda_module, torch_module
+
+
+@pytest.mark.parametrize("name", ["sapa_g", "fade"])
+def test_whole_upsampler_forward_backward(name):
+    cuda_module, torch_module = _module_pair(name, 16)
+    x = torch.randn(2, 16, 7, 9, device="cuda", dtype=torch.float64)
+    guide = torch.randn(2, 16, 14, 18, device="cuda", dtype=torch.float64)
+    results = []
+    for module in (cuda_module, torch_module):
+        xs, gs = x.clone().requires_grad_(True), guide.clone().requires_grad_(True)
+        out = module(xs, guide=gs)
+        out.backward(torch.ones_like(out))
+        params = {n: p.grad for n, p in module.named_parameters()}
+        results.append((out.detach(), xs.grad, gs.grad, params))
+    (out_c, gx_c, gg_c, p_c), (out_t, gx_t, gg_t, p_t) = results
+    torch.testing.assert_close(out_c, out_t, atol=1e-10, rtol=0)
+    torch.testing.assert_close(gx_c, gx_t, atol=1e-10, rtol=0)
+    torch.testing.assert_close(gg_c, gg_t, atol=1e-10, rtol=0)
+    assert p_c.keys() == p_t.keys()
+    for n in p_c:
+        torch.testing.assert_close(p_c[n], p_t[n], atol=1e-9, rtol=0, msg=n)
