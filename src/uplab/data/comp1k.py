@@ -1,0 +1,119 @@
+"""Composition-1k (Adobe Deep Image Matting dataset; Xu et al., CVPR 2017) for image matting.
+
+Training samples are composited on the fly, ``I = alpha F + (1 - alpha) B``, from
+``Training_set/{fg,alpha}/<fg name>`` and ``Training_set/bg/<bg name>``, with the names in
+``training_fg_names.txt`` and ``training_bg_names.txt``: sample ``i`` uses fg ``i // k`` and bg
+``i`` where ``k = n_bg // n_fg`` (DIM's pairing; 100 backgrounds per foreground in the real set).
+Its trimap is drawn from the alpha with a random band width. Test samples are read from
+``Test_set/{merged,alpha,trimaps}/<name>`` (trimaps 0 / 128 / 255).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from uplab.data import transforms as T
+from uplab.data.io import DatasetError, read_gray, read_lines, read_rgb, require_dir
+from uplab.data.toy.matting import trimap_from_alpha
+
+SPLITS = ("train", "test")
+
+
+def resolve_root(root: str | Path) -> Path:
+    """``root`` itself, or ``root/Combined_Dataset`` when that is where the data sits."""
+    root = Path(root)
+    nested = root / "Combined_Dataset"
+    return nested if nested.is_dir() else root
+
+
+def trimap_to_unit(trimap: np.ndarray) -> np.ndarray:
+    """0 / 128 / 255 trimap -> float32 {0, 0.5, 1}; other values are a ValueError."""
+    bad = ~np.isin(trimap, (0, 128, 255))
+    if bad.any():
+        raise ValueError(f"trimap values must be 0, 128 or 255; got {np.unique(trimap[bad])[:5].tolist()}")
+    return np.select([trimap == 0, trimap == 128], [0.0, 0.5], 1.0).astype(np.float32)
+
+
+class Composition1k(Dataset):
+    """Matting samples: ``dict(image=float32 [3,H,W] normalised, trimap=float32 [1,H,W] in {0,0.5,1},
+    alpha=float32 [1,H,W] in [0,1])``.
+
+    Args:
+        root: ``Combined_Dataset`` or the folder containing it.
+        split: ``train`` (composited on the fly) or ``test`` (pre-composited).
+        transform: a ``uplab.data.transforms`` pipeline (applied to image, alpha and trimap).
+        seed: seed of the random transforms and of the training trimaps.
+        trimap_radius: range ``(low, high)`` of the training trimaps' band width in pixels.
+    """
+
+    def __init__(self, root, split: str = "train", transform=None, seed: int = 0, trimap_radius=(1, 5)):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+        self.root = resolve_root(root)
+        self.split = split
+        if split == "train":
+            base = require_dir(self.root / "Training_set", "Composition-1k training set")
+            for folder in ("fg", "alpha", "bg"):
+                require_dir(base / folder, f"Composition-1k training {folder}")
+            fg_names = read_lines(base / "training_fg_names.txt", "Composition-1k foreground list")
+            bg_names = read_lines(base / "training_bg_names.txt", "Composition-1k background list")
+            if not fg_names or len(bg_names) < len(fg_names):
+                raise DatasetError(
+                    f"{base}: need at least one background per foreground; got {len(fg_names)} "
+                    f"foregrounds and {len(bg_names)} backgrounds"
+                )
+            per_fg = len(bg_names) // len(fg_names)
+            self.samples = [
+                (base / "fg" / fg_names[i // per_fg], base / "alpha" / fg_names[i // per_fg], base / "bg" / bg)
+                for i, bg in enumerate(bg_names[: per_fg * len(fg_names)])
+            ]
+        else:
+            base = require_dir(self.root / "Test_set", "Composition-1k test set")
+            merged = require_dir(base / "merged", "Composition-1k test merged images")
+            names = sorted(p.name for p in merged.iterdir() if p.suffix.lower() in (".png", ".jpg"))
+            if not names:
+                raise DatasetError(f"Composition-1k test merged images: no images in {merged}")
+            self.samples = [(merged / n, base / "alpha" / n, base / "trimaps" / n) for n in names]
+        missing = [p for sample in self.samples for p in sample if not p.is_file()]
+        if missing:
+            raise DatasetError(f"Composition-1k {split}: {len(missing)} files missing, e.g. {missing[0]}")
+        self.transform = transform
+        self.seed = seed
+        self.trimap_radius = tuple(trimap_radius)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        if self.split == "test":
+            merged, alpha, trimap = self.samples[index]
+            return {"image": read_rgb(merged), "alpha": read_gray(alpha), "trimap": read_gray(trimap)}
+        fg_path, alpha_path, bg_path = self.samples[index]
+        fg, alpha, bg = read_rgb(fg_path), read_gray(alpha_path), read_rgb(bg_path)
+        if fg.shape != bg.shape:
+            bg = T.resize(bg, (fg.shape[1], fg.shape[0]), T.DENSE_KEYS["image"][0])
+        a = alpha.astype(np.float32)[..., None] / 255.0
+        image = a * (fg.astype(np.float32) / 255.0) + (1 - a) * (bg.astype(np.float32) / 255.0)
+        radius = int(rng.integers(self.trimap_radius[0], self.trimap_radius[1] + 1))
+        return {"image": image, "alpha": alpha, "trimap": trimap_from_alpha(alpha, radius)}
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = T.sample_rng(self.seed, self.epoch, index)
+        sample = self._load(index, rng)
+        for key in ("alpha", "trimap"):
+            if sample[key].shape != sample["image"].shape[:2]:
+                raise DatasetError(
+                    f"{self.samples[index][0]}: {key} {sample[key].shape} does not match image {sample['image'].shape[:2]}"
+                )
+        if self.transform is not None:
+            sample = self.transform(sample, rng)
+        return {
+            "image": T.normalize_image(sample["image"]),
+            "trimap": torch.from_numpy(trimap_to_unit(sample["trimap"]))[None],
+            "alpha": torch.from_numpy(sample["alpha"].astype(np.float32) / 255.0)[None],
+        }
