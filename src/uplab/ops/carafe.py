@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import handle_torch_function, has_torch_function
 
 from uplab.ops._checks import check_carafe_args
 from uplab.ops.dispatch import resolve_backend
@@ -51,6 +52,11 @@ def carafe(
         >>> carafe(f, m, kernel_size=3, scale_factor=2).shape
         torch.Size([1, 4, 6, 10])
     """
+    if has_torch_function((features, masks)):  # lets uplab.analysis.flops count this op
+        return handle_torch_function(
+            carafe, (features, masks), features, masks, kernel_size, scale_factor, group_size,
+            backend=backend,
+        )
     check_carafe_args(features, masks, kernel_size, scale_factor, group_size)
     if resolve_backend(backend, features, "carafe") == "cuda":
         from uplab.ops import cuda

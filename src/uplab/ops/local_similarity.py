@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import handle_torch_function, has_torch_function
 
 from uplab.ops._checks import check_similarity_args
 from uplab.ops.carafe import _compute_dtype, _offsets
@@ -46,6 +47,10 @@ def local_similarity(
         >>> local_similarity(q, k, kernel_size=5, scale_factor=2).shape
         torch.Size([1, 25, 6, 10])
     """
+    if has_torch_function((query, key)):  # lets uplab.analysis.flops count this op
+        return handle_torch_function(
+            local_similarity, (query, key), query, key, kernel_size, scale_factor, backend=backend
+        )
     check_similarity_args(query, key, kernel_size, scale_factor)
     if resolve_backend(backend, query, "local_similarity") == "cuda":
         from uplab.ops import cuda
