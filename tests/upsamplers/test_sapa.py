@@ -121,6 +121,16 @@ def test_sapa_without_norm_or_bias_has_fewer_parameters():
     assert sum(p.numel() for p in up.parameters()) == 2 * 8 * 4
 
 
+def test_released_sapa_i_takes_any_width_and_checks_shapes():
+    up = load_official("SAPA-I", {}, kernel_size=3, scale_factor=3)
+    x = torch.randn(1, 7, 2, 3, dtype=F64)
+    assert up(x, guide=torch.randn(1, 7, 6, 9, dtype=F64)).shape == (1, 7, 6, 9)
+    with pytest.raises(ValueError, match=r"\(1, 7, 6, 9\).*got \(1, 5, 6, 9\)"):
+        up(x, guide=torch.randn(1, 5, 6, 9, dtype=F64))
+    with pytest.raises(ValueError, match="guide=None"):
+        up(x)
+
+
 def test_sapa_i_rejects_other_guide_width():
     with pytest.raises(ValueError, match="guide_channels must equal in_channels"):
         build("sapa_i", in_channels=8, guide_channels=4)

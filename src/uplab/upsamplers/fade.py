@@ -44,15 +44,17 @@ def _xavier_init(module: nn.Module) -> None:
 
 
 class SemiShiftKernels(nn.Module):
-    """Kernel logits by semi-shift convolution (FADE, ECCV 2022, Sec. 3).
+    """Kernel logits by semi-shift convolution (Lu et al., FADE, ECCV 2022).
 
-    A ``k x k`` convolution over the concatenation of the compressed encoder feature and the
-    nearest-upsampled compressed decoder feature, computed in the cheaper equivalent form
+    The logits of a high-resolution point come from one set of ``k x k`` weights slid over two
+    maps: the compressed encoder feature, around the point itself, and the compressed decoder
+    feature, around the point's low-resolution parent (the decoder window moves once every ``s``
+    points, hence "semi-shift"). Each term is an ordinary convolution at its own resolution:
 
         ``content_encoder(compress_guide(guide)) + up(content_encoder(compress_x(x)))``
 
-    where one ``content_encoder`` is shared by both terms (so each applies its bias, as released)
-    and the decoder term runs at low resolution.
+    with ``up`` nearest upsampling; the shared ``content_encoder`` adds its bias in both terms, as
+    released.
 
     Args:
         in_channels: channels of the decoder feature ``x``.
@@ -104,7 +106,7 @@ class SemiShiftKernels(nn.Module):
 
 class GateFromDecoder(nn.Module):
     """FADE's decoder-dependent gate ``g = sigmoid(up(conv1x1(x)))`` ``[B, 1, sH, sW]``: how
-    much of the encoder feature passes at each point (FADE, ECCV 2022, Sec. 3)."""
+    much of the encoder feature passes at each point (Lu et al., FADE, ECCV 2022)."""
 
     def __init__(self, in_channels: int, scale: int):
         super().__init__()

@@ -103,8 +103,8 @@ class SAPAI(Upsampler):
             super().check_inputs(x, guide)
         elif guide is None:
             raise ValueError(
-                f"SAPAI is a guided upsampler: forward(x, guide) needs the high-resolution "
-                f"encoder feature, got guide=None for x {tuple(x.shape)}"
+                "SAPAI is a guided upsampler: forward(x, guide) needs the high-resolution "
+                "encoder feature, got guide=None"
             )
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
