@@ -1,0 +1,258 @@
+"""Benchmark the ops' implementations: CUDA kernels, PyTorch path, unfold-and-repeat formulation.
+
+For carafe and local_similarity at 1x256x120x120 -> 240^2 and 16x256x128x128 -> 256^2 (K=5, s=2),
+in float32 and bfloat16: forward and forward+backward time (CUDA events, warm-up, median),
+achieved forward bandwidth (the bytes the op must move: inputs read once, output written once)
+against the device's measured device-to-device copy bandwidth (bytes read + written), and the peak
+``torch.cuda.max_memory_allocated`` of forward+backward against the inputs, output, output gradient
+and input gradients themselves. Ends with the issue's targets, met or missed, and writes the table
+as Markdown (``--out``; default ``$OUT/gpu_bench.md`` when ``OUT`` is set).
+
+    PYTHONPATH=src python scripts/bench_gpu.py                 # on a GPU (scripts/gpu_check.sh)
+    PYTHONPATH=src python scripts/bench_gpu.py --dry-run --device cpu   # tiny shapes, no GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from uplab.ops import carafe, local_similarity
+from uplab.ops.reference import carafe_unfold, local_similarity_unfold
+
+KERNEL, SCALE = 5, 2
+SHAPES = {"1x256x120x120": (1, 256, 120, 120), "16x256x128x128": (16, 256, 128, 128)}
+DRY_SHAPES = {"1x8x12x10": (1, 8, 12, 10), "2x8x16x16": (2, 8, 16, 16)}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+IMPLS = ("cuda", "torch", "unfold")
+
+
+@dataclass
+class Row:
+    op: str
+    shape: str
+    dtype: str
+    impl: str
+    forward_ms: float | None = None
+    train_ms: float | None = None
+    bandwidth: float | None = None  # bytes / s of the forward
+    peak: int | None = None
+    ideal: int | None = None
+    note: str = ""
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn, device, budget_s: float, max_iters: int) -> float:
+    """Median milliseconds of ``fn`` after one warm-up, over at least 3 runs and ``budget_s``."""
+    fn()
+    _sync(device)
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (len(times) < max_iters and time.perf_counter() - start < budget_s):
+        if device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device, n_bytes: int) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read and written."""
+    src = torch.empty(n_bytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device, budget_s=0.5, max_iters=50)
+    return 2 * n_bytes / (ms / 1e3)
+
+
+def _op_call(op: str, impl: str):
+    if op == "carafe":
+        if impl == "unfold":
+            return lambda a, b: carafe_unfold(a, b, KERNEL, SCALE)
+        return lambda a, b: carafe(a, b, KERNEL, SCALE, backend=impl)
+    if impl == "unfold":
+        return lambda a, b: local_similarity_unfold(a, b, KERNEL, SCALE)
+    return lambda a, b: local_similarity(a, b, KERNEL, SCALE, backend=impl)
+
+
+def _inputs(op, shape, dtype, device):
+    b, c, h, w = shape
+    hi = (h * SCALE, w * SCALE)
+    if op == "carafe":
+        first = torch.randn(b, c, h, w, device=device, dtype=dtype)
+        second = torch.softmax(torch.randn(b, KERNEL**2, *hi, device=device), 1).to(dtype)
+        out_shape = (b, c, *hi)
+    else:
+        first = torch.randn(b, c, *hi, device=device, dtype=dtype)
+        second = torch.randn(b, c, h, w, device=device, dtype=dtype)
+        out_shape = (b, KERNEL**2, *hi)
+    return first, second, torch.randn(out_shape, device=device, dtype=dtype)
+
+
+def measure(op, shape_name, shape, dtype_name, impl, device, budget_s) -> Row:
+    row = Row(op, shape_name, dtype_name, impl)
+    dtype = DTYPES[dtype_name]
+    call = _op_call(op, impl)
+    try:
+        a, b, grad = _inputs(op, shape, dtype, device)
+        nbytes = lambda *ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+        row.forward_ms = time_ms(lambda: call(a, b), device, budget_s, 100)
+        row.bandwidth = nbytes(a, b, grad) / (row.forward_ms / 1e3)
+        a.requires_grad_(True)
+        b.requires_grad_(True)
+
+        def train_step():
+            a.grad = b.grad = None
+            call(a, b).backward(grad)
+
+        row.train_ms = time_ms(train_step, device, budget_s, 100)
+        a.grad = b.grad = None
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            train_step()
+            torch.cuda.synchronize(device)
+            row.peak = torch.cuda.max_memory_allocated(device)
+            # inputs, output, output gradient, input gradients
+            row.ideal = nbytes(a, b, grad) + nbytes(grad) + nbytes(a, b)
+    except torch.cuda.OutOfMemoryError:
+        row.note = "out of memory"
+    except RuntimeError as exc:  # e.g. a backend that cannot run here
+        row.note = str(exc).splitlines()[0][:80]
+    finally:
+        a = b = grad = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def _fmt(value, spec):
+    return "—" if value is None else format(value, spec)
+
+
+def markdown(rows: list[Row], copy_bw: float, device_name: str, timer: str) -> str:
+    lines = [
+        f"Device: {device_name}; device-to-device copy bandwidth {copy_bw / 1e9:.0f} GB/s "
+        f"(read + written). K={KERNEL}, s={SCALE}. Times: median ms ({timer}).",
+        "",
+        "| op | shape | dtype | impl | fwd ms | fwd+bwd ms | fwd GB/s | % of copy | "
+        "peak fwd+bwd MiB | peak / (in+out+grads) | note |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        fraction = None if r.bandwidth is None else 100 * r.bandwidth / copy_bw
+        ratio = None if r.peak is None else r.peak / r.ideal
+        lines.append(
+            f"| {r.op} | {r.shape} | {r.dtype} | {r.impl} | {_fmt(r.forward_ms, '.3f')} | "
+            f"{_fmt(r.train_ms, '.3f')} | {_fmt(r.bandwidth and r.bandwidth / 1e9, '.0f')} | "
+            f"{_fmt(fraction, '.0f')} | {_fmt(r.peak and r.peak / 2**20, '.0f')} | "
+            f"{_fmt(ratio, '.2f')} | {r.note} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(rows: list[Row], copy_bw: float, large: str) -> list[str]:
+    """The issue's targets for carafe at the large shape, met or missed, with the numbers."""
+    by = {(r.op, r.shape, r.dtype, r.impl): r for r in rows}
+    lines = []
+    for dtype in DTYPES:
+        kernel = by.get(("carafe", large, dtype, "cuda"))
+        if kernel is None or kernel.train_ms is None:
+            lines.append(f"- carafe {dtype}: CUDA kernels did not run ({kernel and kernel.note})")
+            continue
+        fraction = kernel.bandwidth / copy_bw
+        lines.append(
+            f"- carafe {dtype} forward at {large}: {100 * fraction:.0f}% of copy bandwidth "
+            f"(target >= 60%): {'met' if fraction >= 0.6 else 'MISSED'}"
+        )
+        for impl, need in (("unfold", 5), ("torch", 2)):
+            other = by[("carafe", large, dtype, impl)]
+            if other.train_ms is None:
+                lines.append(
+                    f"- carafe {dtype} fwd+bwd vs {impl}: {impl} did not run ({other.note})"
+                )
+                continue
+            speedup = other.train_ms / kernel.train_ms
+            lines.append(
+                f"- carafe {dtype} fwd+bwd {speedup:.1f}x faster than {impl} "
+                f"(target >= {need}x): {'met' if speedup >= need else 'MISSED'}"
+            )
+        if kernel.peak is not None:
+            ratio = kernel.peak / kernel.ideal
+            lines.append(
+                f"- carafe {dtype} fwd+bwd peak memory {ratio:.2f}x inputs+outputs+gradients "
+                f"(target <= 1.10x): {'met' if ratio <= 1.10 else 'MISSED'}"
+            )
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    parser.add_argument("--dry-run", action="store_true", help="tiny shapes, short timings")
+    parser.add_argument("--out", type=Path, default=None, help="Markdown file for the table")
+    parser.add_argument("--budget", type=float, default=0.4, help="seconds per timing (>= 3 runs)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA device; use --device cpu (with --dry-run)")
+    shapes = DRY_SHAPES if args.dry_run else SHAPES
+    budget = 0.01 if args.dry_run else args.budget
+    impls = IMPLS if device.type == "cuda" else ("torch", "unfold")
+    out = args.out or (Path(os.environ["OUT"]) / "gpu_bench.md" if "OUT" in os.environ else None)
+
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+        copy_bw = copy_bandwidth(device, 2**30 if not args.dry_run else 2**24)
+    else:
+        device_name = "cpu"
+        copy_bw = copy_bandwidth(device, 2**24)
+    print(f"device: {device_name}; copy bandwidth {copy_bw / 1e9:.0f} GB/s", flush=True)
+
+    torch.manual_seed(0)
+    rows = []
+    for op in ("carafe", "local_similarity"):
+        for shape_name, shape in shapes.items():
+            for dtype_name in DTYPES:
+                for impl in impls:
+                    row = measure(op, shape_name, shape, dtype_name, impl, device, budget)
+                    rows.append(row)
+                    print(
+                        f"{op} {shape_name} {dtype_name} {impl}: fwd {_fmt(row.forward_ms, '.3f')} ms, "
+                        f"fwd+bwd {_fmt(row.train_ms, '.3f')} ms {row.note}",
+                        flush=True,
+                    )
+    timer = "CUDA events" if device.type == "cuda" else "perf_counter"
+    report = markdown(rows, copy_bw, device_name, timer)
+    if device.type == "cuda":
+        report += "\n\nTargets (carafe, large shape):\n\n" + "\n".join(
+            targets(rows, copy_bw, list(shapes)[-1])
+        )
+    print()
+    print(report)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report + "\n")
+        print(f"\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
