@@ -40,29 +40,31 @@ class A2U(Upsampler):
        to every channel with stride ``s``, so ``U, V`` are ``[B, C_g, H, W]``.
     3. The affinity ``a = sum_c U_c V_c / sqrt(C_g)`` ``[B, 1, H, W]`` (the rank-one bilinear
        form), scaled by per-sample weights ``p = conv1x1_p(avgpool_1(G))``
-       (``K*K * groups * s*s`` of them) and pixel-shuffled to ``[B, groups*K*K, sH, sW]``.
+       (``K*K * group_size * s*s`` of them) and pixel-shuffled to ``[B, group_size*K*K, sH, sW]``.
     4. ``kernels = softmax_{K*K}(sigmoid(.))`` (``sigmoid`` alone when ``K = 1``), and
-       ``out = carafe(x, kernels, K, s, groups)``.
+       ``out = carafe(x, kernels, K, s, group_size)``.
 
     Departures from the release, none of which changes its published setting (``K = 3``,
     ``k = 6``, shared, one group, ×2), which the golden test reproduces to 1e-10:
 
     - Any integer ``scale >= 2`` (the release is ×2 only): stride ``s``, padding ``(k - 1) // 2``
       as released, which keeps ``H = sH / s`` for every ``s >= 2``.
-    - ``groups > 1``: the release normalises the kernels laid out as ``[K*K, groups]`` but its
+    - ``group_size > 1``: the release normalises the kernels laid out as ``[K*K, groups]`` but its
       reassembly reads them as ``[groups, K*K]``, mixing kernels across groups; here each group's
       channels get that group's normalised kernel.
     - The channel loop over the batch is one grouped convolution.
 
     Args:
-        in_channels: channels ``C`` of ``x`` (divisible by ``groups``).
+        in_channels: channels ``C`` of ``x`` (divisible by ``group_size``).
         scale: integer ratio ``s >= 2``.
         guide_channels: channels ``C_g`` of the guide (default ``C``); GroupNorm with 32 groups
             needs ``C_g % 32 == 0``.
-        up_kernel: reassembly window ``K`` (odd).
-        encode_kernel: size ``k`` of the dynamic encoding filters ``u, v``.
+        kernel_size: reassembly window ``K`` (odd; released ``up_kernel_size``).
+        encoder_kernel_size: size ``k`` of the dynamic encoding filters ``u, v`` (released
+            ``encode_kernel_size``).
         share: one ``u, v`` for all channels (``True``, the paper's setting) or one per channel.
-        groups: channel groups of ``x`` with their own kernels.
+        group_size: channel groups of ``x``, each with its own kernels (released
+            ``downupsample_group``).
         backend: passed to :func:`uplab.ops.carafe`.
 
     Example:
@@ -78,10 +80,10 @@ class A2U(Upsampler):
         in_channels: int,
         scale: int = 2,
         guide_channels: int | None = None,
-        up_kernel: int = 3,
-        encode_kernel: int = 6,
+        kernel_size: int = 3,
+        encoder_kernel_size: int = 6,
         share: bool = True,
-        groups: int = 1,
+        group_size: int = 1,
         backend: str = "auto",
     ):
         super().__init__(in_channels, scale, guide_channels)
@@ -96,25 +98,28 @@ class A2U(Upsampler):
                 f"A2U normalises the guide's encodings with GroupNorm({NORM_GROUPS} groups), so "
                 f"guide_channels must be a multiple of {NORM_GROUPS}; got {cg}"
             )
-        if not isinstance(up_kernel, int) or up_kernel < 1 or up_kernel % 2 == 0:
-            raise ValueError(f"up_kernel must be an odd integer >= 1, got {up_kernel!r}")
-        if not isinstance(encode_kernel, int) or encode_kernel < 1:
-            raise ValueError(f"encode_kernel must be a positive integer, got {encode_kernel!r}")
-        if not isinstance(groups, int) or groups < 1 or in_channels % groups:
+        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be an odd integer >= 1, got {kernel_size!r}")
+        if not isinstance(encoder_kernel_size, int) or encoder_kernel_size < 1:
             raise ValueError(
-                f"groups must be a positive divisor of in_channels ({in_channels}), got {groups!r}"
+                f"encoder_kernel_size must be a positive integer, got {encoder_kernel_size!r}"
             )
-        self.up_kernel = up_kernel
-        self.encode_kernel = encode_kernel
+        if not isinstance(group_size, int) or group_size < 1 or in_channels % group_size:
+            raise ValueError(
+                f"group_size must be a positive divisor of in_channels ({in_channels}), "
+                f"got {group_size!r}"
+            )
+        self.kernel_size = kernel_size
+        self.encoder_kernel_size = encoder_kernel_size
         self.share = share
-        self.groups = groups
+        self.group_size = group_size
         self.backend = backend
         filters = 1 if share else cg
         self.filter_u = nn.Conv2d(cg, filters, 1)
         self.filter_v = nn.Conv2d(cg, filters, 1)
         self.norm_u = nn.GroupNorm(NORM_GROUPS, cg)
         self.norm_v = nn.GroupNorm(NORM_GROUPS, cg)
-        self.kernel_weights = nn.Conv2d(cg, up_kernel**2 * groups * scale**2, 1)
+        self.kernel_weights = nn.Conv2d(cg, kernel_size**2 * group_size * scale**2, 1)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -132,7 +137,7 @@ class A2U(Upsampler):
         """Apply the per-sample ``k x k`` filter predicted by ``filter_conv`` to every channel of
         ``guide`` with stride ``s``, then GroupNorm and leaky ReLU: ``[B, C_g, H, W]``."""
         b, c, hs, ws = guide.shape
-        k = self.encode_kernel
+        k = self.encoder_kernel_size
         filters = filter_conv(F.adaptive_avg_pool2d(guide, k)).expand(b, c, k, k)
         encoded = F.conv2d(
             guide.reshape(1, b * c, hs, ws),
@@ -145,31 +150,39 @@ class A2U(Upsampler):
         return F.leaky_relu(norm(encoded), LEAKY_SLOPE)
 
     def kernels(self, guide: torch.Tensor) -> torch.Tensor:
-        """Normalised reassembly kernels ``[B, groups*K*K, sH, sW]`` (group-major, as
+        """Normalised reassembly kernels ``[B, group_size*K*K, sH, sW]`` (group-major, as
         :func:`uplab.ops.carafe` reads them); each group's sum to 1 when ``K > 1``."""
         b, c, hs, ws = guide.shape
-        kk = self.up_kernel**2
+        kk = self.kernel_size**2
         affinity = (
             self._encode(guide, self.filter_u, self.norm_u)
             * self._encode(guide, self.filter_v, self.norm_v)
         ).sum(dim=1, keepdim=True) / math.sqrt(c)
         weights = self.kernel_weights(F.adaptive_avg_pool2d(guide, 1))
-        logits = F.pixel_shuffle(weights * affinity, self.scale).view(b, kk, self.groups, hs, ws)
+        logits = F.pixel_shuffle(weights * affinity, self.scale).view(
+            b, kk, self.group_size, hs, ws
+        )
         kernels = torch.sigmoid(logits)
         if kk > 1:
             kernels = F.softmax(kernels, dim=1)
-        return kernels.transpose(1, 2).reshape(b, self.groups * kk, hs, ws)
+        return kernels.transpose(1, 2).reshape(b, self.group_size * kk, hs, ws)
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(x, guide)
         return carafe(
-            x, self.kernels(guide), self.up_kernel, self.scale, self.groups, backend=self.backend
+            x,
+            self.kernels(guide),
+            self.kernel_size,
+            self.scale,
+            self.group_size,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:
         return (
-            f"{super().extra_repr()}, up_kernel={self.up_kernel}, "
-            f"encode_kernel={self.encode_kernel}, share={self.share}, groups={self.groups}"
+            f"{super().extra_repr()}, kernel_size={self.kernel_size}, "
+            f"encoder_kernel_size={self.encoder_kernel_size}, share={self.share}, "
+            f"group_size={self.group_size}"
         )
 
 
@@ -195,10 +208,10 @@ def _from_inter_channel_up_down(
     module = A2U(
         c,
         scale=2,
-        up_kernel=up_kernel_size,
-        encode_kernel=encode_kernel_size,
+        kernel_size=up_kernel_size,
+        encoder_kernel_size=encode_kernel_size,
         share=share,
-        groups=downupsample_group,
+        group_size=downupsample_group,
     )
     key_map = {}
     for key in state_dict:
