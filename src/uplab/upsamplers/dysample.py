@@ -40,6 +40,14 @@ class DySample(Upsampler):
     ``normal(std=0.001)``, scope zero, the initial positions as the ``init_pos`` buffer), so its
     checkpoints load with identical keys.
 
+    Departure from the release, same numbers: the sampling grid is pixel-shuffled with one
+    permute instead of ``pixel_shuffle`` on a 5-D tensor, whose backward fails on current PyTorch
+    ("Unsupported memory format").
+
+    ``init_pos`` holds ``(j - (s - 1) / 2) / s``, exact in binary only for power-of-two ``s``:
+    for float64 work build the module under float64 default dtype (converting a float32 build
+    afterwards leaves an error of about 1e-8 at ``s = 3``).
+
     Args:
         in_channels: channels ``C`` of ``x``.
         scale: integer ratio ``s`` (any ``s >= 1``).
