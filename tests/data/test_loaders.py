@@ -1,0 +1,120 @@
+"""The real datasets' loaders read the toy suite, and say clearly what is missing or broken."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from uplab.data.ade20k import ADE20K, reduce_zero_label
+from uplab.data.coco import COCODetection, collate_detection
+from uplab.data.comp1k import Composition1k, trimap_to_unit
+from uplab.data.io import DatasetError
+from uplab.data.nyuv2 import NYUv2
+
+
+def test_ade20k_reads_toy_and_reduces_zero_label(toy_root):
+    dataset = ADE20K(toy_root / "segmentation", "validation")
+    assert len(dataset) == 2 and dataset.num_classes == 6
+    sample = dataset[0]
+    assert sample["image"].shape == (3, 32, 32) and sample["image"].dtype == torch.float32
+    assert sample["mask"].dtype == torch.int64
+    labels = set(sample["mask"].unique().tolist())
+    assert labels <= set(range(6)) | {255}
+
+
+def test_reduce_zero_label_by_hand():
+    # ADE's 0 ("other") -> 255 ignore; 1 -> 0, 150 -> 149.
+    np.testing.assert_array_equal(
+        reduce_zero_label(np.array([[0, 1], [2, 150]], np.uint8)), np.array([[255, 0], [1, 149]], np.uint8)
+    )
+
+
+def test_nyuv2_reads_millimetres_as_metres(toy_root):
+    dataset = NYUv2(toy_root / "depth", "test")
+    sample = dataset[0]
+    assert sample["depth"].shape == (1, 32, 32) and sample["depth"].dtype == torch.float32
+    valid = sample["depth"][sample["depth"] > 0]
+    assert 0.5 <= valid.min() and valid.max() <= 9.5
+    assert sample["focal"].item() == pytest.approx(518.8579)
+
+
+def test_composition1k_composites_training_and_reads_test(toy_root):
+    train = Composition1k(toy_root / "matting", "train")
+    test = Composition1k(toy_root / "matting", "test")
+    assert (len(train), len(test)) == (3, 2)
+    for sample in (train[0], test[0]):
+        assert sample["image"].shape == (3, 32, 32)
+        assert set(sample["trimap"].unique().tolist()) <= {0.0, 0.5, 1.0}
+        assert 0 <= sample["alpha"].min() and sample["alpha"].max() <= 1
+        # known regions of the trimap agree with alpha
+        assert torch.all(sample["alpha"][sample["trimap"] == 1] == 1)
+        assert torch.all(sample["alpha"][sample["trimap"] == 0] == 0)
+
+
+def test_trimap_to_unit_by_hand_and_rejects_other_values():
+    np.testing.assert_array_equal(trimap_to_unit(np.array([0, 128, 255], np.uint8)), [0.0, 0.5, 1.0])
+    with pytest.raises(ValueError, match="0, 128 or 255"):
+        trimap_to_unit(np.array([0, 100], np.uint8))
+
+
+def test_coco_reads_boxes_as_xyxy_with_labels_from_1(toy_root):
+    dataset = COCODetection(toy_root / "detection", "val")
+    assert dataset.num_classes == 4
+    images, targets = collate_detection([dataset[0], dataset[1]])
+    assert images[0].shape == (3, 32, 32) and 0 <= images[0].min() and images[0].max() <= 1
+    for target in targets:
+        boxes = target["boxes"]
+        assert boxes.dtype == torch.float32 and boxes.shape[1] == 4
+        assert torch.all(boxes[:, 2:] > boxes[:, :2])
+        assert target["labels"].dtype == torch.int64 and torch.all(target["labels"] >= 1)
+    raw = dataset.coco.loadAnns(dataset.coco.getAnnIds(imgIds=targets[0]["image_id"]))[0]["bbox"]
+    x, y, w, h = raw
+    assert targets[0]["boxes"][0].tolist() == pytest.approx([x, y, x + w, y + h])
+
+
+@pytest.mark.parametrize(
+    "make, missing",
+    [
+        (lambda r: ADE20K(r / "nowhere", "training"), "images/training"),
+        (lambda r: NYUv2(r / "nowhere", "train"), "nowhere"),
+        (lambda r: Composition1k(r / "nowhere", "test"), "Test_set"),
+        (lambda r: COCODetection(r / "nowhere", "val"), "instances_val2017.json"),
+    ],
+)
+def test_missing_dataset_names_the_path_looked_at(make, missing, tmp_path):
+    with pytest.raises(DatasetError, match=missing) as error:
+        make(tmp_path)
+    assert str(tmp_path / "nowhere") in str(error.value)
+
+
+def test_partial_dataset_names_a_missing_file(toy_root, tmp_path):
+    copy = tmp_path / "segmentation"
+    shutil.copytree(toy_root / "segmentation", copy)
+    victim = copy / "ADEChallengeData2016/annotations/training/ADE_train_00000002.png"
+    victim.unlink()
+    with pytest.raises(DatasetError, match="ADE_train_00000002.png"):
+        ADE20K(copy, "training")
+
+
+def test_partial_nyu_list_names_the_list(toy_root, tmp_path):
+    copy = tmp_path / "depth"
+    shutil.copytree(toy_root / "depth", copy)
+    (copy / "nyudepthv2_test_files_with_gt.txt").unlink()
+    with pytest.raises(DatasetError, match="nyudepthv2_test_files_with_gt.txt"):
+        NYUv2(copy, "test")
+
+
+def test_corrupt_file_names_the_file(toy_root, tmp_path):
+    copy = tmp_path / "depth"
+    shutil.copytree(toy_root / "depth", copy)
+    dataset = NYUv2(copy, "test")
+    depth_path = dataset.samples[0][1]
+    depth_path.write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=depth_path.name):
+        dataset[0]
+
+
+def test_invalid_split_is_a_value_error(toy_root):
+    with pytest.raises(ValueError, match="split must be one of"):
+        ADE20K(toy_root / "segmentation", "train")
