@@ -1,0 +1,109 @@
+"""The record of one run, ``results.json`` in its Hydra run directory (see DESIGN.md): the
+resolved config, the git commit, final and best metrics (with the step of the best), parameters
+and FLOPs of the whole model and of its upsamplers alone, wall time, peak memory and the W&B run
+id. Tables are built from these files, never from a W&B server."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS_FILE = "results.json"
+SCHEMA_VERSION = 1
+
+
+def git_commit(directory: str | Path = ".") -> str | None:
+    """The commit checked out at ``directory`` (with ``-dirty`` if the tree has changes), or
+    None outside a git work tree or without git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=directory, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def peak_memory_mb() -> dict[str, float | None]:
+    """Peak resident memory of this process and, if CUDA is in use, the peak CUDA allocation (MiB)."""
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_mb = rss_kb / 1024 if sys.platform != "darwin" else rss_kb / 2**20  # macOS reports bytes
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else None
+    return {"cpu_rss": round(rss_mb, 1), "cuda_allocated": None if cuda is None else round(cuda, 1)}
+
+
+def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as JSON to ``path`` through a temporary file in the same directory and
+    ``os.replace``, so a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, allow_nan=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_run_record(
+    run_dir: str | Path,
+    *,
+    config: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    cost: Mapping[str, Any],
+    wall_time_s: float,
+    wandb_run_id: str | None,
+    commit: str | None,
+    status: str = "finished",
+) -> Path:
+    """Write ``<run_dir>/results.json`` atomically and return its path.
+
+    Args:
+        run_dir: the run's Hydra output directory.
+        config: the resolved config (plain containers).
+        metrics: ``{"monitor", "mode", "final": {...}, "best": {...}, "best_step", ...}``.
+        cost: ``{"params": {"total", "upsamplers"}, "flops": {"total", "upsamplers"} or None}``.
+        wall_time_s: seconds from start to end of the run.
+        wandb_run_id: the W&B run id, or None without W&B.
+        commit: the git commit of the code.
+        status: ``"finished"`` or ``"interrupted"``.
+    """
+    record = {
+        "schema": SCHEMA_VERSION,
+        "status": status,
+        "commit": commit,
+        "wandb_run_id": wandb_run_id,
+        "wall_time_s": round(float(wall_time_s), 3),
+        "peak_memory_mb": peak_memory_mb(),
+        "metrics": dict(metrics),
+        "cost": dict(cost),
+        "config": dict(config),
+    }
+    return write_json_atomic(Path(run_dir) / RESULTS_FILE, record)
+
+
+def read_run_record(path: str | Path) -> dict[str, Any]:
+    """Read a ``results.json`` (or the one in a run directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    if not path.is_file():
+        raise ValueError(f"no run record at {path}: expected a results.json or a run directory holding one")
+    return json.loads(path.read_text())

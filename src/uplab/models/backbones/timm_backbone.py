@@ -1,0 +1,69 @@
+"""Multi-scale feature extractors from timm (``features_only``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import timm
+import torch
+from torch import nn
+
+
+class TimmBackbone(nn.Module):
+    """A timm model as a feature pyramid: ``forward(x)`` returns one feature per level, finest first.
+
+    Channels and reductions come from timm's ``feature_info``; nothing is hard-coded. As in
+    segmentation_models_pytorch's encoders, the input itself can lead the list as the level of
+    reduction 1 (``include_input=True``), so that a decoder which upsamples to full resolution has
+    a guide there (the U-Net builds its full-resolution guide from it).
+
+    Args:
+        name: a timm model name (``resnet18``, ``resnet50``, ``test_resnet``, ...).
+        pretrained: load timm's pretrained weights (needs them in the local cache or a network).
+        in_chans: input channels (4 for matting: RGB and trimap).
+        out_indices: which of timm's feature levels to return (default: all of them).
+        include_input: put the input tensor first in the returned list.
+
+    Example:
+        >>> bb = TimmBackbone("resnet18", out_indices=(1, 2, 3, 4))
+        >>> bb.channels, bb.reductions
+        ([64, 128, 256, 512], [4, 8, 16, 32])
+    """
+
+    def __init__(
+        self,
+        name: str,
+        pretrained: bool = False,
+        in_chans: int = 3,
+        out_indices: Sequence[int] | None = None,
+        include_input: bool = False,
+    ):
+        super().__init__()
+        kwargs = {"features_only": True, "pretrained": pretrained, "in_chans": in_chans}
+        if out_indices is not None:
+            kwargs["out_indices"] = tuple(out_indices)
+        try:
+            self.model = timm.create_model(name, **kwargs)
+        except OSError as err:
+            raise RuntimeError(
+                f"could not load pretrained weights for timm model {name!r}: {err}. "
+                "Put them in the Hugging Face cache (HF_HOME) on a machine with network access, "
+                "or train from scratch with backbone.pretrained=false"
+            ) from err
+        self.in_chans = in_chans
+        self.include_input = include_input
+        channels = list(self.model.feature_info.channels())
+        reductions = list(self.model.feature_info.reduction())
+        if include_input:
+            channels, reductions = [in_chans, *channels], [1, *reductions]
+        self.channels: list[int] = channels
+        self.reductions: list[int] = reductions
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"{type(self).__name__}: expected input [B, {self.in_chans}, H, W], "
+                f"got {tuple(x.shape)}"
+            )
+        features = self.model(x)
+        return [x, *features] if self.include_input else list(features)

@@ -1,0 +1,88 @@
+"""Callbacks of a run: the history of validation metrics (for the run record), reseeding per
+epoch (so a resumed run replays the epochs an uninterrupted run would), and a clean stop at an
+epoch boundary (for splitting a run across time-limited jobs)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+
+
+class MetricHistory(Callback):
+    """Records every validation's metrics with the global step; kept in checkpoints, so the
+    history of a resumed run is the whole run's.
+
+    Args:
+        monitor: the metric that decides which validation is best.
+        mode: ``"max"`` or ``"min"``.
+    """
+
+    def __init__(self, monitor: str, mode: str):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.monitor = monitor
+        self.mode = mode
+        self.history: list[dict[str, Any]] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+        }
+        self.history.append({"step": trainer.global_step, "epoch": trainer.current_epoch, "metrics": metrics})
+
+    def final(self) -> dict[str, Any] | None:
+        """The last validation's record, or None before any."""
+        return self.history[-1] if self.history else None
+
+    def best(self) -> dict[str, Any] | None:
+        """The record of the validation whose ``monitor`` is best (first of equals), or None."""
+        scored = [
+            r for r in self.history if not math.isnan(r["metrics"].get(self.monitor, math.nan))
+        ]
+        if not scored:
+            return None
+        pick = max if self.mode == "max" else min
+        return pick(scored, key=lambda r: r["metrics"][self.monitor])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])
+
+
+class EpochSeed(Callback):
+    """Reseeds torch, numpy and random at the start of every training epoch from ``seed + epoch``.
+
+    Lightning's checkpoints do not hold the random state, so without this a run resumed from an
+    epoch boundary draws other dropout masks and augmentations than the uninterrupted run.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl.seed_everything(self.seed + trainer.current_epoch, workers=True, verbose=False)
+
+
+class StopAtEpoch(Callback):
+    """Stops training cleanly after ``epochs`` epochs, keeping the schedule of the full run
+    (``trainer.max_epochs`` still sets the learning-rate horizon); resume continues from there.
+
+    Args:
+        epochs: number of epochs to run in this job.
+    """
+
+    def __init__(self, epochs: int):
+        if epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {epochs}")
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True

@@ -1,0 +1,79 @@
+"""Semantic segmentation: per-pixel cross-entropy, mIoU and boundary IoU."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uplab.metrics import SegmentationMetrics
+from uplab.models import DenseModel
+from uplab.tasks.base import TaskModule
+from uplab.tasks.figures import denormalize
+
+
+class SegmentationTask(TaskModule):
+    """Semantic segmentation (the ADE20K setting of SAPA and FADE with a SegFormer head).
+
+    The logits at the decoder's resolution are resized bilinearly to the label size, as
+    mmsegmentation does, for the loss and for evaluation.
+
+    Args:
+        backbone: factory ``backbone(in_chans=3)``.
+        decoder: decoder factory (see :class:`uplab.models.DenseModel`).
+        upsampler: upsampler factory handed to the decoder.
+        num_classes: classes without the ignore label (from the data).
+        optimizer: optimizer partial.
+        scheduler: scheduler partial or None.
+        ignore_index: label left out of loss and metrics.
+    """
+
+    data_task = "segmentation"
+    monitor = "val/mIoU"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        backbone: Callable[..., nn.Module],
+        decoder: Callable[..., nn.Module],
+        upsampler: Callable[..., nn.Module],
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        ignore_index: int = 255,
+    ):
+        super().__init__(optimizer, scheduler)
+        self.save_hyperparameters(ignore=["backbone", "decoder", "upsampler", "optimizer", "scheduler"])
+        self.model = DenseModel(backbone(in_chans=3), decoder, upsampler, num_classes)
+        self.ignore_index = ignore_index
+        self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        logits = self.model(image)
+        return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = F.cross_entropy(logits, batch["mask"], ignore_index=self.ignore_index)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["image"])
+        loss = F.cross_entropy(logits, batch["mask"], ignore_index=self.ignore_index)
+        self.log("val/loss", loss, batch_size=len(logits), sync_dist=True)
+        self.val_metrics.update(logits, batch["mask"])
+
+    def predict_for_figure(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self(batch["image"][:1]).argmax(dim=1)
+
+    def figure_panels(self, batch: dict[str, torch.Tensor], output: torch.Tensor) -> dict[str, Any]:
+        mask = batch["mask"][0].clone()
+        mask[mask == self.ignore_index] = 0
+        return {"input": denormalize(batch["image"][0]), "prediction": output[0], "ground truth": mask}
+
+    def example_input(self, batch: dict[str, torch.Tensor]) -> tuple:
+        return (batch["image"][:1],)
