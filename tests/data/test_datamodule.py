@@ -17,7 +17,9 @@ CONF = Path(__file__).parents[2] / "conf" / "data"
     [("toy_seg", 6), ("toy_depth", None), ("toy_matting", None), ("toy_det", 4)],
 )
 def test_config_builds_a_datamodule_with_batches(config, num_classes, tmp_path, tiny):
-    cfg = OmegaConf.merge({"paths": {"data_dir": str(tmp_path)}}, {"data": OmegaConf.load(CONF / f"{config}.yaml")})
+    cfg = OmegaConf.merge(
+        {"paths": {"data_dir": str(tmp_path)}}, {"data": OmegaConf.load(CONF / f"{config}.yaml")}
+    )
     cfg.data.toy = tiny
     cfg.data.batch_size = 2
     dm = instantiate(cfg.data)
@@ -38,7 +40,9 @@ def test_config_builds_a_datamodule_with_batches(config, num_classes, tmp_path, 
 
 def test_shuffle_and_augmentation_are_functions_of_seed_and_epoch(toy_root):
     def first_batch(epoch, seed=0):
-        dm = DataModule("segmentation", toy_root / "segmentation", seed=seed, batch_size=3, crop_size=24)
+        dm = DataModule(
+            "segmentation", toy_root / "segmentation", seed=seed, batch_size=3, crop_size=24
+        )
         loader = dm.train_dataloader()
         loader.sampler.set_epoch(epoch)
         return next(iter(loader))

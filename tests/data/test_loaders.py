@@ -26,7 +26,8 @@ def test_ade20k_reads_toy_and_reduces_zero_label(toy_root):
 def test_reduce_zero_label_by_hand():
     # ADE's 0 ("other") -> 255 ignore; 1 -> 0, 150 -> 149.
     np.testing.assert_array_equal(
-        reduce_zero_label(np.array([[0, 1], [2, 150]], np.uint8)), np.array([[255, 0], [1, 149]], np.uint8)
+        reduce_zero_label(np.array([[0, 1], [2, 150]], np.uint8)),
+        np.array([[255, 0], [1, 149]], np.uint8),
     )
 
 
@@ -53,7 +54,9 @@ def test_composition1k_composites_training_and_reads_test(toy_root):
 
 
 def test_trimap_to_unit_by_hand_and_rejects_other_values():
-    np.testing.assert_array_equal(trimap_to_unit(np.array([0, 128, 255], np.uint8)), [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(
+        trimap_to_unit(np.array([0, 128, 255], np.uint8)), [0.0, 0.5, 1.0]
+    )
     with pytest.raises(ValueError, match="0, 128 or 255"):
         trimap_to_unit(np.array([0, 100], np.uint8))
 

@@ -11,7 +11,11 @@ from uplab.data.toy import MARKER, TASKS, build_toy, ensure_toy, toy_parameters
 
 
 def _tree_bytes(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -91,7 +95,11 @@ def test_matting_is_composition1k_format(toy_root):
 def test_detection_is_coco_format(toy_root):
     base = toy_root / "detection"
     coco = COCO(str(base / "annotations/instances_val2017.json"))
-    assert sorted(c["name"] for c in coco.loadCats(coco.getCatIds())) == ["disc", "square", "triangle"]
+    assert sorted(c["name"] for c in coco.loadCats(coco.getCatIds())) == [
+        "disc",
+        "square",
+        "triangle",
+    ]
     image_info = coco.loadImgs(coco.getImgIds())[0]
     assert Image.open(base / "val2017" / image_info["file_name"]).size == (32, 32)
     for annotation in coco.loadAnns(coco.getAnnIds()):

@@ -75,7 +75,10 @@ def test_resize_keeps_label_values_and_scales_boxes():
 
 def test_pipeline_is_deterministic_under_a_seed():
     rng = np.random.default_rng(0)
-    sample = {"image": rng.integers(0, 255, (16, 16, 3)).astype(np.uint8), "mask": rng.integers(0, 5, (16, 16)).astype(np.uint8)}
+    sample = {
+        "image": rng.integers(0, 255, (16, 16, 3)).astype(np.uint8),
+        "mask": rng.integers(0, 5, (16, 16)).astype(np.uint8),
+    }
     pipeline = T.build_train_transform(crop_size=8, flip=True, scale=(0.8, 1.5))
     first = pipeline(sample, T.sample_rng(3, 1, 7))
     second = pipeline(sample, T.sample_rng(3, 1, 7))

@@ -16,8 +16,14 @@ def test_two_pixels_by_hand():
     pred = torch.tensor([2.0, 2.0])
     errors = depth_errors(pred, gt, torch.tensor([True, True]))
     expected = {
-        "d1": 0.5, "d2": 0.5, "d3": 0.5, "abs_rel": 0.5, "sq_rel": 0.5,
-        "rmse": math.sqrt(0.5), "rmse_log": math.log(2) / math.sqrt(2), "log10": math.log10(2) / 2,
+        "d1": 0.5,
+        "d2": 0.5,
+        "d3": 0.5,
+        "abs_rel": 0.5,
+        "sq_rel": 0.5,
+        "rmse": math.sqrt(0.5),
+        "rmse_log": math.log(2) / math.sqrt(2),
+        "log10": math.log10(2) / 2,
     }
     assert errors == pytest.approx(expected)
 

@@ -74,4 +74,6 @@ def test_rejects_labels_out_of_range_and_shape_mismatch():
     with pytest.raises(ValueError, match=r"predicted labels must lie in \[0, 2\)"):
         confusion_matrix(torch.tensor([[[2]]]), torch.tensor([[[0]]]), 2)
     with pytest.raises(ValueError, match="one shape"):
-        confusion_matrix(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 3, dtype=torch.long), 2)
+        confusion_matrix(
+            torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 3, dtype=torch.long), 2
+        )

@@ -87,4 +87,7 @@ class ADE20K(Dataset):
             )
         if self.transform is not None:
             sample = self.transform(sample, T.sample_rng(self.seed, self.epoch, index))
-        return {"image": T.normalize_image(sample["image"]), "mask": torch.from_numpy(sample["mask"].astype(np.int64))}
+        return {
+            "image": T.normalize_image(sample["image"]),
+            "mask": torch.from_numpy(sample["mask"].astype(np.int64)),
+        }

@@ -52,7 +52,9 @@ class COCODetection(Dataset):
             with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
                 self.coco = COCO(str(annotation_file))
         except (ValueError, KeyError, TypeError) as error:
-            raise DatasetError(f"cannot read COCO annotations {annotation_file}: {error}") from error
+            raise DatasetError(
+                f"cannot read COCO annotations {annotation_file}: {error}"
+            ) from error
         self.category_ids = sorted(self.coco.getCatIds())
         self.label_of = {cat: label for label, cat in enumerate(self.category_ids, start=1)}
         self.image_ids = sorted(self.coco.getImgIds())
@@ -73,7 +75,8 @@ class COCODetection(Dataset):
         info = self.coco.loadImgs(image_id)[0]
         image = read_rgb(self.image_dir / info["file_name"])
         annotations = [
-            a for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id))
+            a
+            for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id))
             if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0
         ]
         boxes = np.array([a["bbox"] for a in annotations], np.float32).reshape(-1, 4)

@@ -34,7 +34,9 @@ def trimap_to_unit(trimap: np.ndarray) -> np.ndarray:
     """0 / 128 / 255 trimap -> float32 {0, 0.5, 1}; other values are a ValueError."""
     bad = ~np.isin(trimap, (0, 128, 255))
     if bad.any():
-        raise ValueError(f"trimap values must be 0, 128 or 255; got {np.unique(trimap[bad])[:5].tolist()}")
+        raise ValueError(
+            f"trimap values must be 0, 128 or 255; got {np.unique(trimap[bad])[:5].tolist()}"
+        )
     return np.select([trimap == 0, trimap == 128], [0.0, 0.5], 1.0).astype(np.float32)
 
 
@@ -50,7 +52,9 @@ class Composition1k(Dataset):
         trimap_radius: range ``(low, high)`` of the training trimaps' band width in pixels.
     """
 
-    def __init__(self, root, split: str = "train", transform=None, seed: int = 0, trimap_radius=(1, 5)):
+    def __init__(
+        self, root, split: str = "train", transform=None, seed: int = 0, trimap_radius=(1, 5)
+    ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
         self.root = resolve_root(root)
@@ -68,7 +72,11 @@ class Composition1k(Dataset):
                 )
             per_fg = len(bg_names) // len(fg_names)
             self.samples = [
-                (base / "fg" / fg_names[i // per_fg], base / "alpha" / fg_names[i // per_fg], base / "bg" / bg)
+                (
+                    base / "fg" / fg_names[i // per_fg],
+                    base / "alpha" / fg_names[i // per_fg],
+                    base / "bg" / bg,
+                )
                 for i, bg in enumerate(bg_names[: per_fg * len(fg_names)])
             ]
         else:
@@ -80,7 +88,9 @@ class Composition1k(Dataset):
             self.samples = [(merged / n, base / "alpha" / n, base / "trimaps" / n) for n in names]
         missing = [p for sample in self.samples for p in sample if not p.is_file()]
         if missing:
-            raise DatasetError(f"Composition-1k {split}: {len(missing)} files missing, e.g. {missing[0]}")
+            raise DatasetError(
+                f"Composition-1k {split}: {len(missing)} files missing, e.g. {missing[0]}"
+            )
         self.transform = transform
         self.seed = seed
         self.trimap_radius = tuple(trimap_radius)
@@ -92,7 +102,11 @@ class Composition1k(Dataset):
     def _load(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         if self.split == "test":
             merged, alpha, trimap = self.samples[index]
-            return {"image": read_rgb(merged), "alpha": read_gray(alpha), "trimap": read_gray(trimap)}
+            return {
+                "image": read_rgb(merged),
+                "alpha": read_gray(alpha),
+                "trimap": read_gray(trimap),
+            }
         fg_path, alpha_path, bg_path = self.samples[index]
         fg, alpha, bg = read_rgb(fg_path), read_gray(alpha_path), read_rgb(bg_path)
         if fg.shape != bg.shape:

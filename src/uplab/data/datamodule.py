@@ -99,7 +99,9 @@ class DataModule(pl.LightningDataModule):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}; got {task!r}")
         if batch_size < 1 or num_workers < 0:
-            raise ValueError(f"need batch_size >= 1 and num_workers >= 0; got {batch_size}, {num_workers}")
+            raise ValueError(
+                f"need batch_size >= 1 and num_workers >= 0; got {batch_size}, {num_workers}"
+            )
         self.task = task
         self.root = Path(root)
         self.toy = dict(toy) if toy is not None else None
@@ -155,7 +157,9 @@ class DataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
-        return self._loader(self.train_set, self.batch_size, EpochSeededSampler(self.train_set, self.seed))
+        return self._loader(
+            self.train_set, self.batch_size, EpochSeededSampler(self.train_set, self.seed)
+        )
 
     def val_dataloader(self) -> DataLoader:
         if self.eval_set is None:

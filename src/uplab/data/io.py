@@ -57,7 +57,9 @@ def read_gray(path: Path, dtype=np.uint8) -> np.ndarray:
             raise DatasetError(f"{path}: values outside 16-bit range")
         return array.astype(np.uint16)
     if array.dtype != dtype:
-        raise DatasetError(f"{path}: expected a {np.dtype(dtype).name} image, got mode {image.mode} ({array.dtype})")
+        raise DatasetError(
+            f"{path}: expected a {np.dtype(dtype).name} image, got mode {image.mode} ({array.dtype})"
+        )
     return array
 
 

@@ -34,7 +34,9 @@ class NYUv2(Dataset):
         filenames_file: another list file (relative to ``root``) instead of the default one.
     """
 
-    def __init__(self, root, split: str = "train", transform=None, seed: int = 0, filenames_file=None):
+    def __init__(
+        self, root, split: str = "train", transform=None, seed: int = 0, filenames_file=None
+    ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {tuple(SPLITS)}; got {split!r}")
         self.root = Path(root)
@@ -50,7 +52,11 @@ class NYUv2(Dataset):
                     f"{list_path}:{number}: expected 'rgb_path depth_path focal'; got {line!r}"
                 )
             self.samples.append(
-                (self.data_dir / fields[0].lstrip("/"), self.data_dir / fields[1].lstrip("/"), float(fields[2]))
+                (
+                    self.data_dir / fields[0].lstrip("/"),
+                    self.data_dir / fields[1].lstrip("/"),
+                    float(fields[2]),
+                )
             )
         self.transform = transform
         self.seed = seed
@@ -66,7 +72,9 @@ class NYUv2(Dataset):
             "depth": read_gray(depth_path, np.uint16).astype(np.float32) / DEPTH_SCALE,
         }
         if sample["image"].shape[:2] != sample["depth"].shape:
-            raise DatasetError(f"{depth_path}: depth {sample['depth'].shape} does not match image {sample['image'].shape[:2]}")
+            raise DatasetError(
+                f"{depth_path}: depth {sample['depth'].shape} does not match image {sample['image'].shape[:2]}"
+            )
         if self.transform is not None:
             sample = self.transform(sample, T.sample_rng(self.seed, self.epoch, index))
         return {

@@ -95,14 +95,18 @@ class RandomResize:
         for key, value in _dense_items(sample):
             out[key] = resize(value, new, DENSE_KEYS[key][0])
         if "boxes" in sample:
-            out["boxes"] = sample["boxes"] * np.array([new[0] / width, new[1] / height] * 2, np.float32)
+            out["boxes"] = sample["boxes"] * np.array(
+                [new[0] / width, new[1] / height] * 2, np.float32
+            )
         return out
 
 
 def resize(array: np.ndarray, size_wh: tuple[int, int], resample) -> np.ndarray:
     """Resize a ``[H, W]`` or ``[H, W, C]`` array with PIL, keeping its dtype."""
     if array.ndim == 3:
-        return np.stack([resize(array[..., c], size_wh, resample) for c in range(array.shape[2])], -1)
+        return np.stack(
+            [resize(array[..., c], size_wh, resample) for c in range(array.shape[2])], -1
+        )
     resized = Image.fromarray(array.astype(np.float32), mode="F").resize(size_wh, resample)
     out = np.asarray(resized)
     if np.issubdtype(array.dtype, np.integer):
@@ -130,7 +134,9 @@ class RandomCrop:
         left = int(rng.integers(0, max(width - cw, 0) + 1))
         out = dict(sample)
         for key, value in _dense_items(sample):
-            padded = np.full((max(height, ch), max(width, cw)) + value.shape[2:], DENSE_KEYS[key][1], value.dtype)
+            padded = np.full(
+                (max(height, ch), max(width, cw)) + value.shape[2:], DENSE_KEYS[key][1], value.dtype
+            )
             padded[:height, :width] = value
             out[key] = np.ascontiguousarray(padded[top : top + ch, left : left + cw])
         if "boxes" in sample:

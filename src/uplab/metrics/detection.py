@@ -28,7 +28,9 @@ class DetectionMetrics(MeanAveragePrecision):
     def __init__(self, **kwargs) -> None:
         super().__init__(box_format="xyxy", iou_type="bbox", backend="pycocotools", **kwargs)
 
-    def update(self, preds: list[dict[str, torch.Tensor]], target: list[dict[str, torch.Tensor]]) -> None:
+    def update(
+        self, preds: list[dict[str, torch.Tensor]], target: list[dict[str, torch.Tensor]]
+    ) -> None:
         if len(preds) != len(target):
             raise ValueError(f"got {len(preds)} predictions for {len(target)} targets")
         super().update(

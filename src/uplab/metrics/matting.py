@@ -208,11 +208,18 @@ class MattingMetrics(Metric):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         for name in ("sad", "mse", "grad", "conn"):
-            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(
+                name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+            )
         self.add_state("images", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, pred: torch.Tensor, alpha: torch.Tensor, trimap: torch.Tensor) -> None:
-        if pred.shape != alpha.shape or pred.shape != trimap.shape or pred.ndim != 4 or pred.shape[1] != 1:
+        if (
+            pred.shape != alpha.shape
+            or pred.shape != trimap.shape
+            or pred.ndim != 4
+            or pred.shape[1] != 1
+        ):
             raise ValueError(
                 "expected pred, alpha and trimap of one shape [B, 1, H, W]; got "
                 f"{tuple(pred.shape)}, {tuple(alpha.shape)}, {tuple(trimap.shape)}"

@@ -141,7 +141,9 @@ class SegmentationMetrics(Metric):
     def compute(self) -> dict[str, torch.Tensor]:
         inter = self.boundary_inter.to(torch.float64)
         union = self.boundary_union.to(torch.float64)
-        biou = torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
+        biou = torch.where(
+            union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan"))
+        )
         return {
             "mIoU": iou_from_confusion(self.confusion).nanmean(),
             "bIoU": biou.nanmean(),

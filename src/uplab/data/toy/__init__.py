@@ -44,7 +44,9 @@ def toy_parameters(task: str, seed: int = 0, **size_kw: int) -> dict:
     sizes = dict(DEFAULT_SIZES[task])
     unknown = set(size_kw) - set(sizes)
     if unknown:
-        raise ValueError(f"unknown toy size options {sorted(unknown)}; expected some of {sorted(sizes)}")
+        raise ValueError(
+            f"unknown toy size options {sorted(unknown)}; expected some of {sorted(sizes)}"
+        )
     sizes.update({k: int(v) for k, v in size_kw.items()})
     if min(sizes.values()) < 1 or sizes["image_size"] < 16:
         raise ValueError(f"toy sizes must be positive and image_size >= 16; got {sizes}")

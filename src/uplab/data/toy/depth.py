@@ -50,24 +50,32 @@ def _surfaces(rng: np.random.Generator, size: int):
         hh, hw = rng.uniform(3, 14, 2) * size / 64
         angle = rng.uniform(-0.4, 0.4)
         oy, ox = rng.uniform(-0.8, 0.8, 2)
-        objects.append((
-            z,
-            lambda y, x, cy=cy, cx=cx, hh=hh, hw=hw, a=angle: render.rotated_box(y, x, cy, cx, hh, hw, a),
-            lambda y, x, z=z, oy=oy, ox=ox: _plane(y, x, size, z, oy, ox),
-            rng.uniform(0.1, 1.0, 3),
-            rng.uniform(2.5, 6.0),
-        ))
+        objects.append(
+            (
+                z,
+                lambda y, x, cy=cy, cx=cx, hh=hh, hw=hw, a=angle: render.rotated_box(
+                    y, x, cy, cx, hh, hw, a
+                ),
+                lambda y, x, z=z, oy=oy, ox=ox: _plane(y, x, size, z, oy, ox),
+                rng.uniform(0.1, 1.0, 3),
+                rng.uniform(2.5, 6.0),
+            )
+        )
     for _ in range(rng.integers(0, 3)):
         z = rng.uniform(1.0, 4.0)
         x0, width = rng.uniform(0.1, 0.9) * size, rng.uniform(1.0, 2.5)
         tilt = rng.uniform(-6, 6) * size / 64
-        objects.append((
-            z,
-            lambda y, x, x0=x0, w=width, t=tilt: render.segment(y, x, 0, x0 - t, size, x0 + t, w),
-            lambda y, x, z=z: np.full(np.shape(y), z),
-            rng.uniform(0.1, 1.0, 3),
-            2.0,
-        ))
+        objects.append(
+            (
+                z,
+                lambda y, x, x0=x0, w=width, t=tilt: render.segment(
+                    y, x, 0, x0 - t, size, x0 + t, w
+                ),
+                lambda y, x, z=z: np.full(np.shape(y), z),
+                rng.uniform(0.1, 1.0, 3),
+                2.0,
+            )
+        )
     objects.sort(key=lambda o: -o[0])
     return surfaces + [o[1:] for o in objects]
 
@@ -92,7 +100,9 @@ def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.n
     for k, (_, _, colour, period) in enumerate(surfaces):
         mask = index == k
         # Perspective: the texture's period on screen shrinks with distance.
-        pattern = render.stripes(hy[mask], hx[mask], period * 3.0 / depth_fine[mask], rng.uniform(0, np.pi))
+        pattern = render.stripes(
+            hy[mask], hx[mask], period * 3.0 / depth_fine[mask], rng.uniform(0, np.pi)
+        )
         image[mask] = colour * (0.65 + 0.35 * pattern)[:, None]
     haze = (depth_fine / MAX_DEPTH)[..., None]
     image = image * (1 - 0.7 * haze) + 0.7 * haze * np.array([0.75, 0.78, 0.85])

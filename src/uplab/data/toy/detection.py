@@ -30,7 +30,9 @@ def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list
     """One image (float RGB) and its objects: ``{"category_id", "bbox" (xywh), "area"}``."""
     hy, hx = render.pixel_grid(size, size, SUPERSAMPLE)
     ly, lx = render.pixel_grid(size, size)
-    image = 0.25 + 0.35 * render.smooth_noise(rng, size * SUPERSAMPLE, size * SUPERSAMPLE, 10 * SUPERSAMPLE, 3)
+    image = 0.25 + 0.35 * render.smooth_noise(
+        rng, size * SUPERSAMPLE, size * SUPERSAMPLE, 10 * SUPERSAMPLE, 3
+    )
     occupied = np.zeros((size, size), bool)
     objects = []
     for _ in range(rng.integers(2, 9)):
@@ -67,7 +69,9 @@ def _grow(mask: np.ndarray) -> np.ndarray:
 def write(out: Path, rng_for, num_train: int, num_val: int, image_size: int) -> None:
     """Write ``train2017/``, ``val2017/`` (JPEG) and ``annotations/instances_{train,val}2017.json``."""
     (out / "annotations").mkdir(parents=True)
-    categories = [{"id": i, "name": n, "supercategory": "shape"} for i, n in enumerate(CATEGORIES, 1)]
+    categories = [
+        {"id": i, "name": n, "supercategory": "shape"} for i, n in enumerate(CATEGORIES, 1)
+    ]
     annotation_id = 1
     for split, count in (("train", num_train), ("val", num_val)):
         folder = out / f"{split}2017"
@@ -78,10 +82,25 @@ def write(out: Path, rng_for, num_train: int, num_val: int, image_size: int) -> 
             image_id = i + 1
             file_name = f"{image_id:012d}.jpg"
             render.save_jpeg(folder / file_name, image)
-            images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size})
+            images.append(
+                {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
+            )
             for obj in objects:
-                annotations.append({"id": annotation_id, "image_id": image_id, "iscrowd": 0, "segmentation": [], **obj})
+                annotations.append(
+                    {
+                        "id": annotation_id,
+                        "image_id": image_id,
+                        "iscrowd": 0,
+                        "segmentation": [],
+                        **obj,
+                    }
+                )
                 annotation_id += 1
-        document = {"info": {"description": "uplab toy detection"}, "licenses": [], "images": images,
-                    "annotations": annotations, "categories": categories}
+        document = {
+            "info": {"description": "uplab toy detection"},
+            "licenses": [],
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        }
         (out / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(document))

@@ -64,12 +64,19 @@ def render_foreground(rng: np.random.Generator, size: int) -> np.ndarray:
 def render_background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Cluttered, muted background scene, float RGB ``[size, size, 3]``."""
     y, x = render.pixel_grid(size, size)
-    noise = 0.7 * render.smooth_noise(rng, size, size, 8, 3) + 0.3 * render.smooth_noise(rng, size, size, 4, 3)
+    noise = 0.7 * render.smooth_noise(rng, size, size, 8, 3) + 0.3 * render.smooth_noise(
+        rng, size, size, 4, 3
+    )
     image = 0.15 + 0.5 * (0.4 * noise + 0.6 * noise.mean(axis=2, keepdims=True))
     for _ in range(rng.integers(2, 6)):
         cy, cx = rng.uniform(0, size, 2)
-        mask = render.rotated_box(y, x, cy, cx, *rng.uniform(2, 10, 2) * size / 64, rng.uniform(0, np.pi))
-        image[mask] = rng.uniform(0.1, 0.6, 3) * (0.7 + 0.3 * render.stripes(y[mask], x[mask], 3.0, 0.5))[:, None]
+        mask = render.rotated_box(
+            y, x, cy, cx, *rng.uniform(2, 10, 2) * size / 64, rng.uniform(0, np.pi)
+        )
+        image[mask] = (
+            rng.uniform(0.1, 0.6, 3)
+            * (0.7 + 0.3 * render.stripes(y[mask], x[mask], 3.0, 0.5))[:, None]
+        )
     return image
 
 
@@ -107,8 +114,12 @@ def write(out: Path, rng_for, num_train: int, num_val: int, image_size: int) -> 
     for i in range(num_train):
         rng = rng_for("train", i)
         name = f"toy_fg_{i:05d}"
-        render.save_png(train / "alpha" / f"{name}.png", render.to_uint8(render_alpha(rng, image_size)))
-        render.save_png(train / "fg" / f"{name}.png", render.to_uint8(render_foreground(rng, image_size)))
+        render.save_png(
+            train / "alpha" / f"{name}.png", render.to_uint8(render_alpha(rng, image_size))
+        )
+        render.save_png(
+            train / "fg" / f"{name}.png", render.to_uint8(render_foreground(rng, image_size))
+        )
         render.save_jpeg(train / "bg" / f"toy_bg_{i:05d}.jpg", render_background(rng, image_size))
         fg_names.append(f"{name}.png")
         bg_names.append(f"toy_bg_{i:05d}.jpg")

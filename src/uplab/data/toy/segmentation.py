@@ -75,7 +75,9 @@ def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.n
     image = _texture(rng, 1, hy, hx) * render.smooth_noise(rng, *hy.shape, 16 * SUPERSAMPLE) * 0.6
     image = image + 0.4 * _texture(rng, 1, hy, hx)
     label = np.full((size, size), 1, np.uint8)
-    shapes = [(int(c), _random_shape(rng, int(c), size)) for c in rng.integers(2, 7, rng.integers(3, 7))]
+    shapes = [
+        (int(c), _random_shape(rng, int(c), size)) for c in rng.integers(2, 7, rng.integers(3, 7))
+    ]
     for _ in range(rng.integers(0, 3)):  # unlabelled clutter ("other")
         cy, cx = rng.uniform(0, size, 2)
         r = rng.uniform(1.5, 4) * size / 64
