@@ -133,3 +133,17 @@ def test_count_params_trainable_only_and_bad_input():
         count_params("resnet")
     with pytest.raises(ValueError, match="nn.Module"):
         count_flops(lambda x: x, torch.zeros(1))
+
+
+def test_matmul_counts_output_times_inner_dimension():
+    a, b = torch.randn(2, 3, 5, 7), torch.randn(2, 3, 7, 4)
+    for fn in (lambda x, y: x @ y, torch.matmul, lambda x, y: torch.bmm(x[0], y[0])):
+        out = count_flops(_Call(fn), a, b)
+        assert out["matmul"] == fn(a, b).numel() * 7
+
+
+def test_layer_norm_can_be_left_out_as_mmcv_1_2_did():
+    x = torch.zeros(1, 4, 6)
+    net = nn.Sequential(nn.LayerNorm(6), nn.BatchNorm1d(4))
+    assert count_flops(net, x)["norm"] == 4 * x.numel()
+    assert count_flops(net, x, count_layer_norm=False)["norm"] == 2 * x.numel()

@@ -33,7 +33,13 @@ counter cannot see, which the learned upsamplers are built from:
 - ``grid_sample``: bilinear interpolation weighs 4 neighbours (2-D; 8 in 3-D), bicubic 16, nearest
   0, per output element ``B * C * Hout * Wout``;
 - ``unfold``: counted like ``Upsample``, one per output element (it only rearranges data);
-- ``softmax`` / ``log_softmax``: one per element, as the counter counts activations.
+- ``softmax`` / ``log_softmax``: one per element, as the counter counts activations;
+- ``matmul`` (``@``, ``torch.matmul``, ``bmm``): ``numel(out) * inner dim``. SegFormer's FLOPs tool
+  adds exactly this for its attention (``sra_flops`` in NVlabs/SegFormer ``tools/get_flops.py``).
+
+``count_layer_norm=False`` drops LayerNorm, as the mmcv 1.2 counter pinned by SegFormer (and so by
+the SAPA/FADE SegFormer runs) did: with it, MiT-B1 + all-MLP head at 512x512 gives the published
+15.91 GFLOPs (15.94 with LayerNorm), and SAPA-B its published +1.02.
 
 These are reported separately (``"ops"`` and one key per op), so ``result["modules"]`` is exactly
 what the released counter prints.
@@ -201,6 +207,10 @@ def _elementwise_flops(func, args, kwargs, out: torch.Tensor) -> int:
     return out.numel()
 
 
+def _matmul_flops(func, args, kwargs, out: torch.Tensor) -> int:
+    return out.numel() * args[0].shape[-1]
+
+
 _OP_RULES: dict[Callable, tuple[str, Callable[..., int]]] = {
     ops.carafe: ("carafe", _carafe_flops),
     ops.local_similarity: ("local_similarity", _similarity_flops),
@@ -212,10 +222,15 @@ _OP_RULES: dict[Callable, tuple[str, Callable[..., int]]] = {
     torch.log_softmax: ("softmax", _elementwise_flops),
     torch.Tensor.softmax: ("softmax", _elementwise_flops),
     torch.Tensor.log_softmax: ("softmax", _elementwise_flops),
+    torch.matmul: ("matmul", _matmul_flops),
+    torch.bmm: ("matmul", _matmul_flops),
+    torch.Tensor.__matmul__: ("matmul", _matmul_flops),
+    torch.Tensor.matmul: ("matmul", _matmul_flops),
+    torch.Tensor.bmm: ("matmul", _matmul_flops),
 }
 
 MODULE_KINDS = ("conv", "deconv", "linear", "norm", "activation", "pool", "upsample")
-OP_KINDS = ("carafe", "local_similarity", "grid_sample", "unfold", "softmax")
+OP_KINDS = ("carafe", "local_similarity", "grid_sample", "unfold", "softmax", "matmul")
 FLOP_KINDS = MODULE_KINDS + OP_KINDS
 """Keys of the per-kind breakdown in :func:`count_flops`'s result."""
 
@@ -259,7 +274,7 @@ class _OpCounter(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def counting(model: nn.Module) -> Iterator[_Tally]:
+def counting(model: nn.Module, count_layer_norm: bool = True) -> Iterator[_Tally]:
     """Count FLOPs of every forward of ``model`` run inside the block.
 
     Yields a tally whose ``result()`` is the dictionary :func:`count_flops` returns. Hooks and the
@@ -282,6 +297,8 @@ def counting(model: nn.Module) -> Iterator[_Tally]:
 
     for module in model.modules():
         rule = _module_rule(module)
+        if rule is _norm_flops and isinstance(module, nn.LayerNorm) and not count_layer_norm:
+            rule = None
         if rule is not None:
             in_up = id(module) in inside_upsampler
 
@@ -301,7 +318,9 @@ def counting(model: nn.Module) -> Iterator[_Tally]:
             handle.remove()
 
 
-def count_flops(model: nn.Module, *example_inputs, **example_kwargs) -> dict[str, int]:
+def count_flops(
+    model: nn.Module, *example_inputs, count_layer_norm: bool = True, **example_kwargs
+) -> dict[str, int]:
     """FLOPs (multiply–accumulates, mmcv convention) of one forward ``model(*example_inputs)``.
 
     The model runs once in ``torch.no_grad()``; its training mode is left as it was (the papers'
@@ -311,6 +330,8 @@ def count_flops(model: nn.Module, *example_inputs, **example_kwargs) -> dict[str
     Args:
         model: the model.
         *example_inputs: positional inputs of its forward.
+        count_layer_norm: count ``nn.LayerNorm`` (current mmcv) or not (mmcv 1.2, the papers'
+            segmentation code base).
         **example_kwargs: keyword inputs of its forward.
 
     Returns:
@@ -324,6 +345,6 @@ def count_flops(model: nn.Module, *example_inputs, **example_kwargs) -> dict[str
         >>> count_flops(net, torch.zeros(1, 3, 4, 4))["total"]  # 16*(8*3*9 + 8) + 8*16
         3712
     """
-    with counting(model) as tally, torch.no_grad():
+    with counting(model, count_layer_norm) as tally, torch.no_grad():
         model(*example_inputs, **example_kwargs)
     return tally.result()
