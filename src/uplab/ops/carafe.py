@@ -7,19 +7,26 @@ shared by CARAFE, FADE, SAPA and A2U.
 with ``r = (K - 1) // 2``, ``g = c // (C / group_size)`` and zeros outside the feature map, exactly
 as ``mmcv.ops.carafe`` and the released SAPA/FADE kernels compute it.
 
-The PyTorch path below is shift-and-accumulate: one pass per window offset, each reading a shifted
-view of the (zero-padded) low-resolution features and broadcasting it over the ``s x s`` children of
-every low-resolution point. No tensor larger than the output is ever built, unlike the
+The PyTorch path computes, for each low-resolution point, the matrix product of its children's
+kernels ``[s*s, K*K]`` with its feature window ``[K*K, C]``, gathering windows a few rows at a time
+(:mod:`uplab.ops._windows`): every temporary is bounded by the input's size, unlike the
 unfold-and-repeat formulation (``K*K*s*s`` times the features) of the community pure-PyTorch FADE.
+It measured faster than shift-and-accumulate over window offsets (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.overrides import handle_torch_function, has_torch_function
 
 from uplab.ops._checks import check_carafe_args
+from uplab.ops._windows import (
+    compute_dtype,
+    gather_windows,
+    pad_channels_last,
+    row_chunks,
+    scatter_windows_,
+)
 from uplab.ops.dispatch import resolve_backend
 
 
@@ -65,19 +72,10 @@ def carafe(
     return _CarafeTorch.apply(features, masks, kernel_size, scale_factor, group_size)
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Half-precision inputs accumulate in float32, as the CUDA kernels do.
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _offsets(kernel_size: int):
-    for ky in range(kernel_size):
-        for kx in range(kernel_size):
-            yield ky * kernel_size + kx, ky, kx
-
-
 class _CarafeTorch(torch.autograd.Function):
-    """Shift-and-accumulate CARAFE with an explicit backward of the same shape (no K*K copies)."""
+    """Per low-resolution point, ``out[s*s, C/G] = masks[s*s, K*K] @ windows[K*K, C/G]`` for each
+    group, over row chunks of windows (see :mod:`uplab.ops._windows`); the backward reuses the same
+    chunks: ``grad_masks = grad_out @ windows^T`` and ``grad_windows = masks^T @ grad_out``."""
 
     @staticmethod
     def forward(ctx, features, masks, kernel_size, scale_factor, group_size):
@@ -85,15 +83,16 @@ class _CarafeTorch(torch.autograd.Function):
         ctx.config = (kernel_size, scale_factor, group_size)
         b, c, h, w = features.shape
         k, s, g = kernel_size, scale_factor, group_size
-        r = (k - 1) // 2
-        dt = _compute_dtype(features.dtype)
-        padded = F.pad(features.to(dt), (r, r, r, r)).view(b, g, c // g, h + 2 * r, w + 2 * r)
-        m = masks.to(dt).view(b, g, k * k, h, s, w, s)
-        out = torch.zeros(b, g, c // g, h, s, w, s, dtype=dt, device=features.device)
-        for idx, ky, kx in _offsets(k):
-            window = padded[:, :, :, ky : ky + h, None, kx : kx + w, None]
-            out.addcmul_(m[:, :, idx, None], window)
-        return out.view(b, c, h * s, w * s).to(features.dtype)
+        dt = compute_dtype(features.dtype)
+        padded = pad_channels_last(features, (k - 1) // 2, dt).unflatten(-1, (g, c // g))
+        m = _masks_point_major(masks, k, s, g, dt)
+        out = torch.empty(b, h, w, g, s * s, c // g, dtype=dt, device=features.device)
+        for start, stop in row_chunks(h, w, c, k):
+            windows = gather_windows(padded, start, stop, k, w)
+            out[:, start:stop] = torch.matmul(m[:, start:stop], windows)
+        # [B, H, W, G, s, s, C/G] -> [B, G, C/G, H, s, W, s]
+        out = out.view(b, h, w, g, s, s, c // g).permute(0, 3, 6, 1, 4, 2, 5)
+        return out.reshape(b, c, h * s, w * s).to(features.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -101,22 +100,35 @@ class _CarafeTorch(torch.autograd.Function):
         k, s, g = ctx.config
         b, c, h, w = features.shape
         r = (k - 1) // 2
-        dt = _compute_dtype(features.dtype)
-        go = grad_out.to(dt).reshape(b, g, c // g, h, s, w, s)
-        need_f, need_m = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        padded = F.pad(features.to(dt), (r, r, r, r)).view(b, g, c // g, h + 2 * r, w + 2 * r)
-        m = masks.to(dt).view(b, g, k * k, h, s, w, s)
+        dt = compute_dtype(features.dtype)
+        need_f, need_m = ctx.needs_input_grad[:2]
+        padded = pad_channels_last(features, r, dt).unflatten(-1, (g, c // g))
+        m = _masks_point_major(masks, k, s, g, dt)
+        go = grad_out.to(dt).reshape(b, g, c // g, h, s, w, s).permute(0, 3, 5, 1, 4, 6, 2)
+        go = go.reshape(b, h, w, g, s * s, c // g)
         grad_padded = torch.zeros_like(padded) if need_f else None
-        grad_m = torch.empty(b, g, k * k, h, s, w, s, dtype=dt, device=masks.device) if need_m else None
-        for idx, ky, kx in _offsets(k):
-            window = padded[:, :, :, ky : ky + h, None, kx : kx + w, None]
+        grad_m = torch.empty_like(m) if need_m else None
+        for start, stop in row_chunks(h, w, c, k):
+            windows = gather_windows(padded, start, stop, k, w)
+            go_rows = go[:, start:stop]
             if need_m:
-                torch.sum(go * window, dim=2, out=grad_m[:, :, idx])
+                grad_m[:, start:stop] = torch.matmul(go_rows, windows.transpose(-1, -2))
             if need_f:
-                grad_padded[:, :, :, ky : ky + h, kx : kx + w] += (go * m[:, :, idx, None]).sum((4, 6))
-        grad_f = None
+                grad_windows = torch.matmul(m[:, start:stop].transpose(-1, -2), go_rows)
+                scatter_windows_(grad_padded, grad_windows, start, k)
+        grad_f = grad_m_out = None
         if need_f:
-            grad_f = grad_padded[..., r : r + h, r : r + w].reshape(b, c, h, w).to(features.dtype)
+            grad_f = grad_padded[:, r : r + h, r : r + w].flatten(-2).permute(0, 3, 1, 2)
+            grad_f = grad_f.contiguous().to(features.dtype)
         if need_m:
-            grad_m = grad_m.view(masks.shape).to(masks.dtype)
-        return grad_f, grad_m, None, None, None
+            # [B, H, W, G, s, s, K*K] -> [B, G, K*K, H, s, W, s]
+            grad_m_out = grad_m.view(b, h, w, g, s, s, k * k).permute(0, 3, 6, 1, 4, 2, 5)
+            grad_m_out = grad_m_out.reshape(masks.shape).to(masks.dtype)
+        return grad_f, grad_m_out, None, None, None
+
+
+def _masks_point_major(masks, k, s, g, dtype):
+    """``[B, G*K*K, s*H, s*W]`` → ``[B, H, W, G, s*s, K*K]``: the kernels of each point's children."""
+    b, _, hs, ws = masks.shape
+    m = masks.to(dtype).view(b, g, k * k, hs // s, s, ws // s, s).permute(0, 3, 5, 1, 4, 6, 2)
+    return m.reshape(b, hs // s, ws // s, g, s * s, k * k)

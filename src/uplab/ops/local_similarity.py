@@ -7,19 +7,24 @@ its low-resolution parent. A neighbour outside the map contributes similarity 0:
 following softmax with logit 0, exactly as the released SAPA kernels do (they skip the product
 but leave the zero-initialised logit in place).
 
-The PyTorch path is shift-and-accumulate over window offsets: each step reads a shifted view of
-the zero-padded key and broadcasts it over the ``s x s`` children of every low-resolution point,
-so nothing ``K*K`` times the key (an unfold) is ever built.
+The PyTorch path computes, for each low-resolution point, the product of its children's queries
+``[s*s, C]`` with its key window ``[K*K, C]``, gathering windows a few rows at a time
+(:mod:`uplab.ops._windows`), so nothing ``K*K`` times the key (a whole unfold) is ever built.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.overrides import handle_torch_function, has_torch_function
 
 from uplab.ops._checks import check_similarity_args
-from uplab.ops.carafe import _compute_dtype, _offsets
+from uplab.ops._windows import (
+    compute_dtype,
+    gather_windows,
+    pad_channels_last,
+    row_chunks,
+    scatter_windows_,
+)
 from uplab.ops.dispatch import resolve_backend
 
 
@@ -60,21 +65,24 @@ def local_similarity(
 
 
 class _LocalSimilarityTorch(torch.autograd.Function):
+    """Per low-resolution point, ``sim[s*s, K*K] = queries[s*s, C] @ windows[K*K, C]^T`` over row
+    chunks of key windows (see :mod:`uplab.ops._windows`); the backward reuses the same chunks:
+    ``grad_queries = grad_sim @ windows`` and ``grad_windows = grad_sim^T @ queries``."""
+
     @staticmethod
     def forward(ctx, query, key, kernel_size, scale_factor):
         ctx.save_for_backward(query, key)
         ctx.config = (kernel_size, scale_factor)
         b, c, h, w = key.shape
         k, s = kernel_size, scale_factor
-        r = (k - 1) // 2
-        dt = _compute_dtype(query.dtype)
-        padded = F.pad(key.to(dt), (r, r, r, r))
-        q = query.to(dt).view(b, c, h, s, w, s)
-        sim = torch.empty(b, k * k, h, s, w, s, dtype=dt, device=query.device)
-        for idx, ky, kx in _offsets(k):
-            window = padded[:, :, ky : ky + h, None, kx : kx + w, None]
-            torch.sum(q * window, dim=1, out=sim[:, idx])
-        return sim.view(b, k * k, h * s, w * s).to(query.dtype)
+        dt = compute_dtype(query.dtype)
+        padded = pad_channels_last(key, (k - 1) // 2, dt)
+        q = _point_major(query, s, dt)
+        sim = torch.empty(b, h, w, s * s, k * k, dtype=dt, device=query.device)
+        for start, stop in row_chunks(h, w, c, k):
+            windows = gather_windows(padded, start, stop, k, w)
+            sim[:, start:stop] = torch.matmul(q[:, start:stop], windows.transpose(-1, -2))
+        return _channel_major(sim, s).to(query.dtype)
 
     @staticmethod
     def backward(ctx, grad_sim):
@@ -82,20 +90,39 @@ class _LocalSimilarityTorch(torch.autograd.Function):
         k, s = ctx.config
         b, c, h, w = key.shape
         r = (k - 1) // 2
-        dt = _compute_dtype(query.dtype)
-        need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        padded = F.pad(key.to(dt), (r, r, r, r))
-        q = query.to(dt).view(b, c, h, s, w, s)
-        gs = grad_sim.to(dt).reshape(b, k * k, h, s, w, s)
-        grad_q = torch.zeros_like(q) if need_q else None
+        dt = compute_dtype(query.dtype)
+        need_q, need_k = ctx.needs_input_grad[:2]
+        padded = pad_channels_last(key, r, dt)
+        q = _point_major(query, s, dt)
+        gs = _point_major(grad_sim, s, dt)
+        grad_q = torch.empty_like(q) if need_q else None
         grad_padded = torch.zeros_like(padded) if need_k else None
-        for idx, ky, kx in _offsets(k):
-            g = gs[:, idx, None]
+        for start, stop in row_chunks(h, w, c, k):
+            windows = gather_windows(padded, start, stop, k, w)
+            gs_rows = gs[:, start:stop]
             if need_q:
-                grad_q.addcmul_(g, padded[:, :, ky : ky + h, None, kx : kx + w, None])
+                grad_q[:, start:stop] = torch.matmul(gs_rows, windows)
             if need_k:
-                grad_padded[:, :, ky : ky + h, kx : kx + w] += (g * q).sum((3, 5))
+                grad_windows = torch.matmul(gs_rows.transpose(-1, -2), q[:, start:stop])
+                scatter_windows_(grad_padded, grad_windows, start, k)
         if need_q:
-            grad_q = grad_q.view(query.shape).to(query.dtype)
-        grad_k = grad_padded[..., r : r + h, r : r + w].to(key.dtype) if need_k else None
+            grad_q = _channel_major(grad_q, s).to(query.dtype)
+        if need_k:
+            grad_k = grad_padded[:, r : r + h, r : r + w].permute(0, 3, 1, 2).contiguous()
+            grad_k = grad_k.to(key.dtype)
+        else:
+            grad_k = None
         return grad_q, grad_k, None, None
+
+
+def _point_major(t: torch.Tensor, s: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, D, s*H, s*W]`` → ``[B, H, W, s*s, D]``: each low-resolution point's children."""
+    b, d, hs, ws = t.shape
+    t = t.to(dtype).view(b, d, hs // s, s, ws // s, s).permute(0, 2, 4, 3, 5, 1)
+    return t.reshape(b, hs // s, ws // s, s * s, d)
+
+
+def _channel_major(t: torch.Tensor, s: int) -> torch.Tensor:
+    """Inverse of :func:`_point_major`."""
+    b, h, w, _, d = t.shape
+    return t.view(b, h, w, s, s, d).permute(0, 5, 1, 3, 2, 4).reshape(b, d, h * s, w * s)
