@@ -99,3 +99,17 @@ def test_package_imports_and_runs_without_cupy():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_autocast_promotes_mixed_dtypes_and_plain_mismatch_is_an_error():
+    from uplab.ops import carafe, local_similarity
+
+    f = torch.randn(1, 4, 3, 5)
+    m = torch.softmax(torch.randn(1, 9, 6, 10), 1).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = carafe(f, m, 3, 2)
+        sim = local_similarity(torch.randn(1, 4, 6, 10).bfloat16(), f, 3, 2)
+    assert out.dtype == torch.float32 and sim.dtype == torch.float32
+    torch.testing.assert_close(out, carafe(f, m.float(), 3, 2))
+    with pytest.raises(ValueError, match="dtype"):
+        carafe(f, m, 3, 2)

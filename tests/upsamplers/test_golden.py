@@ -15,7 +15,7 @@ TOL = 1e-10
 
 
 def _run_case(case):
-    inputs = {n: t.clone().requires_grad_(True) for n, t in zip(case["input_names"], case["inputs"])}
+    inputs = {n: t.clone().requires_grad_(True) for n, t in zip(case["input_names"], case["inputs"], strict=True)}
     cls = case["official_class"]
     if cls in OPS:
         return OPS[cls](*inputs.values(), **case["kwargs"]), inputs, None, {}
@@ -32,7 +32,7 @@ def test_golden_case(golden, name):
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, case["output"], atol=TOL, rtol=0)
     out.backward(case["grad_output"])
-    for input_name, expected in zip(case["input_names"], case["grad_inputs"]):
+    for input_name, expected in zip(case["input_names"], case["grad_inputs"], strict=True):
         torch.testing.assert_close(
             inputs[input_name].grad, expected, atol=TOL, rtol=0, msg=f"grad of {input_name}"
         )

@@ -10,10 +10,23 @@ windows for maps smaller than a window), instead of ``K*K`` times it as a whole 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+
+
+def full_precision(method):
+    """Run an autograd Function's forward/backward with autocast off: the matrix products of the
+    PyTorch path accumulate in :func:`compute_dtype`, never in autocast's lower precision."""
+
+    @functools.wraps(method)
+    def wrapper(ctx, *args):
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return method(ctx, *args)
+
+    return wrapper
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -22,12 +22,13 @@ from torch.overrides import handle_torch_function, has_torch_function
 from uplab.ops._checks import check_carafe_args
 from uplab.ops._windows import (
     compute_dtype,
+    full_precision,
     gather_windows,
     pad_channels_last,
     row_chunks,
     scatter_windows_,
 )
-from uplab.ops.dispatch import resolve_backend
+from uplab.ops.dispatch import promote_under_autocast, resolve_backend
 
 
 def carafe(
@@ -64,6 +65,7 @@ def carafe(
             carafe, (features, masks), features, masks, kernel_size, scale_factor, group_size,
             backend=backend,
         )
+    features, masks = promote_under_autocast(features, masks)
     check_carafe_args(features, masks, kernel_size, scale_factor, group_size)
     if resolve_backend(backend, features, "carafe") == "cuda":
         from uplab.ops import cuda
@@ -78,6 +80,7 @@ class _CarafeTorch(torch.autograd.Function):
     chunks: ``grad_masks = grad_out @ windows^T`` and ``grad_windows = masks^T @ grad_out``."""
 
     @staticmethod
+    @full_precision
     def forward(ctx, features, masks, kernel_size, scale_factor, group_size):
         ctx.save_for_backward(features, masks)
         ctx.config = (kernel_size, scale_factor, group_size)
@@ -95,6 +98,7 @@ class _CarafeTorch(torch.autograd.Function):
         return out.reshape(b, c, h * s, w * s).to(features.dtype)
 
     @staticmethod
+    @full_precision
     def backward(ctx, grad_out):
         features, masks = ctx.saved_tensors
         k, s, g = ctx.config

@@ -61,3 +61,16 @@ def resolve_backend(backend: str, tensor: torch.Tensor, op: str) -> str:
         _warn_fallback_once(reason)
         return "torch"
     return "cuda"
+
+
+def promote_under_autocast(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Under ``torch.autocast`` the two inputs of an op may come out of layers in different
+    precisions (e.g. float16 kernels from a convolution, float32 features from a norm layer): the
+    ops then promote both to the wider type, as autocast does for ``cat`` and ``stack``. Outside
+    autocast a dtype mismatch is the caller's error and is reported by the shape checks."""
+    if a.dtype == b.dtype or not (a.is_floating_point() and b.is_floating_point()):
+        return a, b
+    if not torch.is_autocast_enabled(a.device.type):
+        return a, b
+    common = torch.promote_types(a.dtype, b.dtype)
+    return a.to(common), b.to(common)

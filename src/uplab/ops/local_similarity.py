@@ -20,12 +20,13 @@ from torch.overrides import handle_torch_function, has_torch_function
 from uplab.ops._checks import check_similarity_args
 from uplab.ops._windows import (
     compute_dtype,
+    full_precision,
     gather_windows,
     pad_channels_last,
     row_chunks,
     scatter_windows_,
 )
-from uplab.ops.dispatch import resolve_backend
+from uplab.ops.dispatch import promote_under_autocast, resolve_backend
 
 
 def local_similarity(
@@ -56,6 +57,7 @@ def local_similarity(
         return handle_torch_function(
             local_similarity, (query, key), query, key, kernel_size, scale_factor, backend=backend
         )
+    query, key = promote_under_autocast(query, key)
     check_similarity_args(query, key, kernel_size, scale_factor)
     if resolve_backend(backend, query, "local_similarity") == "cuda":
         from uplab.ops import cuda
@@ -70,6 +72,7 @@ class _LocalSimilarityTorch(torch.autograd.Function):
     ``grad_queries = grad_sim @ windows`` and ``grad_windows = grad_sim^T @ queries``."""
 
     @staticmethod
+    @full_precision
     def forward(ctx, query, key, kernel_size, scale_factor):
         ctx.save_for_backward(query, key)
         ctx.config = (kernel_size, scale_factor)
@@ -85,6 +88,7 @@ class _LocalSimilarityTorch(torch.autograd.Function):
         return _channel_major(sim, s).to(query.dtype)
 
     @staticmethod
+    @full_precision
     def backward(ctx, grad_sim):
         query, key = ctx.saved_tensors
         k, s = ctx.config

@@ -3,13 +3,15 @@
 One file per operator family; importing this package registers them all.
 """
 
-from uplab.upsamplers import a2u  # noqa: F401  (registers a2u)
-from uplab.upsamplers import basic  # noqa: F401  (registers nearest, bilinear, deconv, pixelshuffle)
-from uplab.upsamplers import carafe  # noqa: F401  (registers carafe)
-from uplab.upsamplers import dysample  # noqa: F401  (registers dysample)
-from uplab.upsamplers import fade  # noqa: F401  (registers fade, fade_lite, semishift)
-from uplab.upsamplers import indexnet  # noqa: F401  (registers indexnet)
-from uplab.upsamplers import sapa  # noqa: F401  (registers sapa_i, sapa_b, sapa_g)
+from uplab.upsamplers import (
+    a2u,  # noqa: F401  (registers a2u)
+    basic,  # noqa: F401  (registers nearest, bilinear, deconv, pixelshuffle)
+    carafe,  # noqa: F401  (registers carafe)
+    dysample,  # noqa: F401  (registers dysample)
+    fade,  # noqa: F401  (registers fade, fade_lite, semishift)
+    indexnet,  # noqa: F401  (registers indexnet)
+    sapa,  # noqa: F401  (registers sapa_i, sapa_b, sapa_g)
+)
 from uplab.upsamplers.base import Upsampler
 from uplab.upsamplers.registry import available, build, is_guided, register
 

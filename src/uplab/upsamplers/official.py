@@ -87,6 +87,18 @@ def load_mapped(
     dtypes = {v.dtype for v in renamed.values() if v.is_floating_point()}
     if len(dtypes) == 1:
         module.to(dtypes.pop())
+    own = module.state_dict()
+    wrong = {
+        f"{k} -> {full_map[k]}": (tuple(v.shape), tuple(own[full_map[k]].shape))
+        for k, v in state_dict.items()
+        if full_map[k] in own and v.shape != own[full_map[k]].shape
+    }
+    if wrong:
+        raise ValueError(
+            f"{type(module).__name__}: released weights have other shapes than the module built "
+            f"from the given arguments (released key -> ours: (released shape, expected shape)): {wrong}; check the "
+            "constructor arguments passed to load_official"
+        )
     missing, unexpected = module.load_state_dict(renamed, strict=False)
     if missing or unexpected:
         raise ValueError(
