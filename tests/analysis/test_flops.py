@@ -147,3 +147,8 @@ def test_layer_norm_can_be_left_out_as_mmcv_1_2_did():
     net = nn.Sequential(nn.LayerNorm(6), nn.BatchNorm1d(4))
     assert count_flops(net, x)["norm"] == 4 * x.numel()
     assert count_flops(net, x, count_layer_norm=False)["norm"] == 2 * x.numel()
+
+
+def test_softmax_can_be_left_out_as_segformers_tool_did():
+    x = torch.randn(1, 3, 4, 4)
+    assert count_flops(_Call(lambda a: a.softmax(1)), x, count_softmax=False)["total"] == 0

@@ -38,8 +38,9 @@ counter cannot see, which the learned upsamplers are built from:
   adds exactly this for its attention (``sra_flops`` in NVlabs/SegFormer ``tools/get_flops.py``).
 
 ``count_layer_norm=False`` drops LayerNorm, as the mmcv 1.2 counter pinned by SegFormer (and so by
-the SAPA/FADE SegFormer runs) did: with it, MiT-B1 + all-MLP head at 512x512 gives the published
-15.91 GFLOPs (15.94 with LayerNorm), and SAPA-B its published +1.02.
+the SAPA/FADE SegFormer runs) did, and ``count_softmax=False`` drops softmax, which SegFormer's
+tool does not add: with both, MiT-B1 + all-MLP head at 512x512 gives the published 15.91 GFLOPs
+(15.94 with LayerNorm, 15.93 with softmax), and SAPA-B its published +1.02.
 
 These are reported separately (``"ops"`` and one key per op), so ``result["modules"]`` is exactly
 what the released counter prints.
@@ -259,22 +260,25 @@ class _Tally:
 
 
 class _OpCounter(TorchFunctionMode):
-    def __init__(self, tally: _Tally) -> None:
+    def __init__(self, tally: _Tally, count_softmax: bool) -> None:
         super().__init__()
         self.tally = tally
+        self.count_softmax = count_softmax
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         rule = _OP_RULES.get(func)
-        if rule is not None:
+        if rule is not None and (self.count_softmax or rule[0] != "softmax"):
             kind, formula = rule
             self.tally.add(kind, formula(func, args, kwargs, out), self.tally.upsampler_depth > 0)
         return out
 
 
 @contextlib.contextmanager
-def counting(model: nn.Module, count_layer_norm: bool = True) -> Iterator[_Tally]:
+def counting(
+    model: nn.Module, count_layer_norm: bool = True, count_softmax: bool = True
+) -> Iterator[_Tally]:
     """Count FLOPs of every forward of ``model`` run inside the block.
 
     Yields a tally whose ``result()`` is the dictionary :func:`count_flops` returns. Hooks and the
@@ -311,7 +315,7 @@ def counting(model: nn.Module, count_layer_norm: bool = True) -> Iterator[_Tally
             handles.append(module.register_forward_pre_hook(enter))
             handles.append(module.register_forward_hook(leave, always_call=True))
     try:
-        with _OpCounter(tally):
+        with _OpCounter(tally, count_softmax):
             yield tally
     finally:
         for handle in handles:
@@ -319,7 +323,11 @@ def counting(model: nn.Module, count_layer_norm: bool = True) -> Iterator[_Tally
 
 
 def count_flops(
-    model: nn.Module, *example_inputs, count_layer_norm: bool = True, **example_kwargs
+    model: nn.Module,
+    *example_inputs,
+    count_layer_norm: bool = True,
+    count_softmax: bool = True,
+    **example_kwargs,
 ) -> dict[str, int]:
     """FLOPs (multiply–accumulates, mmcv convention) of one forward ``model(*example_inputs)``.
 
@@ -332,6 +340,7 @@ def count_flops(
         *example_inputs: positional inputs of its forward.
         count_layer_norm: count ``nn.LayerNorm`` (current mmcv) or not (mmcv 1.2, the papers'
             segmentation code base).
+        count_softmax: count softmax (one per element) or not (SegFormer's FLOPs tool).
         **example_kwargs: keyword inputs of its forward.
 
     Returns:
@@ -345,6 +354,6 @@ def count_flops(
         >>> count_flops(net, torch.zeros(1, 3, 4, 4))["total"]  # 16*(8*3*9 + 8) + 8*16
         3712
     """
-    with counting(model, count_layer_norm) as tally, torch.no_grad():
+    with counting(model, count_layer_norm, count_softmax) as tally, torch.no_grad():
         model(*example_inputs, **example_kwargs)
     return tally.result()
