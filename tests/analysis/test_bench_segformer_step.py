@@ -1,0 +1,29 @@
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_segformer_step.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_segformer_step", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_mode_times_each_upsampler(tmp_path):
+    bench = _load()
+    out = tmp_path / "bench.md"
+    assert bench.main(["--smoke", "--upsamplers", "bilinear,fade", "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "| bilinear" in text and "| fade" in text and "64x64" in text
+
+
+def test_cuda_without_a_device_is_a_usage_error():
+    bench = _load()
+    if bench.torch.cuda.is_available():
+        pytest.skip(reason="a CUDA device is present, so --device cuda is valid here")
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cuda"])
