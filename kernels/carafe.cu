@@ -158,6 +158,94 @@ __global__ void reassemble(const T* __restrict__ features, const T* __restrict__
     }
 }
 
+// The forward for an even scale and K = KS in {3, 5, 7} (the dispatcher's choice for float32,
+// float16 and bfloat16; reassemble<T> serves the rest). Masks are per pixel and shared by all
+// channels, features are per channel and shared by the s x s children of a point, so:
+//  - each thread owns QR x 2 output pixels with one parent (QR = TILED_QUAD_ROWS(KS)) and loads
+//    their QR*2*KS*KS mask values into registers once, then reuses them for every channel;
+//  - the block's low-resolution tile plus its halo is staged in shared memory (as float, zeros
+//    outside the map) for stage_channels channels at a time, so each feature value is read from
+//    global memory once per block and the window loop has no bounds checks;
+//  - per channel, each of the KS*KS window values is one shared-memory load (lanes run along x:
+//    consecutive or broadcast addresses, no bank conflicts) feeding 2*QR FMAs, and the outputs
+//    leave as two-element stores that a warp coalesces into full rows.
+// The window is unrolled over the compile-time KS. Grid: x = output tiles of (2*blockDim.x) x
+// (QR*blockDim.y) pixels, y = channel chunks of channels_per_block, z = batch * groups; dynamic
+// shared memory: stage_channels * halo_h * halo_w floats (halo_extent in uplab_scalar.cuh).
+template <typename T, int KS>
+__launch_bounds__(TILED_MAX_THREADS, TILED_MIN_BLOCKS) __global__ void reassemble_tiled(
+    const T* __restrict__ features, const T* __restrict__ masks, T* __restrict__ out,
+    int channels, int height, int width, int scale, int groups, int channels_per_block,
+    int stage_channels) {
+    constexpr int R = (KS - 1) / 2, QR = TILED_QUAD_ROWS(KS), NP = 2 * QR;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    float* sfeat = reinterpret_cast<float*>(smem_raw);
+
+    const int out_h = height * scale, out_w = width * scale;
+    const long long in_plane = (long long)height * width;
+    const long long out_plane = (long long)out_h * out_w;
+    const int tile_w = 2 * blockDim.x, tile_h = QR * blockDim.y;
+    const int halo_w = halo_extent(tile_w, scale, R), halo_h = halo_extent(tile_h, scale, R);
+    const int halo_px = halo_w * halo_h;
+    const int tiles_x = (out_w + tile_w - 1) / tile_w;
+    const int X0 = (blockIdx.x % tiles_x) * tile_w, Y0 = (blockIdx.x / tiles_x) * tile_h;
+    const int b = blockIdx.z / groups, g = blockIdx.z % groups;
+    const int group_channels = channels / groups;
+    const int c_begin = blockIdx.y * channels_per_block;
+    const int n_channels = min(channels_per_block, group_channels - c_begin);
+    if (n_channels <= 0) return;  // uniform over the block, before any barrier
+
+    const int Y = Y0 + QR * threadIdx.y, X = X0 + 2 * threadIdx.x;
+    // An even scale makes out_h and out_w even, so a thread's pixels are all inside or all out.
+    const bool active = Y < out_h && X < out_w;
+    const long long pixel = (long long)Y * out_w + X;
+
+    float m[KS * KS][NP];
+    const T* mask_p = masks + ((long long)b * groups + g) * (KS * KS) * out_plane + pixel;
+#pragma unroll
+    for (int k = 0; k < KS * KS; ++k) {
+#pragma unroll
+        for (int q = 0; q < QR; ++q) {
+            const T* mk = mask_p + k * out_plane + q * out_w;
+            m[k][2 * q] = active ? to_acc(mk[0]) : 0.0f;
+            m[k][2 * q + 1] = active ? to_acc(mk[1]) : 0.0f;
+        }
+    }
+
+    const long long first_channel = (long long)b * channels + (long long)g * group_channels + c_begin;
+    const T* feat = features + first_channel * in_plane;
+    T* o = out + first_channel * out_plane + pixel;
+    const int py0 = Y0 / scale;
+    const float* window = sfeat + (Y / scale - py0) * halo_w + (X / scale - X0 / scale);
+    for (int c0 = 0; c0 < n_channels; c0 += stage_channels) {
+        const int nc = min(stage_channels, n_channels - c0);
+        stage_halo(feat + c0 * in_plane, sfeat, nc, in_plane, height, width, py0 - R,
+                   X0 / scale - R, halo_h, halo_w);
+        __syncthreads();
+        if (active) {
+            const float* w = window;
+            T* oc = o + c0 * out_plane;
+            for (int c = 0; c < nc; ++c, w += halo_px, oc += out_plane) {
+                float acc[NP];
+#pragma unroll
+                for (int j = 0; j < NP; ++j) acc[j] = 0.0f;
+#pragma unroll
+                for (int ky = 0; ky < KS; ++ky) {
+#pragma unroll
+                    for (int kx = 0; kx < KS; ++kx) {
+                        const float v = w[ky * halo_w + kx];
+#pragma unroll
+                        for (int j = 0; j < NP; ++j) acc[j] += m[ky * KS + kx][j] * v;
+                    }
+                }
+                store_pair(oc, acc[0], acc[1]);
+                if (QR == 2) store_pair(oc + out_w, acc[2], acc[3]);
+            }
+        }
+        __syncthreads();
+    }
+}
+
 // grad_features[b, c, y, x] = sum_{ky,kx} sum_{i,j < s} masks[b, g*K*K + k, py*s + i, px*s + j]
 //                                                      * grad_out[b, c, py*s + i, px*s + j]
 // with (py, px) = (y + r - ky, x + r - kx): the parents whose window holds (y, x) at offset k, and

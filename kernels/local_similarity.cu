@@ -160,3 +160,99 @@ __global__ void window_dot(const T* __restrict__ query, const T* __restrict__ ke
         }
     }
 }
+
+// local_similarity forward (and carafe's grad_masks) for an even scale and K = KS in {3, 5, 7}
+// (the dispatcher's choice for float32, float16 and bfloat16 when the grid fills the GPU;
+// window_dot<T> serves the rest). The transpose of reassemble_tiled's reuse pattern:
+//  - each thread owns QR x 2 output pixels with one parent (QR = TILED_QUAD_ROWS(KS)) and keeps
+//    all QR*2*KS*KS running sums in registers (unrolled over the compile-time KS), so the output
+//    is written once, at the end, as two-element stores that a warp coalesces into full rows;
+//  - the block's key tile plus halo is staged in shared memory (float, zeros outside the map) for
+//    stage_channels channels at a time, each key value read from global memory once per block;
+//  - per channel, the thread's QR*2 query values are read from global memory (coalesced along x,
+//    the next channel's prefetched while this one is summed) and each of the KS*KS window values
+//    is one shared-memory load feeding 2*QR FMAs.
+// The channel sum stays inside one block (a fixed order, no atomics). Grid: x = output tiles of
+// (2*blockDim.x) x (QR*blockDim.y) pixels, z = batch * groups; dynamic shared memory:
+// stage_channels * halo_h * halo_w floats.
+template <typename T, int KS>
+__launch_bounds__(TILED_MAX_THREADS, TILED_MIN_BLOCKS) __global__ void window_dot_tiled(
+    const T* __restrict__ query, const T* __restrict__ key, T* __restrict__ out, int channels,
+    int height, int width, int scale, int groups, int stage_channels) {
+    constexpr int R = (KS - 1) / 2, QR = TILED_QUAD_ROWS(KS), NP = 2 * QR;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    float* skey = reinterpret_cast<float*>(smem_raw);
+
+    const int out_h = height * scale, out_w = width * scale;
+    const long long in_plane = (long long)height * width;
+    const long long out_plane = (long long)out_h * out_w;
+    const int tile_w = 2 * blockDim.x, tile_h = QR * blockDim.y;
+    const int halo_w = halo_extent(tile_w, scale, R), halo_h = halo_extent(tile_h, scale, R);
+    const int halo_px = halo_w * halo_h;
+    const int tiles_x = (out_w + tile_w - 1) / tile_w;
+    const int X0 = (blockIdx.x % tiles_x) * tile_w, Y0 = (blockIdx.x / tiles_x) * tile_h;
+    const int b = blockIdx.z / groups, g = blockIdx.z % groups;
+    const int group_channels = channels / groups;
+
+    const int Y = Y0 + QR * threadIdx.y, X = X0 + 2 * threadIdx.x;
+    // An even scale makes out_h and out_w even, so a thread's pixels are all inside or all out.
+    const bool active = Y < out_h && X < out_w;
+    const long long pixel = (long long)Y * out_w + X;
+    const long long first_channel = (long long)b * channels + (long long)g * group_channels;
+    const T* kb = key + first_channel * in_plane;
+    const T* qp = query + first_channel * out_plane + pixel;
+    const int py0 = Y0 / scale;
+    const float* window = skey + (Y / scale - py0) * halo_w + (X / scale - X0 / scale);
+
+    float acc[KS * KS][NP];
+#pragma unroll
+    for (int k = 0; k < KS * KS; ++k) {
+#pragma unroll
+        for (int j = 0; j < NP; ++j) acc[k][j] = 0.0f;
+    }
+    float q_next[NP];
+#pragma unroll
+    for (int q = 0; q < QR; ++q) {
+        q_next[2 * q] = active && group_channels > 0 ? to_acc(qp[q * out_w]) : 0.0f;
+        q_next[2 * q + 1] = active && group_channels > 0 ? to_acc(qp[q * out_w + 1]) : 0.0f;
+    }
+    for (int c0 = 0; c0 < group_channels; c0 += stage_channels) {
+        const int nc = min(stage_channels, group_channels - c0);
+        stage_halo(kb + c0 * in_plane, skey, nc, in_plane, height, width, py0 - R,
+                   X0 / scale - R, halo_h, halo_w);
+        __syncthreads();
+        if (active) {
+            const float* w = window;
+            for (int c = 0; c < nc; ++c, w += halo_px) {
+                float q[NP];
+#pragma unroll
+                for (int j = 0; j < NP; ++j) q[j] = q_next[j];
+                if (c0 + c + 1 < group_channels) {
+                    const T* qn = qp + (long long)(c0 + c + 1) * out_plane;
+#pragma unroll
+                    for (int r = 0; r < QR; ++r) {
+                        q_next[2 * r] = to_acc(qn[r * out_w]);
+                        q_next[2 * r + 1] = to_acc(qn[r * out_w + 1]);
+                    }
+                }
+#pragma unroll
+                for (int ky = 0; ky < KS; ++ky) {
+#pragma unroll
+                    for (int kx = 0; kx < KS; ++kx) {
+                        const float v = w[ky * halo_w + kx];
+#pragma unroll
+                        for (int j = 0; j < NP; ++j) acc[ky * KS + kx][j] += q[j] * v;
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+    if (!active) return;
+    T* o = out + ((long long)b * groups + g) * (KS * KS) * out_plane + pixel;
+#pragma unroll
+    for (int k = 0; k < KS * KS; ++k) {
+        store_pair(o + k * out_plane, acc[k][0], acc[k][1]);
+        if (QR == 2) store_pair(o + k * out_plane + out_w, acc[k][2], acc[k][3]);
+    }
+}

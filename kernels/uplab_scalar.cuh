@@ -86,3 +86,45 @@ __device__ __forceinline__ void store_pair(T* p, float a, float b) {
 }
 
 __device__ __forceinline__ bool inside(int i, int n) { return 0 <= i && i < n; }
+
+// Tiled kernels (reassemble_tiled, window_dot_tiled) for an even scale and K in {3, 5, 7}: one
+// thread owns TILED_QUAD_ROWS(K) x 2 output pixels of one low-resolution parent (a 2x2 quad for
+// K <= 5, a horizontal pair for K = 7, so that the per-pixel K*K operands fit in registers).
+#define TILED_MAX_THREADS 256
+// Resident blocks of TILED_MAX_THREADS per SM the register budget is set for (a compile option).
+#ifndef TILED_MIN_BLOCKS
+#define TILED_MIN_BLOCKS 1
+#endif
+#define TILED_QUAD_ROWS(K) ((K) <= 5 ? 2 : 1)
+
+__device__ __forceinline__ int halo_extent(int tile, int scale, int radius) {
+    // Parents of `tile` consecutive output rows (or columns) starting anywhere, plus the halo.
+    return (tile - 1) / scale + 2 + 2 * radius;
+}
+
+// Stage channels [0, n_channels) of `src` (planes of height x width, `plane` apart) rows
+// [y0, y0 + halo_h) x columns [x0, x0 + halo_w) into `dst` as float, [c][row][col], with zeros
+// outside the map (so the compute loops need no bounds checks). Lanes run along columns (coalesced
+// reads); thread rows walk the flattened (channel, row) index without a division per row.
+template <typename T>
+__device__ __forceinline__ void stage_halo(const T* __restrict__ src, float* __restrict__ dst,
+                                           int n_channels, long long plane, int height, int width,
+                                           int y0, int x0, int halo_h, int halo_w) {
+    const int n_rows = n_channels * halo_h;
+    int c = threadIdx.y / halo_h, hy = threadIdx.y - c * halo_h;
+    for (int row = threadIdx.y; row < n_rows; row += blockDim.y) {
+        const int y = y0 + hy;
+        const bool row_inside = inside(y, height);
+        const T* s = src + c * plane + (long long)y * width;
+        float* d = dst + row * halo_w;
+        for (int hx = threadIdx.x; hx < halo_w; hx += blockDim.x) {
+            const int x = x0 + hx;
+            d[hx] = row_inside && inside(x, width) ? to_acc(s[x]) : 0.0f;
+        }
+        hy += blockDim.y;
+        while (hy >= halo_h) {
+            hy -= halo_h;
+            ++c;
+        }
+    }
+}

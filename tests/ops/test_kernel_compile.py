@@ -178,3 +178,51 @@ def test_transpose_launch_covers_every_low_resolution_point():
 def test_batch_times_groups_beyond_the_grid_is_refused():
     with pytest.raises(ValueError, match="batch \\* groups"):
         kernels.reassemble_transpose_config(70000, 1, 1, 1, 1, n_sm=1)
+
+
+def test_tiled_kernels_take_even_scales_specialised_sizes_and_narrow_floats():
+    assert kernels.tiled_applies(torch.float32, 5, 2)
+    assert kernels.tiled_applies(torch.bfloat16, 7, 4)
+    assert not kernels.tiled_applies(torch.float64, 5, 2)
+    assert not kernels.tiled_applies(torch.float32, 5, 3)
+    assert not kernels.tiled_applies(torch.float16, 9, 2)
+    assert "reassemble_tiled<half_t, 3>" in kernels.name_expressions("carafe.cu", "half_t")
+    assert not any("tiled" in e for e in kernels.name_expressions("carafe.cu", "double"))
+
+
+@pytest.mark.parametrize("tile, scale, radius", [(64, 2, 2), (8, 2, 3), (16, 4, 1), (64, 6, 2)])
+def test_halo_extent_holds_every_tiles_parents(tile, scale, radius):
+    # The kernels index the staged halo by (parent - first parent + radius): it must fit for every
+    # tile origin (a multiple of the tile), whatever the scale does to the parents' range.
+    for origin in range(0, 40 * tile, tile):
+        parents = (origin + tile - 1) // scale - origin // scale + 1
+        assert parents + 2 * radius <= kernels._halo_extent(tile, scale, radius)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (16, 256, 128, 128, 5, 2, 1),
+        (1, 256, 120, 120, 5, 2, 1),
+        (2, 12, 21, 37, 7, 4, 3),
+        (1, 1037, 9, 13, 3, 2, 1),
+    ],
+)
+@pytest.mark.parametrize("block, stage", [((32, 4), 16), ((32, 8), 32), ((16, 2), 8)])
+def test_tiled_launch_covers_every_output(shape, block, stage):
+    batch, channels, h, w, k, s, groups = shape
+    cfg = kernels.tiled_config(batch, channels, h, w, k, s, groups, 132, block, stage)
+    tile_h = kernels.tiled_quad_rows(k) * block[1]
+    assert cfg.grid[0] == math.ceil(w * s / (2 * block[0])) * math.ceil(h * s / tile_h)
+    assert cfg.grid[2] == batch * groups
+    group_channels = channels // groups
+    assert (cfg.grid[1] - 1) * cfg.per_block < group_channels <= cfg.grid[1] * cfg.per_block
+    assert 1 <= cfg.stage <= stage
+    assert cfg.shared_mem <= kernels.SHARED_MEMORY_LIMIT
+    whole = kernels.tiled_config(*shape, 132, block, stage, split_channels=False)
+    assert whole.grid[1] == 1 and whole.per_block == group_channels
+
+
+def test_tiled_launch_refuses_blocks_beyond_its_launch_bounds():
+    with pytest.raises(ValueError, match="at most 256 threads"):
+        kernels.tiled_config(1, 8, 4, 4, 5, 2, 1, 1, block=(32, 16))

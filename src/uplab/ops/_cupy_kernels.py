@@ -1,14 +1,17 @@
 """Run the CUDA C++ kernels of ``kernels/*.cu`` on PyTorch tensors through CuPy (NVRTC).
 
-Three kernels serve both ops (see the header comments of the ``.cu`` files):
+Three operations serve both ops (see the header comments of the ``.cu`` files):
 
 - :func:`reassemble`: CARAFE forward, and local similarity's gradient w.r.t. the query;
 - :func:`reassemble_transpose`: CARAFE's gradient w.r.t. the features, and local similarity's
   gradient w.r.t. the key;
 - :func:`window_dot`: local similarity forward, and CARAFE's gradient w.r.t. the masks.
 
-Sources are compiled once per (file, storage type, device) and memoized; every size is a kernel
-argument, so new shapes never recompile. Launches go to PyTorch's current stream on the tensor's
+``reassemble`` and ``window_dot`` each have a generic kernel (any K and scale, every dtype) and a
+tiled one (``*_tiled<T, K>``: K in :data:`TILED_KERNEL_SIZES`, even scales, 32- and 16-bit
+floats) that stages the low-resolution tile in shared memory and keeps the per-pixel operands in
+registers; :func:`tiled_applies` says which runs. Sources are compiled once per (file, storage
+type, device) and memoized; every size is a kernel argument, so new shapes never recompile. Launches go to PyTorch's current stream on the tensor's
 device. CuPy is imported lazily, so this module imports (and its launch arithmetic is testable)
 without it. Callers pass contiguous tensors of one dtype on one CUDA device.
 """
@@ -24,9 +27,14 @@ from pathlib import Path
 import torch
 
 KERNEL_FILES = {
-    "carafe.cu": ("reassemble", "reassemble_transpose"),
-    "local_similarity.cu": ("window_dot",),
+    "carafe.cu": ("reassemble", "reassemble_transpose", "reassemble_tiled"),
+    "local_similarity.cu": ("window_dot", "window_dot_tiled"),
 }
+TILED_KERNELS = ("reassemble_tiled", "window_dot_tiled")
+# Kernel sizes the tiled kernels are specialised for (template argument K), and the storage types
+# they take (float64 would need twice the registers for its per-pixel operands).
+TILED_KERNEL_SIZES = (3, 5, 7)
+TILED_SCALARS = ("float", "half_t", "bfloat16_t")
 HEADER = "uplab_scalar.cuh"
 SCALAR_TYPES = {
     torch.float32: "float",
@@ -44,6 +52,13 @@ SHARED_MEMORY_LIMIT = 48 * 1024
 MAX_GRID_YZ = 65535
 # Enough blocks per SM to hide memory latency; more only adds per-block staging.
 BLOCKS_PER_SM = 32
+# Tiled kernels: threads per block at most (__launch_bounds__ in uplab_scalar.cuh), default block
+# (a warp along x, so that shared-memory reads are consecutive and stores coalesce) and channels
+# staged per barrier; blocks per SM the channel split of reassemble_tiled aims for.
+TILED_MAX_THREADS = 256
+TILED_BLOCK = (32, 4)
+TILED_STAGE_CHANNELS = 16
+TILED_BLOCKS_PER_SM = 6
 
 
 def kernel_dir() -> Path:
@@ -69,8 +84,28 @@ def kernel_source(file: str) -> str:
 
 
 def name_expressions(file: str, scalar: str) -> tuple[str, ...]:
-    """The template instantiations of ``file`` for one storage type, e.g. ``reassemble<float>``."""
-    return tuple(f"{kernel}<{scalar}>" for kernel in KERNEL_FILES[file])
+    """The template instantiations of ``file`` for one storage type, e.g. ``reassemble<float>``
+    and ``reassemble_tiled<float, 5>``."""
+    expressions = []
+    for kernel in KERNEL_FILES[file]:
+        if kernel not in TILED_KERNELS:
+            expressions.append(f"{kernel}<{scalar}>")
+        elif scalar in TILED_SCALARS:
+            expressions.extend(tiled_name(kernel, scalar, k) for k in TILED_KERNEL_SIZES)
+    return tuple(expressions)
+
+
+def tiled_name(kernel: str, scalar: str, kernel_size: int) -> str:
+    return f"{kernel}<{scalar}, {kernel_size}>"
+
+
+def tiled_applies(dtype: torch.dtype, kernel_size: int, scale: int) -> bool:
+    """Whether the tiled kernels take these arguments (else the generic ones run)."""
+    return (
+        SCALAR_TYPES.get(dtype) in TILED_SCALARS
+        and kernel_size in TILED_KERNEL_SIZES
+        and scale % 2 == 0
+    )
 
 
 def scalar_type(dtype: torch.dtype) -> str:
@@ -84,12 +119,13 @@ def scalar_type(dtype: torch.dtype) -> str:
 @dataclass(frozen=True)
 class LaunchConfig:
     """Grid and block shape, dynamic shared memory in bytes, and the per-block work split
-    (channels per block, or window offsets per block for :func:`window_dot`)."""
+    (channels per block, or window offsets per block for the generic :func:`window_dot`)."""
 
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     shared_mem: int
     per_block: int
+    stage: int = 0  # channels staged in shared memory per barrier (tiled kernels)
 
 
 def _check_batch_groups(batch: int, groups: int) -> None:
@@ -112,8 +148,15 @@ def _split(total: int, parts_wanted: int, multiple: int) -> int:
 
 
 def reassemble_config(
-    batch: int, channels: int, height: int, width: int, kernel_size: int, scale: int,
-    groups: int, acc_bytes: int, n_sm: int,
+    batch: int,
+    channels: int,
+    height: int,
+    width: int,
+    kernel_size: int,
+    scale: int,
+    groups: int,
+    acc_bytes: int,
+    n_sm: int,
 ) -> LaunchConfig:
     """Launch of ``reassemble``: 2x2 output quads per thread, the block's K*K masks in shared
     memory (the largest block whose masks fit), channels split over grid.y until the GPU is full."""
@@ -150,8 +193,14 @@ def reassemble_transpose_config(
 
 
 def window_dot_config(
-    batch: int, height: int, width: int, kernel_size: int, scale: int, groups: int,
-    acc_bytes: int, n_sm: int,
+    batch: int,
+    height: int,
+    width: int,
+    kernel_size: int,
+    scale: int,
+    groups: int,
+    acc_bytes: int,
+    n_sm: int,
 ) -> LaunchConfig:
     """Launch of ``window_dot``: 2x2 output quads per thread, window offsets split over grid.y
     both to bound the shared-memory running sums and to fill the GPU on small images."""
@@ -166,6 +215,52 @@ def window_dot_config(
     chunks = math.ceil(kk / per_block)
     shared_mem = per_block * 4 * threads * acc_bytes
     return LaunchConfig((tiles, chunks, batch * groups), (*block, 1), shared_mem, per_block)
+
+
+def tiled_quad_rows(kernel_size: int) -> int:
+    """Output rows per thread of the tiled kernels (TILED_QUAD_ROWS in uplab_scalar.cuh)."""
+    return 2 if kernel_size <= 5 else 1
+
+
+def _halo_extent(tile: int, scale: int, radius: int) -> int:
+    return (tile - 1) // scale + 2 + 2 * radius
+
+
+def tiled_config(
+    batch: int,
+    channels: int,
+    height: int,
+    width: int,
+    kernel_size: int,
+    scale: int,
+    groups: int,
+    n_sm: int,
+    block: tuple[int, int] = TILED_BLOCK,
+    stage_channels: int = TILED_STAGE_CHANNELS,
+    split_channels: bool = True,
+) -> LaunchConfig:
+    """Launch of ``reassemble_tiled`` / ``window_dot_tiled``: one thread per 2x2 output quad
+    (2x1 for K=7), the block's low-resolution tile plus halo staged in shared memory for
+    ``stage`` channels at a time. ``split_channels`` (reassemble only; window_dot sums over the
+    channels inside a block) spreads a group's channels over grid.y when the tiles alone leave the
+    GPU short of blocks."""
+    _check_batch_groups(batch, groups)
+    if block[0] * block[1] > TILED_MAX_THREADS:
+        raise ValueError(f"tiled kernels take at most {TILED_MAX_THREADS} threads, got {block}")
+    radius = (kernel_size - 1) // 2
+    tile_w, tile_h = 2 * block[0], tiled_quad_rows(kernel_size) * block[1]
+    halo_px = _halo_extent(tile_w, scale, radius) * _halo_extent(tile_h, scale, radius)
+    group_channels = channels // groups
+    stage = max(1, min(stage_channels, group_channels, SHARED_MEMORY_LIMIT // (4 * halo_px)))
+    tiles = math.ceil(width * scale / tile_w) * math.ceil(height * scale / tile_h)
+    per_block, chunks = group_channels, 1
+    if split_channels:
+        wanted = math.ceil(TILED_BLOCKS_PER_SM * n_sm / (tiles * batch * groups))
+        per_block = _split(group_channels, wanted, stage)
+        chunks = math.ceil(group_channels / per_block)
+    return LaunchConfig(
+        (tiles, chunks, batch * groups), (*block, 1), stage * halo_px * 4, per_block, stage
+    )
 
 
 def _acc_bytes(dtype: torch.dtype) -> int:
@@ -187,16 +282,21 @@ def _compiled(file: str, scalar: str, device_index: int) -> dict:
         module = cupy.RawModule(
             code=kernel_source(file), options=NVRTC_OPTIONS, name_expressions=expressions
         )
-        return {e.split("<")[0]: module.get_function(e) for e in expressions}
+        return {e: module.get_function(e) for e in expressions}
 
 
-def _launch(kernel: str, file: str, config: LaunchConfig, tensors, ints) -> None:
-    """Launch ``kernel`` on PyTorch's current stream under the first tensor's device."""
+def _launch(
+    kernel: str, file: str, config: LaunchConfig, tensors, ints, kernel_size: int | None = None
+) -> None:
+    """Launch ``kernel`` (``<scalar>``, or ``<scalar, kernel_size>`` for a tiled kernel) on
+    PyTorch's current stream under the first tensor's device."""
     import cupy
     import numpy as np
 
     device = tensors[0].device
-    function = _compiled(file, scalar_type(tensors[0].dtype), device.index)[kernel]
+    scalar = scalar_type(tensors[0].dtype)
+    name = f"{kernel}<{scalar}>" if kernel_size is None else tiled_name(kernel, scalar, kernel_size)
+    function = _compiled(file, scalar, device.index)[name]
     args = tuple(np.uint64(t.data_ptr()) for t in tensors) + tuple(np.int32(i) for i in ints)
     with cupy.cuda.Device(device.index):
         stream = cupy.cuda.ExternalStream(
@@ -205,20 +305,57 @@ def _launch(kernel: str, file: str, config: LaunchConfig, tensors, ints) -> None
         function(config.grid, config.block, args, shared_mem=config.shared_mem, stream=stream)
 
 
+def _choose_path(path: str, dtype: torch.dtype, kernel_size: int, scale: int) -> str:
+    if path not in ("auto", "generic", "tiled"):
+        raise ValueError(f"path must be 'auto', 'generic' or 'tiled', got {path!r}")
+    fits = tiled_applies(dtype, kernel_size, scale)
+    if path == "tiled" and not fits:
+        raise ValueError(
+            f"the tiled kernels take dtype in {TILED_SCALARS}, kernel_size in "
+            f"{TILED_KERNEL_SIZES} and an even scale, got {dtype}, {kernel_size}, {scale}"
+        )
+    return "tiled" if path == "auto" and fits else path if path != "auto" else "generic"
+
+
 def reassemble(
-    features: torch.Tensor, masks: torch.Tensor, kernel_size: int, scale: int, groups: int
+    features: torch.Tensor,
+    masks: torch.Tensor,
+    kernel_size: int,
+    scale: int,
+    groups: int,
+    *,
+    path: str = "auto",
+    block: tuple[int, int] = TILED_BLOCK,
+    stage_channels: int = TILED_STAGE_CHANNELS,
 ) -> torch.Tensor:
-    """``out[b,c,Y,X] = sum_k masks[b,g*K*K+k,Y,X] * features[b,c,Y//s-r+ky,X//s-r+kx]``."""
+    """``out[b,c,Y,X] = sum_k masks[b,g*K*K+k,Y,X] * features[b,c,Y//s-r+ky,X//s-r+kx]``.
+
+    ``path`` picks the kernel (``"auto"``: the tiled one where :func:`tiled_applies`); ``block``
+    and ``stage_channels`` shape the tiled launch (for benchmarks)."""
     b, c, h, w = features.shape
     out = features.new_empty(b, c, h * scale, w * scale)
     if out.numel() == 0:
         return out
+    n_sm = _multiprocessors(features.device.index)
+    if _choose_path(path, features.dtype, kernel_size, scale) == "tiled":
+        config = tiled_config(b, c, h, w, kernel_size, scale, groups, n_sm, block, stage_channels)
+        _launch(
+            "reassemble_tiled",
+            "carafe.cu",
+            config,
+            (features, masks, out),
+            (c, h, w, scale, groups, config.per_block, config.stage),
+            kernel_size,
+        )
+        return out
     config = reassemble_config(
-        b, c, h, w, kernel_size, scale, groups, _acc_bytes(features.dtype),
-        _multiprocessors(features.device.index),
+        b, c, h, w, kernel_size, scale, groups, _acc_bytes(features.dtype), n_sm
     )
     _launch(
-        "reassemble", "carafe.cu", config, (features, masks, out),
+        "reassemble",
+        "carafe.cu",
+        config,
+        (features, masks, out),
         (c, h, w, kernel_size, scale, groups, config.per_block),
     )
     return out
@@ -237,26 +374,67 @@ def reassemble_transpose(
         b, c, h, w, groups, _multiprocessors(grad_out.device.index)
     )
     _launch(
-        "reassemble_transpose", "carafe.cu", config, (grad_out, masks, grad_features),
+        "reassemble_transpose",
+        "carafe.cu",
+        config,
+        (grad_out, masks, grad_features),
         (c, h, w, kernel_size, scale, groups, config.per_block),
     )
     return grad_features
 
 
 def window_dot(
-    query: torch.Tensor, key: torch.Tensor, kernel_size: int, scale: int, groups: int
+    query: torch.Tensor,
+    key: torch.Tensor,
+    kernel_size: int,
+    scale: int,
+    groups: int,
+    *,
+    path: str = "auto",
+    block: tuple[int, int] = TILED_BLOCK,
+    stage_channels: int = TILED_STAGE_CHANNELS,
 ) -> torch.Tensor:
-    """``out[b,g*K*K+k,Y,X] = sum_{c in g} query[b,c,Y,X] * key[b,c,Y//s-r+ky,X//s-r+kx]``."""
+    """``out[b,g*K*K+k,Y,X] = sum_{c in g} query[b,c,Y,X] * key[b,c,Y//s-r+ky,X//s-r+kx]``.
+
+    ``path`` picks the kernel (``"auto"``: the tiled one where :func:`tiled_applies` and its grid
+    fills the GPU, since it cannot split the channel sum over blocks); ``block`` and
+    ``stage_channels`` shape the tiled launch (for benchmarks)."""
     b, c, h, w = key.shape
     out = query.new_empty(b, groups * kernel_size**2, h * scale, w * scale)
     if out.numel() == 0:
         return out
-    config = window_dot_config(
-        b, h, w, kernel_size, scale, groups, _acc_bytes(query.dtype),
-        _multiprocessors(query.device.index),
-    )
+    n_sm = _multiprocessors(query.device.index)
+    chosen = _choose_path(path, query.dtype, kernel_size, scale)
+    if chosen == "tiled":
+        config = tiled_config(
+            b,
+            c,
+            h,
+            w,
+            kernel_size,
+            scale,
+            groups,
+            n_sm,
+            block,
+            stage_channels,
+            split_channels=False,
+        )
+        if path == "tiled" or config.grid[0] * config.grid[2] >= n_sm:
+            _launch(
+                "window_dot_tiled",
+                "local_similarity.cu",
+                config,
+                (query, key, out),
+                (c, h, w, scale, groups, config.stage),
+                kernel_size,
+            )
+            return out
+    config = window_dot_config(b, h, w, kernel_size, scale, groups, _acc_bytes(query.dtype), n_sm)
     _launch(
-        "window_dot", "local_similarity.cu", config, (query, key, out),
+        "window_dot",
+        "local_similarity.cu",
+        config,
+        (query, key, out),
         (c, h, w, kernel_size, scale, groups, config.per_block),
     )
     return out
