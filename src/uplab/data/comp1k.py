@@ -50,13 +50,28 @@ class Composition1k(Dataset):
         transform: a ``uplab.data.transforms`` pipeline (applied to image, alpha and trimap).
         seed: seed of the random transforms and of the training trimaps.
         trimap_radius: range ``(low, high)`` of the training trimaps' band width in pixels.
+        composite: True composites training samples here (and draws their trimaps); False hands
+            the layers ``dict(fg, alpha, bg)`` (uint8, each at its own size) to ``transform``,
+            which must return ``image``, ``alpha`` and ``trimap`` (the A2U release's order:
+            ``uplab.data.pipelines.a2u_matting_train``).
     """
 
     def __init__(
-        self, root, split: str = "train", transform=None, seed: int = 0, trimap_radius=(1, 5)
+        self,
+        root,
+        split: str = "train",
+        transform=None,
+        seed: int = 0,
+        trimap_radius=(1, 5),
+        composite: bool = True,
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+        if not composite and (split != "train" or transform is None):
+            raise ValueError(
+                "composite=False hands the layers to the transform: it needs split='train' and a "
+                f"compositing transform; got split={split!r}, transform={transform!r}"
+            )
         self.root = resolve_root(root)
         self.split = split
         if split == "train":
@@ -94,6 +109,7 @@ class Composition1k(Dataset):
         self.transform = transform
         self.seed = seed
         self.trimap_radius = tuple(trimap_radius)
+        self.composite = composite
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -109,6 +125,8 @@ class Composition1k(Dataset):
             }
         fg_path, alpha_path, bg_path = self.samples[index]
         fg, alpha, bg = read_rgb(fg_path), read_gray(alpha_path), read_rgb(bg_path)
+        if not self.composite:
+            return {"fg": fg, "alpha": alpha, "bg": bg}
         if fg.shape != bg.shape:
             bg = T.resize(bg, (fg.shape[1], fg.shape[0]), T.DENSE_KEYS["image"][0])
         a = alpha.astype(np.float32)[..., None] / 255.0
@@ -119,13 +137,18 @@ class Composition1k(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = T.sample_rng(self.seed, self.epoch, index)
         sample = self._load(index, rng)
-        for key in ("alpha", "trimap"):
-            if sample[key].shape != sample["image"].shape[:2]:
+        first = sample["fg"] if not self.composite else sample["image"]
+        for key in ("alpha",) if not self.composite else ("alpha", "trimap"):
+            if sample[key].shape != first.shape[:2]:
                 raise DatasetError(
-                    f"{self.samples[index][0]}: {key} {sample[key].shape} does not match image {sample['image'].shape[:2]}"
+                    f"{self.samples[index][0]}: {key} {sample[key].shape} does not match image {first.shape[:2]}"
                 )
         if self.transform is not None:
             sample = self.transform(sample, rng)
+        if not {"image", "alpha", "trimap"} <= sample.keys():
+            raise ValueError(
+                f"the transform must return image, alpha and trimap; got {sorted(sample)}"
+            )
         return {
             "image": T.normalize_image(sample["image"]),
             "trimap": torch.from_numpy(trimap_to_unit(sample["trimap"]))[None],

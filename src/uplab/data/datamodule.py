@@ -19,9 +19,24 @@ from uplab.data import transforms as T
 from uplab.data.ade20k import ADE20K, IGNORE_INDEX, count_classes
 from uplab.data.ade20k import resolve_root as resolve_ade_root
 from uplab.data.coco import COCODetection, collate_detection
+from uplab.data.io import DatasetError
 from uplab.data.comp1k import Composition1k
 from uplab.data.nyuv2 import NYUv2
 from uplab.data.toy import TASKS, build_toy
+
+# task -> the script that checks a real dataset's layout and builds its derived files
+PREPARE_SCRIPTS = {
+    "segmentation": "prepare_ade20k.py",
+    "depth": "prepare_nyuv2.py",
+    "matting": "prepare_comp1k.py",
+    "detection": "prepare_coco.py",
+}
+
+
+def prepare_command(task: str, root: str | Path) -> str:
+    """The command that checks (and completes) the real dataset of ``task`` at ``root``."""
+    return f"python scripts/{PREPARE_SCRIPTS[task]} --root {root}"
+
 
 # task -> (dataset class, training split, evaluation split)
 _DATASETS = {
@@ -71,6 +86,11 @@ class DataModule(pl.LightningDataModule):
         crop_size: random training crop (None: full images).
         flip: random horizontal flips in training.
         scale: ``(low, high)`` random resize range in training, or None.
+        train_pipeline: a paper's training transform (``uplab.data.pipelines``), replacing the
+            toy pipeline of ``crop_size``, ``flip`` and ``scale``; None keeps that one.
+        eval_pipeline: the transform of evaluation samples (e.g. SegFormer's test resize), or None.
+        train_dataset_options: keyword arguments of the training dataset (e.g.
+            ``{"composite": false}`` for Composition-1k when the pipeline composites).
 
     Attributes:
         num_classes: segmentation: classes without the ignore label; detection: foreground
@@ -94,6 +114,9 @@ class DataModule(pl.LightningDataModule):
         crop_size: int | None = None,
         flip: bool = True,
         scale: tuple[float, float] | None = None,
+        train_pipeline=None,
+        eval_pipeline=None,
+        train_dataset_options: Mapping | None = None,
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -109,9 +132,11 @@ class DataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.train_transform = T.build_train_transform(
+        self.train_transform = train_pipeline or T.build_train_transform(
             crop_size, flip, tuple(scale) if scale is not None else None
         )
+        self.eval_transform = eval_pipeline
+        self.train_dataset_options = dict(train_dataset_options or {})
         self.ignore_index = IGNORE_INDEX if task == "segmentation" else None
         self.train_set: Dataset | None = None
         self.eval_set: Dataset | None = None
@@ -132,15 +157,23 @@ class DataModule(pl.LightningDataModule):
 
     def _dataset(self, which: str, transform=None) -> Dataset:
         cls, train_split, eval_split = _DATASETS[self.task]
-        split = train_split if which == "train" else eval_split
-        return cls(self.root, split, transform=transform, seed=self.seed)
+        split, options = (train_split, self.train_dataset_options) if which == "train" else (eval_split, {})
+        try:
+            return cls(self.root, split, transform=transform, seed=self.seed, **options)
+        except DatasetError as error:
+            if self.toy is not None:
+                raise
+            raise DatasetError(
+                f"{error}\nCheck the layout and build the derived files with: "
+                f"{prepare_command(self.task, self.root)} (expected layouts: docs/datasets.md)"
+            ) from error
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = self._dataset("train", self.train_transform)
         if self.eval_set is None:
-            self.eval_set = self._dataset("val")
+            self.eval_set = self._dataset("val", self.eval_transform)
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler=None) -> DataLoader:
         return DataLoader(

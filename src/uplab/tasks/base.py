@@ -65,7 +65,8 @@ class TaskModule(pl.LightningModule):
         self._figure_batch: Any = None
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=named)  # names let uplab.tasks.optim.param_groups match keys
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)

@@ -51,9 +51,12 @@ class SegmentationTask(TaskModule):
         self.ignore_index = ignore_index
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Logits resized to ``size`` (default: the image's; evaluation passes the label map's,
+        which a test-time resize such as SegFormer's may have left at the original size)."""
         logits = self.model(image)
-        return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        size = tuple(size) if size is not None else image.shape[-2:]
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
@@ -62,7 +65,7 @@ class SegmentationTask(TaskModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch["image"])
+        logits = self(batch["image"], batch["mask"].shape[-2:])
         loss = F.cross_entropy(logits, batch["mask"], ignore_index=self.ignore_index)
         self.log("val/loss", loss, batch_size=len(logits), sync_dist=True)
         self.val_metrics.update(logits, batch["mask"])

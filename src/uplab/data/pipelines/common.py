@@ -1,0 +1,115 @@
+"""Transforms the four papers' pipelines share: keep-ratio rescaling, padding, photometric helpers.
+
+Every transform follows ``uplab.data.transforms``: ``transform(sample, rng) -> sample`` on numpy
+arrays, all randomness drawn from ``rng`` (derived from seed, epoch and index by the dataset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from uplab.data import transforms as T
+
+
+def keep_ratio_size(height: int, width: int, scale: Sequence[float]) -> tuple[int, int]:
+    """``(new_height, new_width)`` that fits ``scale = (long, short)`` keeping the aspect ratio.
+
+    mmcv's ``rescale_size``: the factor is ``min(long / max(h, w), short / min(h, w))`` and the new
+    size is ``int(side * factor + 0.5)`` (torchvision's detection transform uses the same factor).
+    """
+    long_edge, short_edge = max(scale), min(scale)
+    factor = min(long_edge / max(height, width), short_edge / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def resize_sample(sample: dict, height: int, width: int, keys: Sequence[str] | None = None) -> dict:
+    """``sample`` with its dense maps (or only ``keys``) resized to ``height x width``; boxes scaled."""
+    old_h, old_w = T._size(sample)
+    out = dict(sample)
+    for key, value in T._dense_items(sample):
+        if keys is None or key in keys:
+            out[key] = T.resize(value, (width, height), T.DENSE_KEYS[key][0])
+    if "boxes" in sample:
+        out["boxes"] = sample["boxes"] * np.array(
+            [width / old_w, height / old_h] * 2, np.float32
+        )
+    return out
+
+
+class ResizeKeepRatio:
+    """Resize to fit ``scale = (long, short)`` keeping the aspect ratio (mmseg/mmdet ``Resize``
+    with ``keep_ratio=True``), optionally rounding each side to a multiple of ``size_divisor``
+    (SegFormer's ``AlignedResize``).
+
+    Args:
+        scale: ``(long, short)`` edge limits, e.g. ``(2048, 512)`` or ``(1333, 800)``.
+        size_divisor: round the new sides to multiples of it (``int(ceil(side / d)) * d``), or None.
+        keys: the dense maps to resize (None: all, e.g. ``["image"]`` to keep labels at their size).
+    """
+
+    def __init__(self, scale: Sequence[float], size_divisor: int | None = None, keys=None) -> None:
+        if len(scale) != 2 or min(scale) <= 0:
+            raise ValueError(f"scale must be two positive edge lengths (long, short); got {scale}")
+        self.scale = tuple(scale)
+        self.size_divisor = size_divisor
+        self.keys = None if keys is None else tuple(keys)
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        height, width = keep_ratio_size(*T._size({"image": sample["image"]}), self.scale)
+        if self.size_divisor:
+            d = self.size_divisor
+            height, width = int(np.ceil(height / d)) * d, int(np.ceil(width / d)) * d
+        return resize_sample(sample, height, width, self.keys)
+
+
+class PadTo:
+    """Pad the dense maps at the bottom and right to at least ``size = (height, width)``, or to the
+    next multiple of ``size_divisor``, with each map's fill value (``image_fill`` for the image;
+    ``"reflect"`` mirrors it as the A2U release does at test time).
+    """
+
+    def __init__(self, size: Sequence[int] | None = None, size_divisor: int | None = None, image_fill=0):
+        if (size is None) == (size_divisor is None):
+            raise ValueError(f"give exactly one of size and size_divisor; got {size}, {size_divisor}")
+        self.size = None if size is None else tuple(size)
+        self.size_divisor = size_divisor
+        self.image_fill = image_fill
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        height, width = T._size(sample)
+        if self.size is not None:
+            new_h, new_w = max(height, self.size[0]), max(width, self.size[1])
+        else:
+            d = self.size_divisor
+            new_h, new_w = -(-height // d) * d, -(-width // d) * d
+        if (new_h, new_w) == (height, width):
+            return sample
+        out = dict(sample)
+        for key, value in T._dense_items(sample):
+            pad = ((0, new_h - height), (0, new_w - width)) + ((0, 0),) * (value.ndim - 2)
+            if key == "image" and self.image_fill == "reflect":
+                out[key] = np.pad(value, pad, mode="reflect")
+            else:
+                fill = self.image_fill if key == "image" else T.DENSE_KEYS[key][1]
+                out[key] = np.pad(value, pad, constant_values=fill)
+        return out
+
+
+def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
+    """float RGB in [0, 1] ``[..., 3]`` -> HSV with hue in degrees [0, 360), S and V in [0, 1]."""
+    from matplotlib.colors import rgb_to_hsv as _rgb_to_hsv
+
+    hsv = _rgb_to_hsv(np.clip(rgb, 0, 1))
+    hsv[..., 0] *= 360.0
+    return hsv
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rgb_to_hsv`."""
+    from matplotlib.colors import hsv_to_rgb as _hsv_to_rgb
+
+    scaled = hsv.copy()
+    scaled[..., 0] = np.remainder(scaled[..., 0], 360.0) / 360.0
+    return _hsv_to_rgb(np.clip(scaled, 0, 1))

@@ -1,0 +1,139 @@
+"""SegFormer's ADE20K pipelines, as in the mmseg 0.11 configs of the released SAPA and FADE runs
+(``segformer.b1.512x512.ade.160k``; e.g. the config printed at the top of poppinace/sapa's
+``segformer/*.log``).
+
+Training: ``Resize(img_scale=(2048, 512), ratio_range=(0.5, 2.0))`` -> ``RandomCrop(512,
+cat_max_ratio=0.75)`` -> ``RandomFlip(0.5)`` -> ``PhotoMetricDistortion`` -> ``Pad(512, 0 / 255)``.
+Test: ``AlignedResize((2048, 512), keep_ratio, size_divisor=32)`` of the image only, one scale, no
+flip (``test_cfg.mode='whole'``); the label map stays at its size and the logits are resized to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from uplab.data import transforms as T
+from uplab.data.pipelines.common import PadTo, ResizeKeepRatio, hsv_to_rgb, keep_ratio_size, resize_sample, rgb_to_hsv
+
+
+class RandomRescale:
+    """mmseg ``Resize`` with ``ratio_range``: draw ``r ~ U(low, high)``, then fit the image into
+    ``(r * long, r * short)`` keeping its aspect ratio."""
+
+    def __init__(self, scale: Sequence[float] = (2048, 512), ratio_range: Sequence[float] = (0.5, 2.0)):
+        if len(ratio_range) != 2 or not 0 < ratio_range[0] <= ratio_range[1]:
+            raise ValueError(f"ratio_range must be (low, high) with 0 < low <= high; got {ratio_range}")
+        self.scale = tuple(scale)
+        self.ratio_range = tuple(ratio_range)
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        ratio = rng.uniform(*self.ratio_range)
+        height, width = keep_ratio_size(*T._size(sample), [s * ratio for s in self.scale])
+        return resize_sample(sample, height, width)
+
+
+class CatMaxRandomCrop:
+    """mmseg ``RandomCrop`` with ``cat_max_ratio``: up to 10 draws of a ``size`` window, keeping
+    the first whose most frequent label (ignore excluded) covers less than ``cat_max_ratio`` of its
+    labelled pixels and that holds more than one label; else the last draw. No padding (``PadTo``
+    follows, after the photometric distortion)."""
+
+    def __init__(self, size: int | Sequence[int] = 512, cat_max_ratio: float = 0.75,
+                 ignore_index: int = 255, attempts: int = 10):
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        if not 0 < cat_max_ratio <= 1:
+            raise ValueError(f"cat_max_ratio must lie in (0, 1]; got {cat_max_ratio}")
+        self.cat_max_ratio = cat_max_ratio
+        self.ignore_index = ignore_index
+        self.attempts = attempts
+
+    def _window(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        top = int(rng.integers(0, max(height - self.size[0], 0) + 1))
+        left = int(rng.integers(0, max(width - self.size[1], 0) + 1))
+        return top, min(top + self.size[0], height), left, min(left + self.size[1], width)
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        height, width = T._size(sample)
+        window = self._window(height, width, rng)
+        if self.cat_max_ratio < 1 and "mask" in sample:
+            for _ in range(self.attempts - 1):
+                top, bottom, left, right = window
+                labels = sample["mask"][top:bottom, left:right]
+                _, counts = np.unique(labels[labels != self.ignore_index], return_counts=True)
+                if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
+                    break
+                window = self._window(height, width, rng)
+        top, bottom, left, right = window
+        out = dict(sample)
+        for key, value in T._dense_items(sample):
+            out[key] = np.ascontiguousarray(value[top:bottom, left:right])
+        return out
+
+
+class PhotoMetricDistortion:
+    """mmseg ``PhotoMetricDistortion``: brightness ``+U(-32, 32)``, contrast ``xU(0.5, 1.5)`` (before
+    or after the HSV steps, at random), saturation ``xU(0.5, 1.5)``, hue ``+U(-18, 18)`` on OpenCV's
+    180-step hue circle; each step with probability 0.5, results clipped to uint8.
+
+    The HSV conversion is matplotlib's (float) rather than OpenCV's uint8 one; values agree to
+    rounding.
+    """
+
+    def __init__(self, brightness_delta: int = 32, contrast_range=(0.5, 1.5),
+                 saturation_range=(0.5, 1.5), hue_delta: int = 18):
+        self.brightness_delta = brightness_delta
+        self.contrast_range = tuple(contrast_range)
+        self.saturation_range = tuple(saturation_range)
+        self.hue_delta = hue_delta
+
+    @staticmethod
+    def _to_uint8(image: np.ndarray) -> np.ndarray:
+        return np.clip(image, 0, 255).astype(np.uint8)
+
+    def _contrast(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.integers(2):
+            return self._to_uint8(image.astype(np.float32) * rng.uniform(*self.contrast_range))
+        return image
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        image = sample["image"]
+        if image.dtype != np.uint8:
+            raise ValueError(f"PhotoMetricDistortion expects a uint8 image; got {image.dtype}")
+        if rng.integers(2):
+            delta = rng.uniform(-self.brightness_delta, self.brightness_delta)
+            image = self._to_uint8(image.astype(np.float32) + delta)
+        contrast_first = rng.integers(2) == 1
+        if contrast_first:
+            image = self._contrast(image, rng)
+        do_saturation, do_hue = rng.integers(2), rng.integers(2)
+        if do_saturation or do_hue:
+            hsv = rgb_to_hsv(image.astype(np.float32) / 255.0)
+            if do_saturation:
+                hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(*self.saturation_range), 0, 1)
+            if do_hue:
+                hsv[..., 0] += 2.0 * rng.integers(-self.hue_delta, self.hue_delta)
+            image = self._to_uint8(np.round(hsv_to_rgb(hsv) * 255.0))
+        if not contrast_first:
+            image = self._contrast(image, rng)
+        return {**sample, "image": image}
+
+
+def segformer_train(scale=(2048, 512), ratio_range=(0.5, 2.0), crop_size: int = 512,
+                    cat_max_ratio: float = 0.75, flip: float = 0.5) -> T.Compose:
+    """The released SegFormer/ADE20K training pipeline (see the module docstring)."""
+    crop = (crop_size, crop_size)
+    return T.Compose([
+        RandomRescale(scale, ratio_range),
+        CatMaxRandomCrop(crop, cat_max_ratio),
+        T.RandomHorizontalFlip(flip),
+        PhotoMetricDistortion(),
+        PadTo(size=crop),
+    ])
+
+
+def segformer_test(scale=(2048, 512), size_divisor: int = 32) -> T.Compose:
+    """Whole-image test at short side 512 (long side at most 2048), sides multiples of 32; the
+    label map keeps its original size."""
+    return T.Compose([ResizeKeepRatio(scale, size_divisor=size_divisor, keys=["image"])])
