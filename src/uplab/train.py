@@ -8,6 +8,7 @@ task, data, backbone, decoder, upsampler, trainer and logger, builds everything 
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import time
@@ -42,9 +43,18 @@ def config_dir() -> str:
     return str(conf)
 
 
+MAX_RUN_NAME = 120
+
+
 def run_name(override_dirname: str) -> str:
-    """The name of a run's directory from its command-line overrides (``default`` for none)."""
-    return override_dirname.replace("/", "_") or "default"
+    """The name of a run's directory from its command-line overrides (``default`` for none);
+    a long one keeps its first characters and ends with a hash of the whole, so it stays unique,
+    the same for the same command, and within file-name limits."""
+    name = override_dirname.replace("/", "_") or "default"
+    if len(name) <= MAX_RUN_NAME:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+    return f"{name[: MAX_RUN_NAME - 13]}-{digest}"
 
 
 OmegaConf.register_new_resolver("uplab.run_name", run_name, replace=True)

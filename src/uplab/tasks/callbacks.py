@@ -57,17 +57,23 @@ class MetricHistory(Callback):
 
 
 class EpochSeed(Callback):
-    """Reseeds torch, numpy and random at the start of every training epoch from ``seed + epoch``.
+    """Reseeds torch, numpy and random from ``seed + epoch`` before each epoch's first training
+    batch.
 
     Lightning's checkpoints do not hold the random state, so without this a run resumed from an
-    epoch boundary draws other dropout masks and augmentations than the uninterrupted run.
+    epoch boundary draws other dropout masks than the uninterrupted run. The seed is set at the
+    first batch rather than at the epoch's start because creating the DataLoader iterator draws
+    from the global generator, and a resumed run creates it at another moment.
     """
 
     def __init__(self, seed: int):
         self.seed = seed
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl.seed_everything(self.seed + trainer.current_epoch, workers=True, verbose=False)
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx == 0:
+            pl.seed_everything(self.seed + trainer.current_epoch, workers=True, verbose=False)
 
 
 class StopAtEpoch(Callback):

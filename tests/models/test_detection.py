@@ -1,0 +1,83 @@
+from functools import partial
+
+import pytest
+import torch
+from torchvision.models import resnet50
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from uplab.models import TimmBackbone
+from uplab.models.detection import UpsamplingFPN, build_faster_rcnn
+from uplab.upsamplers import build
+
+
+def fpn_inputs(channels=(8, 16, 32, 64), size=32):
+    return {str(i): torch.randn(1, c, size >> i, size >> i) for i, c in enumerate(channels)}
+
+
+def test_nearest_fpn_is_torchvisions_fpn():
+    ours = UpsamplingFPN([8, 16, 32, 64], partial(build, "nearest"), out_channels=16)
+    ref = FeaturePyramidNetwork([8, 16, 32, 64], 16, extra_blocks=ours.extra_blocks)
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    x = fpn_inputs()
+    for (name, a), (ref_name, b) in zip(ours(x).items(), ref(x).items(), strict=True):
+        assert name == ref_name and torch.allclose(a, b)
+
+
+def test_top_down_steps_are_guided_by_the_lateral():
+    calls = []
+
+    class Recorder(torch.nn.Module):
+        guided = True
+
+        def __init__(self, in_channels, scale=2, guide_channels=None):
+            super().__init__()
+            self.out_channels = in_channels
+
+        def forward(self, x, guide=None):
+            calls.append((x.shape[-1], guide.shape[-1], guide.shape[1]))
+            return torch.nn.functional.interpolate(x, scale_factor=2)
+
+    fpn = UpsamplingFPN([8, 16, 32, 64], Recorder, out_channels=16)
+    fpn(fpn_inputs())
+    assert calls == [(4, 8, 16), (8, 16, 16), (16, 32, 16)]
+
+
+def test_torchvision_faster_rcnn_weights_load_strictly_with_nearest():
+    """fasterrcnn_resnet50_fpn's layout (frozen BN, resnet50 body, FPN, RPN, RoI heads)."""
+    reference = FasterRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), 91)
+    ours = build_faster_rcnn(
+        TimmBackbone("resnet50", include_input=True),
+        UpsamplingFPN,
+        partial(build, "nearest"),
+        num_classes=91,
+        frozen_batch_norm=True,
+    )
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        expected, got = reference.eval().backbone(x), ours.eval().backbone(x)
+    assert list(got) == list(expected) == ["0", "1", "2", "3", "pool"]
+    assert all(torch.allclose(got[k], expected[k], atol=1e-5) for k in expected)
+
+
+def test_learned_upsampler_trains_in_the_detector():
+    det = build_faster_rcnn(
+        TimmBackbone("test_resnet"), partial(UpsamplingFPN, out_channels=16), partial(build, "deconv"),
+        num_classes=3, anchor_sizes=(8, 16, 32, 64, 128), min_size=64, max_size=64,
+    )
+    assert len(det.backbone.fpn.upsamplers) == 3
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 40.0]]), "labels": torch.tensor([1])}]
+    losses = det([torch.rand(3, 64, 64)], targets)
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in det.backbone.fpn.upsamplers.parameters())
+
+
+def test_fpn_cannot_read_the_input_level():
+    with pytest.raises(ValueError, match="input level"):
+        build_faster_rcnn(
+            TimmBackbone("test_resnet", include_input=True), UpsamplingFPN, partial(build, "nearest"),
+            num_classes=2, in_index=(0, 2, 3, 4),
+        )
