@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# GPU check (make gpu-check): device name, the GPU tests of the ops, then the ops benchmark.
-# Installs nothing: needs python with torch, CuPy (cupy-cuda13x) and pytest. No package install
-# either: the tests and the benchmark run from the source tree (PYTHONPATH=src).
-# Logs and the benchmark table go to $OUT when it is set (else /tmp/uplab_gpu_check).
+# GPU check (make gpu-check): device name, the GPU tests of the ops, the ops benchmark, then the
+# SegFormer-B1 training step per upsampler (scripts/bench_segformer_step.py, at most 150 s).
+# Installs nothing from the network: needs python with torch, CuPy (cupy-cuda13x) and pytest; the
+# tests and benchmarks run from the source tree (PYTHONPATH=src). Wheels found in .whl/ (e.g.
+# hydra-core, omegaconf and antlr4-python3-runtime, which the SegFormer step imports through
+# uplab.analysis.cost, for a GPU image without them) are unpacked into a temporary folder first.
+# Logs and tables go to $OUT when it is set (else /tmp/uplab_gpu_check).
 # Usage: bash scripts/gpu_check.sh [extra arguments for scripts/bench_gpu.py]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +15,12 @@ OUT_DIR="${OUT:-${TMPDIR:-/tmp}/uplab_gpu_check}"
 mkdir -p "$OUT_DIR"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export WANDB_MODE=offline HF_HUB_OFFLINE=1
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+    SITE="$(mktemp -d)"
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl \
+        && export PYTHONPATH="$PYTHONPATH:$SITE"
+fi
 
 echo "== device"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi failed"
@@ -36,5 +45,15 @@ echo "== benchmark"
 "$PYTHON" scripts/bench_gpu.py --out "$OUT_DIR/gpu_bench.md" "$@" 2>&1 | tee "$OUT_DIR/gpu_bench.log"
 bench_status=${PIPESTATUS[0]}
 
-echo "== done: tests exit $tests_status, benchmark exit $bench_status"
-[ "$tests_status" -eq 0 ] && [ "$bench_status" -eq 0 ]
+echo "== SegFormer-B1 training step"
+if "$PYTHON" -c "import uplab.analysis.cost" 2>"$OUT_DIR/segformer_step.log"; then
+    timeout 150 "$PYTHON" scripts/bench_segformer_step.py --device cuda --steps 3 --warmup 1 \
+        --output "$OUT_DIR/segformer_step.md" 2>&1 | tee "$OUT_DIR/segformer_step.log"
+    step_status=${PIPESTATUS[0]}
+else
+    echo "skipped: uplab.analysis.cost does not import here: $(tail -1 "$OUT_DIR/segformer_step.log")"
+    step_status=1
+fi
+
+echo "== done: tests exit $tests_status, benchmark exit $bench_status, SegFormer step exit $step_status"
+[ "$tests_status" -eq 0 ] && [ "$bench_status" -eq 0 ] && [ "$step_status" -eq 0 ]

@@ -194,3 +194,22 @@ def test_whole_upsampler_forward_backward(name):
     assert p_c.keys() == p_t.keys()
     for n in p_c:
         torch.testing.assert_close(p_c[n], p_t[n], atol=1e-9, rtol=0, msg=n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("k, s", [(3, 2), (5, 2), (7, 4)])
+def test_tiled_kernels_at_multi_tile_sizes_match_torch_path(k, s, dtype):
+    # Several tiles each way with ragged last ones, groups, and enough blocks that the dispatcher
+    # picks the tiled kernels for the forward and for window_dot (carafe's grad_masks,
+    # local_similarity's forward); then window_dot_tiled forced on a grid too small for "auto".
+    assert _cupy_kernels.tiled_applies(dtype, k, s)
+    inputs, grad = _carafe_inputs(16, 24, 37, 45, k, s, 2)
+    op = lambda f, m, backend: carafe(f, m, k, s, group_size=2, backend=backend)  # noqa: E731
+    _compare(op, inputs, grad, dtype)
+    inputs, grad = _similarity_inputs(16, 24, 37, 45, k, s)
+    op = lambda q, key, backend: local_similarity(q, key, k, s, backend=backend)  # noqa: E731
+    _compare(op, inputs, grad, dtype)
+    q, key = [t[:1].to(dtype) for t in inputs]
+    got = _cupy_kernels.window_dot(q, key, k, s, 1, path="tiled")
+    want = local_similarity(q.double(), key.double(), k, s, backend="torch")
+    torch.testing.assert_close(got.double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1])

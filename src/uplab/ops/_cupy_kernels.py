@@ -56,7 +56,7 @@ BLOCKS_PER_SM = 32
 # (a warp along x, so that shared-memory reads are consecutive and stores coalesce) and channels
 # staged per barrier; blocks per SM the channel split of reassemble_tiled aims for.
 TILED_MAX_THREADS = 256
-TILED_BLOCK = (32, 4)
+TILED_BLOCK = (32, 8)
 TILED_STAGE_CHANNELS = 16
 TILED_BLOCKS_PER_SM = 6
 
