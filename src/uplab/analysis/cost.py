@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -59,13 +60,14 @@ def load_paper_results(path: str | Path = PAPER_RESULTS) -> tuple[pd.DataFrame, 
     return pd.DataFrame.from_records(records), pd.DataFrame.from_records(data.get("notes", []))
 
 
-def upsampler_factory(name: str) -> Callable[..., nn.Module]:
-    """The factory of ``conf/upsampler/<name>.yaml`` (the papers' defaults)."""
+def upsampler_factory(name: str, **options) -> Callable[..., nn.Module]:
+    """The factory of ``conf/upsampler/<name>.yaml`` (the papers' defaults), with ``options``
+    overriding the file's."""
     path = UPSAMPLER_CONF / f"{name}.yaml"
     if not path.exists():
         available = sorted(p.stem for p in UPSAMPLER_CONF.glob("*.yaml"))
         raise ValueError(f"no upsampler config {path}; available: {', '.join(available)}")
-    return instantiate(OmegaConf.load(path))
+    return instantiate(OmegaConf.merge(OmegaConf.load(path), options))
 
 
 def _segformer_b1(upsampler):
@@ -82,12 +84,26 @@ def _a2u_matting(upsampler):
     return A2UMatting(upsampler)
 
 
+def _bts_r50(upsampler):
+    from uplab.models import DenseModel
+    from uplab.models.backbones import TimmBackbone
+    from uplab.models.decoders.bts import BTSDecoder
+
+    return DenseModel(TimmBackbone("resnet50"), partial(BTSDecoder, max_depth=10.0), upsampler, 1)
+
+
 def _faster_rcnn(upsampler):
     from uplab.models.backbones import TimmBackbone
     from uplab.models.detection import UpsamplingFPN, build_faster_rcnn
 
     # mmdetection's COCO head: 80 classes + background
-    return build_faster_rcnn(TimmBackbone("resnet50"), UpsamplingFPN, upsampler, num_classes=81)
+    model = build_faster_rcnn(TimmBackbone("resnet50"), UpsamplingFPN, upsampler, num_classes=81)
+    # mmdetection's frozen_stages=1: the stem and layer1 do not train, and the mmcv counter
+    # counts trainable parameters only
+    for name, p in model.backbone.body.named_parameters():
+        if name.split(".")[0] in ("conv1", "bn1", "layer1"):
+            p.requires_grad_(False)
+    return model
 
 
 @dataclass(frozen=True)
@@ -99,7 +115,11 @@ class PaperModel:
         input_shape: the published input ``(C, H, W)``, or ``None`` where no GFLOPs are published.
         baseline: the upsampler the published increments are relative to.
         upsamplers: the rows of the published tables.
-        params_offset: parameters the published count includes that the model does not need.
+        params_offset: parameters the published count includes that the model does not need
+            (negative: parameters it has that the published model has not).
+        trainable_only: count only parameters with ``requires_grad`` (the mmcv counter's rule).
+        upsampler_options: per upsampler, options overriding ``conf/upsampler/<name>.yaml``
+            where the published cost was counted in another setting (see the YAML notes).
         count_layer_norm, count_softmax: the counter's convention (see
             :func:`uplab.analysis.flops.count_flops`).
     """
@@ -109,25 +129,44 @@ class PaperModel:
     baseline: str
     upsamplers: Sequence[str]
     params_offset: int = 0
+    trainable_only: bool = False
+    upsampler_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     count_layer_norm: bool = True
     count_softmax: bool = True
 
+
+# The published IndexNet costs of SegFormer, BTS and Faster R-CNN are those of the holistic index
+# block with the nonlinear and context options on (the IndexUp default of the papers' code base),
+# whatever block the trained model used (the FADE log's SegFormer has linear M2O blocks).
+_INDEXNET_AS_COUNTED = {"index_block": "holistic", "nonlinear": True, "context": True}
 
 PAPER_MODELS: dict[str, PaperModel] = {
     "segformer_b1": PaperModel(
         _segformer_b1, (3, 512, 512), "bilinear",
         ("bilinear", "carafe", "indexnet", "a2u", "sapa_i", "sapa_b", "sapa_g", "fade", "fade_lite", "dysample"),
         params_offset=128 * 150 + 150,  # mmseg's unused conv_seg (see the YAML notes)
+        upsampler_options={"indexnet": _INDEXNET_AS_COUNTED},
         count_layer_norm=False,
         count_softmax=False,
     ),
     "a2u_matting_r34": PaperModel(
         _a2u_matting, (4, 512, 512), "bilinear",
         ("bilinear", "nearest", "carafe", "indexnet", "a2u", "sapa_i", "sapa_b", "sapa_g", "fade", "fade_lite"),
+        # IndexNet's matting model, "M2O DIN" (depth-wise many-to-one, nonlinear, context)
+        upsampler_options={"indexnet": {"index_block": "m2o", "nonlinear": True, "context": True}},
+    ),
+    "bts_r50": PaperModel(
+        _bts_r50, None, "nearest",
+        ("nearest", "carafe", "indexnet", "a2u", "sapa_b", "sapa_g"),
+        params_offset=2048 * 1000 + 1000,  # the release keeps torchvision's unused ImageNet fc
+        upsampler_options={"indexnet": _INDEXNET_AS_COUNTED},
     ),
     "faster_rcnn_r50_fpn": PaperModel(
         _faster_rcnn, None, "nearest",
         ("nearest", "carafe", "indexnet", "a2u", "sapa_i", "sapa_b", "sapa_g"),
+        params_offset=-4 * 1025,  # mmdetection regresses 80 classes, torchvision 81 (background too)
+        trainable_only=True,
+        upsampler_options={"indexnet": _INDEXNET_AS_COUNTED},
     ),
 }
 
@@ -137,8 +176,9 @@ def measure(model_name: str, upsampler: str) -> dict[str, float]:
     publish none for the model)."""
     spec = PAPER_MODELS[model_name]
     torch.manual_seed(0)
-    model = spec.build(upsampler_factory(upsampler)).eval()
-    params = (count_params(model) + spec.params_offset) / 1e6
+    options = spec.upsampler_options.get(upsampler, {})
+    model = spec.build(upsampler_factory(upsampler, **options)).eval()
+    params = (count_params(model, trainable_only=spec.trainable_only) + spec.params_offset) / 1e6
     gflops = float("nan")
     if spec.input_shape is not None:
         x = torch.zeros(1, *spec.input_shape)
@@ -187,6 +227,8 @@ def cost_table(
                 (published.model == m) & (published.upsampler == u) & (published.metric == metric)
             ]
             cells = [p for _, p in pub.iterrows()] or [None]
+            if pub.empty and pd.isna(ours[metric]):
+                continue
             for p in cells:
                 relative = u != spec.baseline if p is None else bool(p.relative)
                 base = measured[m, spec.baseline][metric]

@@ -43,7 +43,16 @@ class DenseModel(nn.Module):
                 "choose an unguided upsampler (e.g. upsampler=bilinear, carafe or dysample) or a "
                 "decoder with guides"
             )
-        self.head = nn.Conv2d(self.decoder.out_channels, out_channels, kernel_size=1)
+        if getattr(self.decoder, "is_predictor", False):
+            # the decoder ends in its own predictor (BTS's get_depth): no extra head
+            if self.decoder.out_channels != out_channels:
+                raise ValueError(
+                    f"{type(self.decoder).__name__} predicts {self.decoder.out_channels} channels "
+                    f"itself, but the task needs {out_channels}"
+                )
+            self.head = nn.Identity()
+        else:
+            self.head = nn.Conv2d(self.decoder.out_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone(x)
