@@ -36,7 +36,10 @@ PAIRS = {
         ],
     ),
     # batch 2: the ASPP pooling branch batch-normalises a 1x1 map
-    ("a2u_matting_r34", "comp1k"): ("matting", ["data.train_pipeline.crop_size=64", "data.batch_size=2"]),
+    ("a2u_matting_r34", "comp1k"): (
+        "matting",
+        ["data.train_pipeline.crop_size=64", "data.batch_size=2"],
+    ),
     ("bts_r50", "nyuv2"): ("depth", ["data.train_pipeline.crop_size=[32,48]"]),
     ("faster_rcnn_r50_fpn", "coco"): (
         "detection",
@@ -44,8 +47,19 @@ PAIRS = {
     ),
 }
 # model pieces that may still be missing: (module, reason)
-REQUIRES = {("bts_r50", "nyuv2"): ("uplab.models.decoders.bts", "F's BTS decoder (uplab.models.decoders.bts.BTSDecoder) is not in the tree yet")}
-FAST = ["trainer=debug", "logger=none", "data.batch_size=1", "data.eval_batch_size=1", "data.num_workers=0"]
+REQUIRES = {
+    ("bts_r50", "nyuv2"): (
+        "uplab.models.decoders.bts",
+        "F's BTS decoder (uplab.models.decoders.bts.BTSDecoder) is not in the tree yet",
+    )
+}
+FAST = [
+    "trainer=debug",
+    "logger=none",
+    "data.batch_size=1",
+    "data.eval_batch_size=1",
+    "data.num_workers=0",
+]
 
 
 def published_rows() -> set[str]:
@@ -63,11 +77,15 @@ def pair_param(pair):
     """The pair as a test case, xfail(strict) while a model piece it needs is missing."""
     module, reason = REQUIRES.get(pair, (None, ""))
     missing = module is not None and importlib.util.find_spec(module) is None
-    return pytest.param(pair, id="_".join(pair), marks=pytest.mark.xfail(missing, reason=reason, strict=True))
+    return pytest.param(
+        pair, id="_".join(pair), marks=pytest.mark.xfail(missing, reason=reason, strict=True)
+    )
 
 
 def rows_of(model: str, dataset: str) -> list[str]:
-    return sorted(p.stem for p in PAPER.glob(f"*_{model}_{dataset}.yaml") if not p.stem.startswith("_"))
+    return sorted(
+        p.stem for p in PAPER.glob(f"*_{model}_{dataset}.yaml") if not p.stem.startswith("_")
+    )
 
 
 def compose_row(row: str, overrides: list[str]):
@@ -86,12 +104,19 @@ def test_rows_carry_the_published_recipes():
     seg = compose_row("sapa_g_segformer_b1_ade20k", [])
     assert (seg.trainer.max_steps, seg.trainer.val_check_interval) == (160000, 16000)
     assert seg.data.batch_size == 16 and seg.task.optimizer.lr == 6e-5
-    assert seg.task.optimizer.custom_keys.head.lr_mult == 10 and seg.task.scheduler.warmup_iters == 1500
+    assert (
+        seg.task.optimizer.custom_keys.head.lr_mult == 10
+        and seg.task.scheduler.warmup_iters == 1500
+    )
     assert seg.upsampler.embedding_dim == 32 and seg.decoder.embed_dim == 256
     matting = compose_row("sapa_g_a2u_matting_r34_comp1k", [])
     assert matting.upsampler.embedding_dim == 64 and matting.data.train_pipeline.crop_size == 512
     det = compose_row("carafe_faster_rcnn_r50_fpn_coco", [])
-    assert (det.task.optimizer.lr, det.trainer.max_epochs, det.task.detector.min_size) == (0.02, 12, 800)
+    assert (det.task.optimizer.lr, det.trainer.max_epochs, det.task.detector.min_size) == (
+        0.02,
+        12,
+        800,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +135,9 @@ def test_every_row_of_a_pair_runs_fast_dev_run(pair, fixtures, tmp_path, monkeyp
     assert rows, f"no rows for {pair}"
     for row in rows:
         out = tmp_path / row
-        cfg = compose_row(row, [*FAST, *shrink, f"data.root={fixtures[task]}", f"paths.output_dir={out}"])
+        cfg = compose_row(
+            row, [*FAST, *shrink, f"data.root={fixtures[task]}", f"paths.output_dir={out}"]
+        )
         metrics = train(cfg)
         record = json.loads((out / "results.json").read_text())
         assert record["metrics"]["final"] == metrics["final"] and metrics["final"], row

@@ -64,7 +64,9 @@ def test_cat_max_crop_redraws_windows_of_one_dominant_class():
 def test_photometric_distortion_keeps_uint8_and_only_touches_the_image():
     sample = seg_sample()
     outs = [PhotoMetricDistortion()(sample, rng(s)) for s in range(8)]
-    assert all(o["image"].dtype == np.uint8 and o["image"].shape == sample["image"].shape for o in outs)
+    assert all(
+        o["image"].dtype == np.uint8 and o["image"].shape == sample["image"].shape for o in outs
+    )
     assert all(o["mask"] is sample["mask"] for o in outs)
     assert any(not np.array_equal(o["image"], sample["image"]) for o in outs)
 
@@ -74,7 +76,9 @@ def test_segformer_train_gives_crop_size_pads_with_ignore_and_is_seeded():
     a, b = pipeline(seg_sample(), rng(3)), pipeline(seg_sample(), rng(3))
     assert a["image"].shape == (32, 32, 3) and a["mask"].shape == (32, 32)
     assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["mask"], b["mask"])
-    small = P.segformer_train(scale=(20, 10), ratio_range=(1, 1), crop_size=32)(seg_sample(), rng(0))
+    small = P.segformer_train(scale=(20, 10), ratio_range=(1, 1), crop_size=32)(
+        seg_sample(), rng(0)
+    )
     assert (small["mask"][10:] == 255).all() and (small["image"][10:] == 0).all()
 
 
@@ -98,7 +102,11 @@ def test_ellipse_kernels_match_opencv():
     assert _ellipse(1).tolist() == [[True]]
     assert _ellipse(3).astype(int).tolist() == [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
     assert _ellipse(5).astype(int).tolist() == [
-        [0, 0, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 1, 0, 0]
+        [0, 0, 1, 0, 0],
+        [1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1],
+        [0, 0, 1, 0, 0],
     ]
 
 
@@ -136,7 +144,9 @@ def test_a2u_train_composites_and_is_seeded():
     assert 0 <= a["image"].min() and a["image"].max() <= 1
     assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["trimap"], b["trimap"])
     with pytest.raises(ValueError, match="composite=False"):
-        pipeline({"image": np.zeros((8, 8, 3), np.uint8), "alpha": np.zeros((8, 8), np.uint8)}, rng())
+        pipeline(
+            {"image": np.zeros((8, 8, 3), np.uint8), "alpha": np.zeros((8, 8), np.uint8)}, rng()
+        )
 
 
 def test_matting_evaluation_is_unchanged_by_the_test_padding():
@@ -151,7 +161,9 @@ def test_matting_evaluation_is_unchanged_by_the_test_padding():
 
     def sad(a, t):
         gt = torch.from_numpy(a.astype(np.float32) / 255)[None, None]
-        tri = torch.from_numpy(np.select([t == 0, t == 128], [0.0, 0.5], 1.0).astype(np.float32))[None, None]
+        tri = torch.from_numpy(np.select([t == 0, t == 128], [0.0, 0.5], 1.0).astype(np.float32))[
+            None, None
+        ]
         pred = torch.where(tri == 0.5, (gt + 0.2).clamp(max=1), tri)  # error 0.2 where gt < 0.8
         metric = MattingMetrics()
         metric.update(pred, gt, tri)
@@ -185,8 +197,10 @@ def test_depth_evaluation_counts_only_eigen_crop():
 
 def test_detection_evaluation_of_the_ground_truth_is_perfect():
     boxes = np.array([[2, 3, 20, 30], [30, 10, 60, 40]], np.float32)
-    sample = P.mmdet_train(flip=1.0)({"image": np.zeros((48, 64, 3), np.uint8), "boxes": boxes,
-                                       "labels": np.array([1, 2])}, rng())
+    sample = P.mmdet_train(flip=1.0)(
+        {"image": np.zeros((48, 64, 3), np.uint8), "boxes": boxes, "labels": np.array([1, 2])},
+        rng(),
+    )
     assert np.allclose(sample["boxes"][0], [44, 3, 62, 30])
     target = {"boxes": torch.from_numpy(sample["boxes"]), "labels": torch.tensor([1, 2])}
     metric = DetectionMetrics()

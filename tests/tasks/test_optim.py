@@ -18,7 +18,11 @@ class Tiny(nn.Module):
 
 def groups_by_name(optimizer, model):
     names = {id(p): n for n, p in model.named_parameters()}
-    return {names[id(p)]: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    return {
+        names[id(p)]: (g["lr"], g["weight_decay"])
+        for g in optimizer.param_groups
+        for p in g["params"]
+    }
 
 
 def test_param_groups_follow_mmcv_key_order():
@@ -56,7 +60,9 @@ def lrs(scheduler, steps):
 
 def test_warmup_poly_matches_mmcv_by_hand():
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    values = lrs(warmup_poly(optimizer, total_iters=10, power=1.0, warmup_iters=4, warmup_ratio=0.0), 10)
+    values = lrs(
+        warmup_poly(optimizer, total_iters=10, power=1.0, warmup_iters=4, warmup_ratio=0.0), 10
+    )
     # step k: (1 - k/10) * (1 - (1 - k/4)) during warm-up, (1 - k/10) after it
     expected = [(1 - k / 10) * min(k / 4, 1.0) for k in range(10)]
     assert values == pytest.approx(expected)

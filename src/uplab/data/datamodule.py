@@ -19,8 +19,8 @@ from uplab.data import transforms as T
 from uplab.data.ade20k import ADE20K, IGNORE_INDEX, count_classes
 from uplab.data.ade20k import resolve_root as resolve_ade_root
 from uplab.data.coco import COCODetection, collate_detection
-from uplab.data.io import DatasetError
 from uplab.data.comp1k import Composition1k
+from uplab.data.io import DatasetError
 from uplab.data.nyuv2 import NYUv2
 from uplab.data.toy import TASKS, build_toy
 

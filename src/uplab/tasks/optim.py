@@ -38,7 +38,9 @@ def param_groups(
     for key, rule in custom_keys.items():
         unknown = set(rule) - {"lr_mult", "decay_mult"}
         if unknown:
-            raise ValueError(f"custom_keys[{key!r}] takes lr_mult and decay_mult; got {sorted(unknown)}")
+            raise ValueError(
+                f"custom_keys[{key!r}] takes lr_mult and decay_mult; got {sorted(unknown)}"
+            )
     groups: dict[tuple[float, float], list] = {}
     for item in params:
         if not (isinstance(item, tuple) and len(item) == 2):
@@ -51,7 +53,9 @@ def param_groups(
         setting = (lr * rule.get("lr_mult", 1.0), weight_decay * rule.get("decay_mult", 1.0))
         groups.setdefault(setting, []).append(param)
     return optimizer(
-        params=[{"params": ps, "lr": g_lr, "weight_decay": g_wd} for (g_lr, g_wd), ps in groups.items()],
+        params=[
+            {"params": ps, "lr": g_lr, "weight_decay": g_wd} for (g_lr, g_wd), ps in groups.items()
+        ],
         lr=lr,
         weight_decay=weight_decay,
     )
@@ -75,7 +79,9 @@ def warmup_poly(
     """``lr = (base - min) * (1 - step / total)^power + min`` times the warm-up factor
     (mmcv ``poly`` with ``min_lr = min_lr_ratio * base``; BTS: power 0.9, end lr 0.1 x base)."""
     if total_iters < 1 or warmup_iters < 0:
-        raise ValueError(f"need total_iters >= 1 and warmup_iters >= 0; got {total_iters}, {warmup_iters}")
+        raise ValueError(
+            f"need total_iters >= 1 and warmup_iters >= 0; got {total_iters}, {warmup_iters}"
+        )
 
     def factor(step: int) -> float:
         progress = min(step, total_iters) / total_iters

@@ -43,8 +43,14 @@ class RandomAffineLayers:
     """Random affine warp of ``fg`` and ``alpha`` about the image centre (the release's
     ``RandomAffine(degrees=30, scale=[0.8, 1.25], shear=10, flip=0.5)``)."""
 
-    def __init__(self, degrees: float = 30, scale=(0.8, 1.25), shear: float = 10, flip: float = 0.5,
-                 min_side_for_rotation: int = 1024):
+    def __init__(
+        self,
+        degrees: float = 30,
+        scale=(0.8, 1.25),
+        shear: float = 10,
+        flip: float = 0.5,
+        min_side_for_rotation: int = 1024,
+    ):
         self.degrees, self.scale, self.shear, self.flip = degrees, tuple(scale), shear, flip
         self.min_side_for_rotation = min_side_for_rotation
 
@@ -60,10 +66,15 @@ class RandomAffineLayers:
         # inverse map (output -> input) of flip, scale, rotation and shear about the centre
         ix, iy = fx / sx, fy / sy
         d = math.cos(angle + shear) * math.cos(angle) + math.sin(angle + shear) * math.sin(angle)
-        m = np.array([
-            [math.cos(angle) * ix, math.sin(angle + shear) * ix],
-            [-math.sin(angle) * iy, math.cos(angle + shear) * iy],
-        ]) / d
+        m = (
+            np.array(
+                [
+                    [math.cos(angle) * ix, math.sin(angle + shear) * ix],
+                    [-math.sin(angle) * iy, math.cos(angle + shear) * iy],
+                ]
+            )
+            / d
+        )
         centre = np.array([cols * 0.5 + 0.5, rows * 0.5 + 0.5])
         offset = centre - m @ centre
         coeffs = (m[0, 0], m[0, 1], offset[0], m[1, 0], m[1, 1], offset[1])
@@ -84,7 +95,11 @@ class RandomFlipLayers:
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         if rng.random() >= self.p:
             return sample
-        return {**sample, "fg": sample["fg"][:, ::-1].copy(), "alpha": sample["alpha"][:, ::-1].copy()}
+        return {
+            **sample,
+            "fg": sample["fg"][:, ::-1].copy(),
+            "alpha": sample["alpha"][:, ::-1].copy(),
+        }
 
 
 def _ellipse(size: int) -> np.ndarray:
@@ -133,7 +148,9 @@ class CropAroundUnknown:
         h, w = alpha.shape
         ratio = max(h / bg.shape[0], w / bg.shape[1])
         if ratio > 1:
-            bg = T.resize(bg, (math.ceil(bg.shape[1] * ratio), math.ceil(bg.shape[0] * ratio)), Image.BICUBIC)
+            bg = T.resize(
+                bg, (math.ceil(bg.shape[1] * ratio), math.ceil(bg.shape[0] * ratio)), Image.BICUBIC
+            )
         if h < s + 1 or w < s + 1:
             grow = 1.1 * s / min(h, w)
             while h < s + 1 or w < s + 1:
@@ -151,7 +168,13 @@ class CropAroundUnknown:
             pick = int(rng.integers(len(rows)))
             top, left = int(rows[pick]), int(cols[pick])
         window = (slice(top, top + s), slice(left, left + s))
-        return {**sample, "fg": fg[window], "alpha": alpha[window], "trimap": trimap[window], "bg": bg[window]}
+        return {
+            **sample,
+            "fg": fg[window],
+            "alpha": alpha[window],
+            "trimap": trimap[window],
+            "bg": bg[window],
+        }
 
 
 class ForegroundJitter:

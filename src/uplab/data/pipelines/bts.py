@@ -36,8 +36,10 @@ class CropValidRegion:
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         height, width = T._size(sample)
         left, top, right, bottom = _scaled(VALID_BOX, height, width, "xyxy")
-        return {k: np.ascontiguousarray(v[top:bottom, left:right]) if k in T.DENSE_KEYS else v
-                for k, v in sample.items()}
+        return {
+            k: np.ascontiguousarray(v[top:bottom, left:right]) if k in T.DENSE_KEYS else v
+            for k, v in sample.items()
+        }
 
 
 class RandomRotate:
@@ -52,14 +54,19 @@ class RandomRotate:
         for key, value in T._dense_items(sample):
             resample = Image.BILINEAR if key == "image" else Image.NEAREST
             if value.ndim == 3:
-                out[key] = np.stack([self._rotate(value[..., c], angle, resample) for c in range(value.shape[2])], -1)
+                out[key] = np.stack(
+                    [self._rotate(value[..., c], angle, resample) for c in range(value.shape[2])],
+                    -1,
+                )
             else:
                 out[key] = self._rotate(value, angle, resample)
         return out
 
     @staticmethod
     def _rotate(channel: np.ndarray, angle: float, resample) -> np.ndarray:
-        rotated = Image.fromarray(channel.astype(np.float32), mode="F").rotate(angle, resample=resample)
+        rotated = Image.fromarray(channel.astype(np.float32), mode="F").rotate(
+            angle, resample=resample
+        )
         out = np.asarray(rotated)
         if np.issubdtype(channel.dtype, np.integer):
             out = np.clip(np.round(out), 0, np.iinfo(channel.dtype).max)
@@ -70,7 +77,12 @@ class ColorAugment:
     """BTS's ``augment_image``: gamma, brightness and per-channel colour scaling (probability ``p``)."""
 
     def __init__(self, p: float = 0.5, gamma=(0.9, 1.1), brightness=(0.75, 1.25), color=(0.9, 1.1)):
-        self.p, self.gamma, self.brightness, self.color = p, tuple(gamma), tuple(brightness), tuple(color)
+        self.p, self.gamma, self.brightness, self.color = (
+            p,
+            tuple(gamma),
+            tuple(brightness),
+            tuple(color),
+        )
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         if rng.random() >= self.p:
@@ -97,10 +109,15 @@ class EigenCropMask:
 
 def bts_nyu_train(crop_size=(416, 544), degrees: float = 2.5, flip: float = 0.5) -> T.Compose:
     """BTS's NYUv2 training pipeline (see the module docstring)."""
-    return T.Compose([
-        CropValidRegion(), RandomRotate(degrees), T.RandomCrop(tuple(crop_size)),
-        T.RandomHorizontalFlip(flip), ColorAugment(),
-    ])
+    return T.Compose(
+        [
+            CropValidRegion(),
+            RandomRotate(degrees),
+            T.RandomCrop(tuple(crop_size)),
+            T.RandomHorizontalFlip(flip),
+            ColorAugment(),
+        ]
+    )
 
 
 def bts_nyu_test() -> T.Compose:

@@ -32,9 +32,7 @@ def resize_sample(sample: dict, height: int, width: int, keys: Sequence[str] | N
         if keys is None or key in keys:
             out[key] = T.resize(value, (width, height), T.DENSE_KEYS[key][0])
     if "boxes" in sample:
-        out["boxes"] = sample["boxes"] * np.array(
-            [width / old_w, height / old_h] * 2, np.float32
-        )
+        out["boxes"] = sample["boxes"] * np.array([width / old_w, height / old_h] * 2, np.float32)
     return out
 
 
@@ -70,9 +68,13 @@ class PadTo:
     ``"reflect"`` mirrors it as the A2U release does at test time).
     """
 
-    def __init__(self, size: Sequence[int] | None = None, size_divisor: int | None = None, image_fill=0):
+    def __init__(
+        self, size: Sequence[int] | None = None, size_divisor: int | None = None, image_fill=0
+    ):
         if (size is None) == (size_divisor is None):
-            raise ValueError(f"give exactly one of size and size_divisor; got {size}, {size_divisor}")
+            raise ValueError(
+                f"give exactly one of size and size_divisor; got {size}, {size_divisor}"
+            )
         self.size = None if size is None else tuple(size)
         self.size_divisor = size_divisor
         self.image_fill = image_fill

@@ -15,16 +15,27 @@ from collections.abc import Sequence
 import numpy as np
 
 from uplab.data import transforms as T
-from uplab.data.pipelines.common import PadTo, ResizeKeepRatio, hsv_to_rgb, keep_ratio_size, resize_sample, rgb_to_hsv
+from uplab.data.pipelines.common import (
+    PadTo,
+    ResizeKeepRatio,
+    hsv_to_rgb,
+    keep_ratio_size,
+    resize_sample,
+    rgb_to_hsv,
+)
 
 
 class RandomRescale:
     """mmseg ``Resize`` with ``ratio_range``: draw ``r ~ U(low, high)``, then fit the image into
     ``(r * long, r * short)`` keeping its aspect ratio."""
 
-    def __init__(self, scale: Sequence[float] = (2048, 512), ratio_range: Sequence[float] = (0.5, 2.0)):
+    def __init__(
+        self, scale: Sequence[float] = (2048, 512), ratio_range: Sequence[float] = (0.5, 2.0)
+    ):
         if len(ratio_range) != 2 or not 0 < ratio_range[0] <= ratio_range[1]:
-            raise ValueError(f"ratio_range must be (low, high) with 0 < low <= high; got {ratio_range}")
+            raise ValueError(
+                f"ratio_range must be (low, high) with 0 < low <= high; got {ratio_range}"
+            )
         self.scale = tuple(scale)
         self.ratio_range = tuple(ratio_range)
 
@@ -40,8 +51,13 @@ class CatMaxRandomCrop:
     labelled pixels and that holds more than one label; else the last draw. No padding (``PadTo``
     follows, after the photometric distortion)."""
 
-    def __init__(self, size: int | Sequence[int] = 512, cat_max_ratio: float = 0.75,
-                 ignore_index: int = 255, attempts: int = 10):
+    def __init__(
+        self,
+        size: int | Sequence[int] = 512,
+        cat_max_ratio: float = 0.75,
+        ignore_index: int = 255,
+        attempts: int = 10,
+    ):
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         if not 0 < cat_max_ratio <= 1:
             raise ValueError(f"cat_max_ratio must lie in (0, 1]; got {cat_max_ratio}")
@@ -49,7 +65,9 @@ class CatMaxRandomCrop:
         self.ignore_index = ignore_index
         self.attempts = attempts
 
-    def _window(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    def _window(
+        self, height: int, width: int, rng: np.random.Generator
+    ) -> tuple[int, int, int, int]:
         top = int(rng.integers(0, max(height - self.size[0], 0) + 1))
         left = int(rng.integers(0, max(width - self.size[1], 0) + 1))
         return top, min(top + self.size[0], height), left, min(left + self.size[1], width)
@@ -81,8 +99,13 @@ class PhotoMetricDistortion:
     rounding.
     """
 
-    def __init__(self, brightness_delta: int = 32, contrast_range=(0.5, 1.5),
-                 saturation_range=(0.5, 1.5), hue_delta: int = 18):
+    def __init__(
+        self,
+        brightness_delta: int = 32,
+        contrast_range=(0.5, 1.5),
+        saturation_range=(0.5, 1.5),
+        hue_delta: int = 18,
+    ):
         self.brightness_delta = brightness_delta
         self.contrast_range = tuple(contrast_range)
         self.saturation_range = tuple(saturation_range)
@@ -120,17 +143,24 @@ class PhotoMetricDistortion:
         return {**sample, "image": image}
 
 
-def segformer_train(scale=(2048, 512), ratio_range=(0.5, 2.0), crop_size: int = 512,
-                    cat_max_ratio: float = 0.75, flip: float = 0.5) -> T.Compose:
+def segformer_train(
+    scale=(2048, 512),
+    ratio_range=(0.5, 2.0),
+    crop_size: int = 512,
+    cat_max_ratio: float = 0.75,
+    flip: float = 0.5,
+) -> T.Compose:
     """The released SegFormer/ADE20K training pipeline (see the module docstring)."""
     crop = (crop_size, crop_size)
-    return T.Compose([
-        RandomRescale(scale, ratio_range),
-        CatMaxRandomCrop(crop, cat_max_ratio),
-        T.RandomHorizontalFlip(flip),
-        PhotoMetricDistortion(),
-        PadTo(size=crop),
-    ])
+    return T.Compose(
+        [
+            RandomRescale(scale, ratio_range),
+            CatMaxRandomCrop(crop, cat_max_ratio),
+            T.RandomHorizontalFlip(flip),
+            PhotoMetricDistortion(),
+            PadTo(size=crop),
+        ]
+    )
 
 
 def segformer_test(scale=(2048, 512), size_divisor: int = 32) -> T.Compose:
