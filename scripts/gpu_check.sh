@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check (make gpu-check): device name, the GPU tests of the ops, the ops benchmark, then the
-# SegFormer-B1 training step per upsampler (scripts/bench_segformer_step.py, at most 150 s).
+# SegFormer-B1 training step per upsampler (scripts/bench_segformer_step.py, at most
+# $SEGFORMER_TIMEOUT seconds, default 150).
 # Installs nothing from the network: needs python with torch, CuPy (cupy-cuda13x) and pytest; the
 # tests and benchmarks run from the source tree (PYTHONPATH=src). Wheels found in .whl/ (e.g.
 # hydra-core, omegaconf and antlr4-python3-runtime, which the SegFormer step imports through
@@ -47,7 +48,7 @@ bench_status=${PIPESTATUS[0]}
 
 echo "== SegFormer-B1 training step"
 if "$PYTHON" -c "import uplab.analysis.cost" 2>"$OUT_DIR/segformer_step.log"; then
-    timeout 150 "$PYTHON" scripts/bench_segformer_step.py --device cuda --steps 3 --warmup 1 \
+    timeout "${SEGFORMER_TIMEOUT:-150}" "$PYTHON" scripts/bench_segformer_step.py --device cuda --steps 3 --warmup 1 \
         --output "$OUT_DIR/segformer_step.md" 2>&1 | tee "$OUT_DIR/segformer_step.log"
     step_status=${PIPESTATUS[0]}
 else
