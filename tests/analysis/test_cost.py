@@ -59,3 +59,14 @@ def test_render_formats_and_cli(tmp_path, monkeypatch):
     assert out.read_text().startswith("model,upsampler,metric,ours,published")
     with pytest.raises(SystemExit):
         cost.main(["--models", "resnet"])
+
+
+def test_bts_and_faster_rcnn_params_rows_reproduce_the_targets():
+    # parameters only (no GFLOPs are published for these two): build, no forward
+    table = cost.cost_table(["bts_r50", "faster_rcnn_r50_fpn"], ["nearest", "indexnet"], progress=False)
+    ours = {(r.model, r.upsampler): r.ours for r in table[table.metric == "params"].itertuples()}
+    assert round(ours["bts_r50", "nearest"], 2) == 49.53
+    assert round(ours["faster_rcnn_r50_fpn", "nearest"], 2) == 41.53  # mmdetection's counting
+    # IndexNet as the papers counted it: the holistic nonlinear context block
+    assert round(ours["faster_rcnn_r50_fpn", "indexnet"], 2) == 6.30
+    assert (table.metric == "gflops").sum() == 0
