@@ -104,38 +104,27 @@ __device__ __forceinline__ int halo_extent(int tile, int scale, int radius) {
 
 // Stage channels [0, n_channels) of `src` (planes of height x width, `plane` apart) rows
 // [y0, y0 + halo_h) x columns [x0, x0 + halo_w) into `dst` as float, [c][row][col], with zeros
-// outside the map (so the compute loops need no bounds checks). The block walks the flattened
-// index (consecutive threads, consecutive columns: coalesced reads) and each thread issues
-// STAGE_LOADS independent loads before its first store, so their latencies overlap; the index is
-// split by multiplying with ceil(2^32 / d), exact for n * d < 2^32 (n < 2^16 and d < 2^16 here).
-#define STAGE_LOADS 4
-
-__device__ __forceinline__ unsigned int div_magic(int d) { return 0xffffffffu / d + 1u; }
-
+// outside the map (so the compute loops need no bounds checks). Lanes run along columns (coalesced
+// reads); thread rows walk the flattened (channel, row) index without a division per row.
 template <typename T>
 __device__ __forceinline__ void stage_halo(const T* __restrict__ src, float* __restrict__ dst,
                                            int n_channels, long long plane, int height, int width,
                                            int y0, int x0, int halo_h, int halo_w) {
-    const int halo_px = halo_h * halo_w, total = n_channels * halo_px;
-    const unsigned int px_magic = div_magic(halo_px), w_magic = div_magic(halo_w);
-    const int n_threads = blockDim.x * blockDim.y;
-    for (int base = threadIdx.y * blockDim.x + threadIdx.x; base < total;
-         base += STAGE_LOADS * n_threads) {
-        float v[STAGE_LOADS];
-#pragma unroll
-        for (int u = 0; u < STAGE_LOADS; ++u) {
-            const int i = base + u * n_threads;
-            const int c = __umulhi(i, px_magic), p = i - c * halo_px;
-            const int hy = __umulhi(p, w_magic), hx = p - hy * halo_w;
-            const int y = y0 + hy, x = x0 + hx;
-            v[u] = i < total && inside(y, height) && inside(x, width)
-                       ? to_acc(src[c * plane + (long long)y * width + x])
-                       : 0.0f;
+    const int n_rows = n_channels * halo_h;
+    int c = threadIdx.y / halo_h, hy = threadIdx.y - c * halo_h;
+    for (int row = threadIdx.y; row < n_rows; row += blockDim.y) {
+        const int y = y0 + hy;
+        const bool row_inside = inside(y, height);
+        const T* s = src + c * plane + (long long)y * width;
+        float* d = dst + row * halo_w;
+        for (int hx = threadIdx.x; hx < halo_w; hx += blockDim.x) {
+            const int x = x0 + hx;
+            d[hx] = row_inside && inside(x, width) ? to_acc(s[x]) : 0.0f;
         }
-#pragma unroll
-        for (int u = 0; u < STAGE_LOADS; ++u) {
-            const int i = base + u * n_threads;
-            if (i < total) dst[i] = v[u];
+        hy += blockDim.y;
+        while (hy >= halo_h) {
+            hy -= halo_h;
+            ++c;
         }
     }
 }
