@@ -137,3 +137,5 @@ def test_wandb_offline_run_directory(tmp_path, data_dir, monkeypatch):
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and runs[0].name.endswith(record["wandb_run_id"])
     assert any(runs[0].rglob("*.wandb"))
+    # the validation figure (input, prediction, ground truth, upsampled feature) was logged
+    assert any(runs[0].rglob("media/images/val/figure_*.png"))

@@ -81,3 +81,13 @@ def test_fpn_cannot_read_the_input_level():
             TimmBackbone("test_resnet", include_input=True), UpsamplingFPN, partial(build, "nearest"),
             num_classes=2, in_index=(0, 2, 3, 4),
         )
+
+
+def test_representation_size_sets_the_box_head_width():
+    det = build_faster_rcnn(
+        TimmBackbone("test_resnet"), partial(UpsamplingFPN, out_channels=16), partial(build, "nearest"),
+        num_classes=4, representation_size=32,
+    )
+    assert det.roi_heads.box_head.fc6.in_features == 16 * 7 * 7
+    assert det.roi_heads.box_head.fc7.out_features == 32
+    assert det.roi_heads.box_predictor.cls_score.out_features == 4

@@ -11,6 +11,7 @@ from timm.layers import freeze_batch_norm_2d
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops.feature_pyramid_network import (
     ExtraFPNBlock,
     FeaturePyramidNetwork,
@@ -102,6 +103,7 @@ def build_faster_rcnn(
     in_index: Sequence[int] = (-4, -3, -2, -1),
     frozen_batch_norm: bool = False,
     anchor_sizes: Sequence[int] | None = None,
+    representation_size: int | None = None,
     **detector_kwargs,
 ) -> FasterRCNN:
     """Faster R-CNN over ``backbone`` with the FPN ``decoder`` whose ×2 steps are ``upsampler``.
@@ -117,6 +119,8 @@ def build_faster_rcnn(
             does for pretrained backbones (its checkpoints hold no ``num_batches_tracked``).
         anchor_sizes: one anchor size per FPN level (five with the max-pool level); torchvision's
             default (32, 64, 128, 256, 512) fits COCO-sized images.
+        representation_size: width of the box head's two fully connected layers (torchvision:
+            1024); a smaller one makes the box head cheap for small images.
         **detector_kwargs: passed to torchvision's ``FasterRCNN`` (``min_size``, ``max_size``,
             ``rpn_*``, ``box_*``).
 
@@ -148,4 +152,9 @@ def build_faster_rcnn(
         detector_kwargs["rpn_anchor_generator"] = AnchorGenerator(
             sizes=anchor_sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(anchor_sizes)
         )
+    if representation_size is not None:
+        resolution = 7  # torchvision's MultiScaleRoIAlign output size
+        detector_kwargs["box_head"] = TwoMLPHead(fpn.out_channels * resolution**2, representation_size)
+        detector_kwargs["box_predictor"] = FastRCNNPredictor(representation_size, num_classes)
+        num_classes = None  # torchvision takes it from the predictor then
     return FasterRCNN(FPNBackbone(body, fpn, in_index), num_classes=num_classes, **detector_kwargs)
