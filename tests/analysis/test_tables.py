@@ -1,0 +1,122 @@
+"""Table building from fixture run records: mean ± std over seeds, best marked, failures shown,
+cost increments, and the published numbers beside ours."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from uplab.analysis import tables
+from uplab.analysis.records import load_records
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "results" / "toy"
+ROWS = ["bilinear", "carafe", "fade", "sapa_g", "dysample"]
+
+
+@pytest.fixture(scope="module")
+def seg():
+    records = load_records(FIXTURE)
+    return records[records.task == "segmentation"]
+
+
+@pytest.fixture(scope="module")
+def summary(seg):
+    return tables.summarize(seg, ["mIoU", "bIoU"], ROWS, "bilinear", scale={"mIoU": 100})
+
+
+def test_mean_and_sample_std_over_finished_seeds(seg, summary):
+    values = seg[seg.row == "carafe"]["final/mIoU"].to_numpy() * 100
+    assert summary.loc["carafe", "mIoU"] == pytest.approx(values.mean())
+    assert summary.loc["carafe", "mIoU_std"] == pytest.approx(values.std(ddof=1))
+    assert summary.loc["carafe", "runs"] == 2
+    bIoU = seg[seg.row == "carafe"]["final/bIoU"]
+    assert summary.loc["carafe", "bIoU"] == pytest.approx(bIoU.mean())  # unscaled
+
+
+def test_best_of_each_column_is_marked_once(summary):
+    for metric in ("mIoU", "bIoU"):
+        assert summary[f"{metric}_best"].sum() == 1
+        assert summary.loc[summary[f"{metric}_best"], metric].iloc[0] == summary[metric].max()
+
+
+def test_lower_is_better_metrics_mark_the_minimum():
+    records = load_records(FIXTURE)
+    depth = records[records.task == "depth"]
+    table = tables.summarize(depth, ["d1", "abs_rel"], ["bilinear", "fade"], "bilinear")
+    assert not tables.higher_is_better("abs_rel") and tables.higher_is_better("d1")
+    assert table.loc[table["abs_rel_best"], "abs_rel"].iloc[0] == table["abs_rel"].min()
+
+
+def test_failed_partial_and_missing_rows_are_shown(summary):
+    assert summary.loc["sapa_g", "status"] == "partial"
+    assert summary.loc["sapa_g", "runs"] == 1 and summary.loc["sapa_g", "expected"] == 2
+    assert math.isnan(summary.loc["sapa_g", "mIoU_std"])
+    assert summary.loc["dysample", "status"] == "missing"
+    text = tables.render(summary, ["mIoU", "bIoU"], "markdown")
+    sapa = next(line for line in text.splitlines() if line.startswith("| sapa_g"))
+    assert "1/2 runs failed: RuntimeError: out of memory" in sapa
+    assert "| dysample | missing | missing |" in text
+
+
+def test_interrupted_run_counts_as_not_finished():
+    records = load_records(FIXTURE)
+    depth = records[records.task == "depth"]
+    table = tables.summarize(depth, ["d1"], ["bilinear", "fade"], "bilinear")
+    assert table.loc["fade", "status"] == "failed" and math.isnan(table.loc["fade", "d1"])
+
+
+def test_cost_increments_over_the_baseline(seg, summary):
+    base = seg[seg.row == "bilinear"]["params_total"].iloc[0]
+    fade = seg[seg.row == "fade"]["params_total"].iloc[0]
+    assert summary.loc["fade", "d_params"] == fade - base
+    assert summary.loc["bilinear", "d_params"] == 0
+    frame = tables.display_frame(summary, ["mIoU", "bIoU"])
+    assert frame.set_index("upsampler").loc["fade", "params"] == tables.human(fade - base, signed=True)
+    assert frame.set_index("upsampler").loc["bilinear", "params"] == tables.human(base)
+
+
+def test_markdown_bolds_best_and_latex_csv_render(summary):
+    md = tables.render(summary, ["mIoU", "bIoU"], "markdown")
+    best = summary["mIoU"].idxmax()
+    assert f"**{summary.loc[best, 'mIoU']:.2f}**" in md
+    tex = tables.render(summary, ["mIoU", "bIoU"], "latex")
+    assert "\\textbf{" in tex and "$\\pm$" in tex
+    csv = pd.read_csv(__import__("io").StringIO(tables.render(summary, ["mIoU"], "csv")))
+    assert np.allclose(csv.set_index("row")["mIoU"].dropna(), summary["mIoU"].dropna())
+    with pytest.raises(ValueError, match="format"):
+        tables.render(summary, ["mIoU"], "html")
+
+
+def test_bad_arguments_are_clear(seg):
+    with pytest.raises(ValueError, match="baseline"):
+        tables.summarize(seg, ["mIoU"], ["carafe"], "bilinear")
+    with pytest.raises(ValueError, match="which"):
+        tables.summarize(seg, ["mIoU"], ["bilinear"], "bilinear", which="last")
+
+
+def test_human_units():
+    assert tables.human(1_500_000) == "1.50M"
+    assert tables.human(2_000, signed=True) == "+2.00K"
+    assert tables.human(-3e9, signed=True) == "-3.00G"
+    assert tables.human(float("nan")) == ""
+
+
+def test_paper_comparison_puts_published_beside_final_and_best(summary, tmp_path):
+    published = pd.DataFrame.from_records(
+        [
+            dict(model="m", dataset="d", upsampler="bilinear", metric="mIoU", value=41.0, relative=False, baseline="bilinear", source="s1"),
+            dict(model="m", dataset="d", upsampler="bilinear", metric="mIoU", value=42.0, relative=False, baseline="bilinear", source="s2"),
+            dict(model="m", dataset="d", upsampler="fade", metric="params", value=0.3, relative=True, baseline="bilinear", source="s1"),
+        ]
+    )
+    frame = tables.paper_comparison(summary, summary, published, "m", ["mIoU"], sources=["s2", "s1"]).set_index("upsampler")
+    assert frame.loc["bilinear", "mIoU paper"] == 42.0 and frame.loc["bilinear", "source"] == "s2"
+    assert frame.loc["bilinear", "mIoU Δ"] == pytest.approx(summary.loc["bilinear", "mIoU"] - 42.0)
+    assert math.isnan(frame.loc["fade", "mIoU paper"])  # relative cost cells are not accuracy
+    assert "1/2 runs failed" in frame.loc["sapa_g", "note"]
+    md = tables.render_comparison(frame.reset_index())
+    assert f"{frame.loc['bilinear', 'mIoU Δ']:+.4g}" in md
+    with pytest.raises(ValueError, match="sources"):
+        tables.paper_comparison(summary, summary, published, "m", ["mIoU"], sources=["nope"])
