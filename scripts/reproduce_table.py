@@ -70,8 +70,8 @@ def available_tables() -> list[str]:
 
 
 def load_table(name: str) -> DictConfig:
-    """conf/table/<name>.yaml; an unknown name lists the available ones."""
-    path = TABLE_CONF / f"{name}.yaml"
+    """conf/table/<name>.yaml (or a table file's path); an unknown name lists the available ones."""
+    path = Path(name) if name.endswith(".yaml") else TABLE_CONF / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"no table {name!r} (conf/table/{name}.yaml); available: {', '.join(available_tables())}")
     spec = OmegaConf.load(path)
@@ -291,6 +291,7 @@ def render_paper_table(spec: DictConfig, records, fmt: str) -> str:
         frame = tables.paper_comparison(
             final[task], best[task], published, str(spec.model), list(task_spec.metrics),
             sources=list(spec.sources) if "sources" in spec else None,
+            published_names=dict(task_spec.get("published", {})),
         )
         frames.append(frame.assign(task=task))
         parts.append(tables.render_comparison(frame, fmt))

@@ -200,6 +200,7 @@ def paper_comparison(
     model: str,
     metrics: Sequence[str],
     sources: Sequence[str] | None = None,
+    published_names: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Ours (final and best evaluation, mean over seeds) beside the published numbers.
 
@@ -211,6 +212,8 @@ def paper_comparison(
         metrics: accuracy metrics in the published layout's order.
         sources: which sources to take a published cell from, in order of preference (default:
             every source, in file order).
+        published_names: our metric name -> the published column where they differ
+            (``{"sad": "SAD"}``).
 
     Returns:
         One line per row with ``<metric> paper``, ``<metric> final``, ``<metric> best`` and
@@ -229,7 +232,8 @@ def paper_comparison(
         line: dict[str, object] = {"upsampler": name}
         used = []
         for metric in metrics:
-            cells = pub[(pub["upsampler"] == name) & (pub["metric"] == metric)]
+            column = (published_names or {}).get(metric, metric)
+            cells = pub[(pub["upsampler"] == name) & (pub["metric"] == column)]
             paper = float(cells["value"].iloc[0]) if len(cells) else math.nan
             if len(cells):
                 used.append(cells["source"].iloc[0])
