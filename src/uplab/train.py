@@ -43,7 +43,7 @@ def config_dir() -> str:
     return str(conf)
 
 
-MAX_RUN_NAME = 120
+MAX_RUN_NAME = 200  # file names end at 255 bytes
 
 
 def run_name(override_dirname: str) -> str:
@@ -88,8 +88,9 @@ def build_task(cfg: DictConfig, datamodule: pl.LightningDataModule) -> pl.Lightn
     task_cls = get_class(cfg.task._target_)
     if getattr(datamodule, "task", task_cls.data_task) != task_cls.data_task:
         raise ValueError(
-            f"{task_cls.__name__} trains on {task_cls.data_task} data, but data={datamodule.task!r} "
-            f"was given; pick a matching data config (e.g. data=toy_{task_cls.data_task[:3]}…)"
+            f"{task_cls.__name__} trains on {task_cls.data_task} data, but the data config gives "
+            f"{datamodule.task} data; drop the data= override (each task selects its toy data) "
+            "or pick a data config of that task"
         )
     params = inspect.signature(task_cls).parameters
     from_data = {

@@ -20,7 +20,7 @@ def silog_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, varian
     ``10 * sqrt(mean(d^2) - variance_focus * mean(d)^2)``, ``d = log pred - log gt`` on valid pixels."""
     if not valid.any():
         return pred.sum() * 0.0
-    d = torch.log(pred[valid]) - torch.log(gt[valid])
+    d = torch.log(pred[valid].clamp(min=1e-6)) - torch.log(gt[valid])
     return 10.0 * torch.sqrt((d.square().mean() - variance_focus * d.mean().square()).clamp(min=1e-12))
 
 
