@@ -312,12 +312,61 @@ def write_outputs(spec: DictConfig, records, out_dir: Path) -> list[Path]:
     return written
 
 
-def write_cost_table(out_dir: Path) -> Path:
-    """results/tables/cost.md: ``uplab-cost`` (the papers' models, ours beside the published)."""
+COST_INPUTS = ("src/uplab", "conf/upsampler", "conf/backbone", "conf/decoder", "reference/paper_results.yaml")
+
+
+def cost_inputs_digest() -> str:
+    """A digest of everything the cost table depends on (model and operator code, configs, the
+    published numbers), so an unchanged cost table is not counted again."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for entry in COST_INPUTS:
+        path = ROOT / entry
+        files = sorted(path.rglob("*.py")) + sorted(path.rglob("*.yaml")) if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(ROOT)).encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def write_cost_table(out_dir: Path, force: bool = False) -> Path:
+    """results/tables/cost.md: ``uplab-cost`` (the papers' models, ours beside the published);
+    kept as it is when its inputs have not changed since it was written (``force`` recounts)."""
     from uplab.analysis.cost import cost_table, render
 
-    path = out_dir / "cost.md"
+    path, stamp = out_dir / "cost.md", out_dir / "cost.inputs"
+    digest = cost_inputs_digest()
+    if not force and path.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+        return path
+    out_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(render(cost_table(progress=True)) + "\n")
+    stamp.write_text(digest + "\n")
+    return path
+
+
+def machine() -> str:
+    """The CPU model and the number of cores this process may use."""
+    import platform
+
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        model = names[0] if names else model
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cores} CPU cores ({model})"
+
+
+def write_timing(path: Path, table: str, counts: dict[str, int], seconds: float) -> Path:
+    """``results/tables/<table>.timing.md``: how long the whole command took (grid, tables,
+    figures, cost table), on what machine."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    path.write_text(
+        f"`make reproduce-table TABLE={table}`: {counts.get('finished', 0)} runs trained, "
+        f"{counts.get('skipped', 0)} skipped as complete, {counts.get('failed', 0)} failed, in "
+        f"{seconds / 60:.1f} min on {machine()}, load average {load:.1f} at the end.\n"
+    )
     return path
 
 
@@ -372,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="local: in this process; slurm: uplab-train -m with hydra/launcher=submitit_slurm")
     parser.add_argument("--render-only", action="store_true", help="write the table from existing runs")
     parser.add_argument("--no-cost", action="store_true", help="skip results/tables/cost.md")
+    parser.add_argument("--recount-cost", action="store_true", help="recount the cost table even if its inputs are unchanged")
     parser.add_argument("--no-figures", action="store_true", help="skip results/figures/")
     parser.add_argument("--readme", action="store_true", help="put the toy and cost tables into README.md")
     parser.add_argument("--no-progress", action="store_true")
@@ -390,19 +440,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             + ", ".join(f"conf/experiment/{m}.yaml" for m in missing)
         )
     start = time.perf_counter()
+    tables_dir = args.results_dir / "tables"
+    tables_dir.mkdir(parents=True, exist_ok=True)
     if not args.render_only:
         counts = run_local(runs, not args.no_progress) if args.launcher == "local" else run_slurm(runs, "submitit_slurm")
         log.info("grid: %s in %.0f s", counts, time.perf_counter() - start)
     records = rec.load_records(args.runs_dir / spec.name)
-    tables_dir = args.results_dir / "tables"
     for path in write_outputs(spec, records, tables_dir):
         log.info("wrote %s", path)
     if not args.no_figures and "model" not in spec and len(records):
         for path in write_figures(spec, records, args.results_dir / "figures"):
             log.info("wrote %s", path)
     if not args.no_cost:
-        log.info("wrote %s", write_cost_table(tables_dir))
+        log.info("cost table: %s", write_cost_table(tables_dir, force=args.recount_cost))
     log.info("total %.0f s", time.perf_counter() - start)
+    if not args.render_only and args.launcher == "local":
+        write_timing(tables_dir / f"{spec.name}.timing.md", spec.name, counts, time.perf_counter() - start)
     if args.readme:
         timing_file = tables_dir / f"{spec.name}.timing.md"
         timing = timing_file.read_text().strip() if timing_file.is_file() else ""
