@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from uplab.train import config_dir, train
+from uplab.train import MAX_RUN_NAME, config_dir, resolve_checkpoint, run_name, train
 
 pytestmark = pytest.mark.slow
 
@@ -139,3 +139,21 @@ def test_wandb_offline_run_directory(tmp_path, data_dir, monkeypatch):
     assert any(runs[0].rglob("*.wandb"))
     # the validation figure (input, prediction, ground truth, upsampled feature) was logged
     assert any(runs[0].rglob("media/images/val/figure_*.png"))
+
+
+def test_run_name_is_bounded_unique_and_stable():
+    assert run_name("") == "default"
+    assert run_name("experiment=toy/seg_fade,seed=1") == "experiment=toy_seg_fade,seed=1"
+    long_a, long_b = "x=" + "a" * 300, "x=" + "a" * 299 + "b"
+    assert len(run_name(long_a)) == MAX_RUN_NAME and run_name(long_a) == run_name(long_a)
+    assert run_name(long_a) != run_name(long_b)
+
+
+def test_resolve_checkpoint(tmp_path):
+    assert resolve_checkpoint(False, tmp_path) is None
+    assert resolve_checkpoint(True, tmp_path) is None  # nothing yet: start from scratch
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    assert resolve_checkpoint(True, tmp_path) == str(tmp_path / "last.ckpt")
+    assert resolve_checkpoint(str(tmp_path), tmp_path / "elsewhere") == str(tmp_path / "last.ckpt")
+    with pytest.raises(ValueError, match="does not exist"):
+        resolve_checkpoint(str(tmp_path / "missing.ckpt"), tmp_path)
