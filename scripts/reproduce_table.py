@@ -8,8 +8,9 @@ figures in ``results/figures/``. ``TABLE=quick`` is a three-minute subset; ``TAB
 the real-data grids of the papers' experiment configs, rendered beside the published numbers.
 
 Each run lives in ``<runs-dir>/<table>/<task>/<row>/seed<seed>``. A re-run skips every run whose
-``results.json`` is complete and redoes the others (an interrupted grid resumes); a run that
-raises is recorded in ``failed.json`` and shown as failed in the table.
+``results.json`` is complete and whose overrides (``run.json``) match the table's, and redoes the
+others (an interrupted grid resumes; a changed schedule reruns); a run that raises is recorded in
+``failed.json`` and shown as failed in the table.
 
 Examples::
 
@@ -22,6 +23,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -136,6 +138,17 @@ def compose_run(run: Run) -> DictConfig:
     return cfg
 
 
+def is_done(run: Run) -> bool:
+    """Whether the run is complete and was made by the same overrides (a run of an older version
+    of the table's config is redone)."""
+    if not rec.is_complete(run.run_dir):
+        return False
+    key = run.run_dir / rec.RUN_FILE
+    if not key.is_file():
+        return True
+    return json.loads(key.read_text()).get("overrides") == list(run.overrides)
+
+
 def train_run(run: Run) -> str:
     """Train one run in this process; returns ``finished`` or ``failed`` (the error goes to
     ``failed.json``). ``KeyboardInterrupt`` propagates: the grid stops and resumes later."""
@@ -185,7 +198,7 @@ def run_local(runs: Sequence[Run], progress: bool = True) -> dict[str, int]:
 
     quiet_training_logs()
     counts = {"skipped": 0, "finished": 0, "failed": 0}
-    todo = [r for r in runs if not rec.is_complete(r.run_dir)]
+    todo = [r for r in runs if not is_done(r)]
     counts["skipped"] = len(runs) - len(todo)
     console = Console(stderr=True)
     if counts["skipped"]:
@@ -211,7 +224,7 @@ def slurm_commands(runs: Sequence[Run], launcher: str) -> list[list[str]]:
     deterministic directory, spread by ``hydra/launcher=<launcher>``."""
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
-        if not rec.is_complete(run.run_dir):
+        if not is_done(run):
             groups.setdefault((run.task, run.row), []).append(run)
     commands = []
     for group in groups.values():
@@ -241,7 +254,7 @@ def run_slurm(runs: Sequence[Run], launcher: str) -> dict[str, int]:
     for command in commands:
         log.info("%s", shlex.join(command))
         failed += subprocess.run(command, cwd=ROOT, check=False).returncode != 0
-    return {"skipped": len(runs) - sum(1 for r in runs if not rec.is_complete(r.run_dir)), "submitted": len(commands), "failed_commands": failed}
+    return {"skipped": sum(1 for r in runs if is_done(r)), "submitted": len(commands), "failed_commands": failed}
 
 
 def task_tables(spec: DictConfig, records, which: str | None = None) -> dict[str, object]:
@@ -297,6 +310,15 @@ def render_paper_table(spec: DictConfig, records, fmt: str) -> str:
         parts.append(tables.render_comparison(frame, fmt))
     if fmt == "csv":
         return pd.concat(frames, ignore_index=True).to_csv(index=False)
+    if fmt == "markdown":
+        import yaml
+
+        from uplab.analysis.cost import PAPER_RESULTS
+
+        sources = yaml.safe_load(PAPER_RESULTS.read_text())["sources"]
+        parts.insert(0, f"{spec.get('description', '').strip()} Ours: mean over seeds of the final and of the "
+                        "best evaluation; Δ = best − paper (the released logs report the best evaluation).")
+        parts.append("Sources: " + "; ".join(f"{k}: [{v['title']}]({v['url']})" for k, v in sources.items()))
     return "\n\n".join(parts) + "\n"
 
 
@@ -445,7 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.render_only:
         counts = run_local(runs, not args.no_progress) if args.launcher == "local" else run_slurm(runs, "submitit_slurm")
         log.info("grid: %s in %.0f s", counts, time.perf_counter() - start)
-    records = rec.load_records(args.runs_dir / spec.name)
+    table_runs = args.runs_dir / spec.name
+    records = rec.load_records(table_runs) if table_runs.exists() else rec.load_records([])
     for path in write_outputs(spec, records, tables_dir):
         log.info("wrote %s", path)
     if not args.no_figures and "model" not in spec and len(records):
