@@ -51,9 +51,10 @@ def test_plan_runs_keys_directories_by_table_task_row_seed(tmp_path):
     n_rows = sum(len(t.rows) for t in table.tasks.values())
     assert len(runs) == n_rows * len(table.seeds)
     assert len({r.run_dir for r in runs}) == len(runs)
-    run = next(r for r in runs if r.task == "detection" and r.row == "fade" and r.seed == 1)
-    assert run.run_dir == tmp_path / "toy" / "detection" / "fade" / "seed1"
-    assert run.overrides[-3:] == ("task=detection", "upsampler=fade", "seed=1")
+    seed = max(table.seeds)
+    run = next(r for r in runs if r.task == "detection" and r.row == "fade" and r.seed == seed)
+    assert run.run_dir == tmp_path / "toy" / "detection" / "fade" / f"seed{seed}"
+    assert run.overrides[-3:] == ("task=detection", "upsampler=fade", f"seed={seed}")
     assert runs[0].seed == 0 and runs[-1].seed == max(table.seeds)  # seed-major
     assert rt.plan_runs(table, tmp_path) == runs  # deterministic
 
@@ -85,11 +86,16 @@ def test_missing_experiment_configs_fail_listing_them(tmp_path, capsys):
     assert "conf/experiment/paper/not_there_a.yaml" in err and "conf/experiment/paper/not_there_b.yaml" in err
 
 
+def _copy_fixture_run(fixture_row, run):
+    shutil.copytree(FIXTURE / "segmentation" / fixture_row / "seed0", run.run_dir)
+    rec.write_run_key(run.run_dir, {"table": run.table, "task": run.task, "row": run.row, "seed": run.seed, "overrides": list(run.overrides)})
+
+
 def test_resume_skips_complete_runs_and_redoes_the_rest(tmp_path, monkeypatch):
     runs = rt.plan_runs(rt.load_table(write_table(tmp_path)), tmp_path / "runs")
     done, todo = runs
-    shutil.copytree(FIXTURE / "segmentation" / "bilinear" / "seed0", done.run_dir)
-    shutil.copytree(FIXTURE / "segmentation" / "carafe" / "seed0", todo.run_dir)
+    _copy_fixture_run("bilinear", done)
+    _copy_fixture_run("carafe", todo)
     record = json.loads((todo.run_dir / "results.json").read_text())
     record["status"] = "interrupted"
     (todo.run_dir / "results.json").write_text(json.dumps(record))
@@ -98,6 +104,19 @@ def test_resume_skips_complete_runs_and_redoes_the_rest(tmp_path, monkeypatch):
     counts = rt.run_local(runs, progress=False)
     assert trained == [todo]
     assert counts == {"skipped": 1, "finished": 1, "failed": 0}
+
+
+def test_complete_run_of_other_overrides_is_redone(tmp_path, monkeypatch):
+    runs = rt.plan_runs(rt.load_table(write_table(tmp_path)), tmp_path / "runs")
+    for run, row in zip(runs, ("bilinear", "carafe"), strict=True):
+        _copy_fixture_run(row, run)
+    changed = dict(TINY, overrides=[*TINY["overrides"], "trainer.max_epochs=2"])
+    replanned = rt.plan_runs(rt.load_table(write_table(tmp_path, changed)), tmp_path / "runs")
+    trained = []
+    monkeypatch.setattr(rt, "train_run", lambda run: trained.append(run) or "finished")
+    assert rt.run_local(runs, progress=False)["skipped"] == 2
+    rt.run_local(replanned, progress=False)
+    assert trained == replanned
 
 
 def test_failed_run_is_recorded_and_shown_in_the_table(tmp_path, monkeypatch):
@@ -146,7 +165,7 @@ def test_readme_markers_replaced_or_appended():
 def test_slurm_commands_cover_incomplete_seeds_in_deterministic_directories(tmp_path):
     table = dict(TINY, seeds=[0, 1])
     runs = rt.plan_runs(rt.load_table(write_table(tmp_path, table)), tmp_path / "runs")
-    shutil.copytree(FIXTURE / "segmentation" / "bilinear" / "seed0", runs[0].run_dir)
+    _copy_fixture_run("bilinear", runs[0])
     commands = rt.slurm_commands(runs, "submitit_slurm")
     assert len(commands) == 2
     bilinear = next(c for c in commands if "upsampler=bilinear" in c)
