@@ -450,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    if args.readme and args.table != "toy":
+        parser.error("--readme puts the toy table into README.md: use it with --table toy")
     try:
         spec = load_table(args.table)
         runs = plan_runs(spec, args.runs_dir, args.tasks.split(",") if args.tasks else None)

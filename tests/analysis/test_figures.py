@@ -55,7 +55,8 @@ def test_qualitative_grid_has_input_truth_and_each_row(tmp_path):
     rows = {"segmentation": ["bilinear", "fade", "dysample"], "depth": ["bilinear", "fade"]}
     fig = figures.qualitative_grid(runs[runs.seed == 0], rows)
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles[:5] == ["segmentation\ninput", "ground truth", "bilinear", "fade", "dysample"]
+    assert titles[:5] == ["input", "ground truth", "bilinear", "fade", "dysample"]
+    assert [t.get_text() for t in fig.axes[0].texts] == ["segmentation"]
     assert len(fig.axes) == 2 * 5
     shown = [ax for ax in fig.axes if ax.images]
     assert len(shown) == 2 * 2 + 2 + 2  # input and truth per task, the predictions that exist

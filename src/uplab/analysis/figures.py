@@ -126,7 +126,8 @@ def qualitative_grid(records: pd.DataFrame, rows: Mapping[str, Sequence[str]]) -
         vmin = vmax = None
         if truth is not None and truth.ndim == 2:
             vmin, vmax = float(np.min(truth)), float(np.max(truth))
-        _show(axes_row[0], None if reference is None else reference.get("input"), f"{task}\ninput", None, None)
+        _show(axes_row[0], None if reference is None else reference.get("input"), "input", None, None)
+        axes_row[0].annotate(task, xy=(-0.08, 0.5), xycoords="axes fraction", rotation=90, ha="right", va="center", fontsize=9)
         _show(axes_row[1], truth, "ground truth", vmin, vmax)
         for ax, (name, pred) in zip(axes_row[2:], by_row.items(), strict=False):
             _show(ax, None if pred is None else pred.get("prediction"), name, vmin, vmax)
