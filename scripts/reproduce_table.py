@@ -362,8 +362,15 @@ def write_cost_table(out_dir: Path, force: bool = False) -> Path:
     if not force and path.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     path.write_text(render(cost_table(progress=True)) + "\n")
     stamp.write_text(digest + "\n")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    (out_dir / "cost.timing.md").write_text(
+        f"Counting the cost table (`make cost`, or the last step of `make reproduce-table` when its "
+        f"inputs changed): {(time.perf_counter() - start) / 60:.1f} min on {machine()}, load average "
+        f"{load:.1f} at the end.\n"
+    )
     return path
 
 
@@ -424,12 +431,12 @@ def replace_between(text: str, name: str, body: str) -> str:
     return text.rstrip("\n") + "\n\n" + block + "\n"
 
 
-def update_readme(readme: Path, toy_md: Path, cost_md: Path, timing: str) -> None:
+def update_readme(readme: Path, toy_md: Path, cost_md: Path, timing: str, cost_timing: str = "") -> None:
     """Put the generated toy and cost tables between their README markers."""
-    regen = "Regenerate with `python scripts/reproduce_table.py --readme` (after `make reproduce-table`)."
+    regen = "Regenerate with `python scripts/reproduce_table.py --render-only --readme` (after `make reproduce-table`)."
     text = readme.read_text() if readme.is_file() else ""
     text = replace_between(text, "toy-table", f"{toy_md.read_text()}\n{timing}\n\n{regen}")
-    text = replace_between(text, "cost-table", f"{cost_md.read_text()}\n{regen}")
+    text = replace_between(text, "cost-table", f"{cost_md.read_text()}\n{cost_timing}\n\n{regen}")
     readme.write_text(text)
 
 
@@ -484,7 +491,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.readme:
         timing_file = tables_dir / f"{spec.name}.timing.md"
         timing = timing_file.read_text().strip() if timing_file.is_file() else ""
-        update_readme(README, tables_dir / f"{spec.name}.md", tables_dir / "cost.md", timing)
+        cost_timing_file = tables_dir / "cost.timing.md"
+        cost_timing = cost_timing_file.read_text().strip() if cost_timing_file.is_file() else ""
+        update_readme(README, tables_dir / f"{spec.name}.md", tables_dir / "cost.md", timing, cost_timing)
         log.info("updated %s", README)
     return 0
 
