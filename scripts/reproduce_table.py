@@ -181,6 +181,7 @@ def quiet_training_logs() -> None:
     warnings.filterwarnings("ignore", module="pytorch_lightning")
     warnings.filterwarnings("ignore", module="lightning_fabric")
     warnings.filterwarnings("ignore", category=UserWarning, message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", category=UserWarning, message="boxes doesn't contain any box")
 
 
 def run_local(runs: Sequence[Run], progress: bool = True) -> dict[str, int]:
@@ -486,11 +487,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_cost:
         log.info("cost table: %s", write_cost_table(tables_dir, force=args.recount_cost))
     log.info("total %.0f s", time.perf_counter() - start)
-    if not args.render_only and args.launcher == "local":
+    if not args.render_only and args.launcher == "local" and counts["skipped"] < len(runs):
         write_timing(tables_dir / f"{spec.name}.timing.md", spec.name, counts, time.perf_counter() - start)
     if args.readme:
-        timing_file = tables_dir / f"{spec.name}.timing.md"
-        timing = timing_file.read_text().strip() if timing_file.is_file() else ""
+        timing_files = [tables_dir / f"{name}.timing.md" for name in (spec.name, "quick")]
+        timing = "\n\n".join(f.read_text().strip() for f in timing_files if f.is_file())
         cost_timing_file = tables_dir / "cost.timing.md"
         cost_timing = cost_timing_file.read_text().strip() if cost_timing_file.is_file() else ""
         update_readme(README, tables_dir / f"{spec.name}.md", tables_dir / "cost.md", timing, cost_timing)
