@@ -94,6 +94,7 @@ def test_rows_carry_the_published_recipes():
     assert seg.upsampler.embedding_dim == 32 and seg.decoder.embed_dim == 256
     matting = compose_row("sapa_g_a2u_matting_r34_comp1k", [])
     assert matting.upsampler.embedding_dim == 64 and matting.data.train_pipeline.crop_size == 512
+    assert (matting.task.composition_weight, matting.task.per_image_loss) == (0.5, True)
     det = compose_row("carafe_faster_rcnn_r50_fpn_coco", [])
     assert (det.task.optimizer.lr, det.trainer.max_epochs, det.task.detector.min_size) == (
         0.02,

@@ -5,12 +5,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import default_collate
 
 from uplab.data.ade20k import ADE20K, reduce_zero_label
 from uplab.data.coco import COCODetection, collate_detection
 from uplab.data.comp1k import Composition1k, trimap_to_unit
 from uplab.data.io import DatasetError
 from uplab.data.nyuv2 import NYUv2
+from uplab.data.pipelines import a2u_matting_train
+from uplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def test_ade20k_reads_toy_and_reduces_zero_label(toy_root):
@@ -51,6 +54,23 @@ def test_composition1k_composites_training_and_reads_test(toy_root):
         # known regions of the trimap agree with alpha
         assert torch.all(sample["alpha"][sample["trimap"] == 1] == 1)
         assert torch.all(sample["alpha"][sample["trimap"] == 0] == 0)
+
+
+def test_composition1k_hands_the_a2u_pipelines_layers_as_tensors(toy_root):
+    train = Composition1k(
+        toy_root / "matting", "train", transform=a2u_matting_train(crop_size=32), composite=False
+    )
+    batch = default_collate([train[0], train[1]])
+    for key in ("fg", "bg"):
+        assert batch[key].shape == (2, 3, 32, 32) and batch[key].dtype == torch.float32
+        assert 0 <= batch[key].min() and batch[key].max() <= 1
+    # the image is their composite with the alpha (up to float rounding)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    a = batch["alpha"]
+    composite = a * batch["fg"] + (1 - a) * batch["bg"]
+    torch.testing.assert_close(batch["image"] * std + mean, composite, atol=1e-5, rtol=0)
+    # the toy suite's own compositing hands no layers
+    assert not {"fg", "bg"} & set(Composition1k(toy_root / "matting", "train")[0])
 
 
 def test_trimap_to_unit_by_hand_and_rejects_other_values():

@@ -139,9 +139,12 @@ def test_crop_around_unknown_enlarges_small_layers_and_crops_all_alike():
 def test_a2u_train_composites_and_is_seeded():
     pipeline = P.a2u_matting_train(crop_size=32)
     a, b = pipeline(matting_layers(), rng(5)), pipeline(matting_layers(), rng(5))
-    assert set(a) == {"image", "alpha", "trimap"}
-    assert a["image"].shape == (32, 32, 3) and a["image"].dtype == np.float32
-    assert 0 <= a["image"].min() and a["image"].max() <= 1
+    assert set(a) == {"image", "alpha", "trimap", "fg", "bg"}
+    for key in ("image", "fg", "bg"):
+        assert a[key].shape == (32, 32, 3) and a[key].dtype == np.float32
+        assert 0 <= a[key].min() and a[key].max() <= 1
+    alpha = a["alpha"].astype(np.float32)[..., None] / 255.0
+    np.testing.assert_allclose(a["image"], alpha * a["fg"] + (1 - alpha) * a["bg"], atol=1e-6)
     assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["trimap"], b["trimap"])
     with pytest.raises(ValueError, match="composite=False"):
         pipeline(

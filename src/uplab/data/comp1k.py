@@ -40,9 +40,13 @@ def trimap_to_unit(trimap: np.ndarray) -> np.ndarray:
     return np.select([trimap == 0, trimap == 128], [0.0, 0.5], 1.0).astype(np.float32)
 
 
+LAYER_KEYS = ("fg", "bg")
+
+
 class Composition1k(Dataset):
     """Matting samples: ``dict(image=float32 [3,H,W] normalised, trimap=float32 [1,H,W] in {0,0.5,1},
-    alpha=float32 [1,H,W] in [0,1])``.
+    alpha=float32 [1,H,W] in [0,1])``, plus ``fg`` and ``bg`` (float32 [3,H,W] in [0,1], for the
+    composition loss) when the transform returns them (the A2U pipeline with ``composite=False``).
 
     Args:
         root: ``Combined_Dataset`` or the folder containing it.
@@ -149,8 +153,22 @@ class Composition1k(Dataset):
             raise ValueError(
                 f"the transform must return image, alpha and trimap; got {sorted(sample)}"
             )
-        return {
+        out = {
             "image": T.normalize_image(sample["image"]),
             "trimap": torch.from_numpy(trimap_to_unit(sample["trimap"]))[None],
             "alpha": torch.from_numpy(sample["alpha"].astype(np.float32) / 255.0)[None],
         }
+        for key in LAYER_KEYS:
+            if key in sample:
+                out[key] = _layer_to_tensor(sample[key], key, sample["image"].shape)
+        return out
+
+
+def _layer_to_tensor(layer: np.ndarray, key: str, image_shape: tuple[int, ...]) -> torch.Tensor:
+    """A float [H, W, 3] layer in [0, 1] from the pipeline -> float32 [3, H, W]."""
+    if layer.shape != image_shape or not np.issubdtype(layer.dtype, np.floating):
+        raise ValueError(
+            f"the transform's {key} must be a float [H, W, 3] array in [0, 1] at the image's size "
+            f"{image_shape}; got {layer.dtype} {layer.shape}"
+        )
+    return torch.from_numpy(np.ascontiguousarray(layer, dtype=np.float32).transpose(2, 0, 1))

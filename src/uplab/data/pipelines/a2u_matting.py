@@ -198,14 +198,22 @@ class ForegroundJitter:
 
 
 class Composite:
-    """``image = alpha * fg + (1 - alpha) * bg`` in [0, 1]; returns ``image``, ``alpha``, ``trimap``."""
+    """``image = alpha * fg + (1 - alpha) * bg`` in [0, 1]; returns ``image``, ``alpha``,
+    ``trimap`` and the layers ``fg`` and ``bg`` (float32 [H, W, 3] in [0, 1], clipped as the
+    release clips them), which the composition loss of ``MattingTask`` reads."""
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         a = sample["alpha"].astype(np.float32)[..., None] / 255.0
         fg = np.clip(sample["fg"].astype(np.float32), 0, 255) / 255.0
         bg = np.clip(sample["bg"].astype(np.float32), 0, 255) / 255.0
         image = (a * fg + (1 - a) * bg).astype(np.float32)
-        return {"image": image, "alpha": sample["alpha"], "trimap": sample["trimap"]}
+        return {
+            "image": image,
+            "alpha": sample["alpha"],
+            "trimap": sample["trimap"],
+            "fg": fg,
+            "bg": bg,
+        }
 
 
 def a2u_matting_train(crop_size: int = 512, augmentation: bool = True) -> T.Compose:
