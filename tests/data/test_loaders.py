@@ -69,6 +69,9 @@ def test_composition1k_hands_the_a2u_pipelines_layers_as_tensors(toy_root):
     a = batch["alpha"]
     composite = a * batch["fg"] + (1 - a) * batch["bg"]
     torch.testing.assert_close(batch["image"] * std + mean, composite, atol=1e-5, rtol=0)
+    # the second-foreground overlay draws from the training foregrounds
+    fg, alpha = train.draw_foreground(np.random.default_rng(0))
+    assert fg.dtype == alpha.dtype == np.uint8 and fg.shape == (*alpha.shape, 3)
     # the toy suite's own compositing hands no layers
     assert not {"fg", "bg"} & set(Composition1k(toy_root / "matting", "train")[0])
 

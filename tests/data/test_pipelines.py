@@ -9,7 +9,13 @@ import torch
 
 from uplab.data import pipelines as P
 from uplab.data import transforms as T
-from uplab.data.pipelines.a2u_matting import CropAroundUnknown, GenerateTrimap, _ellipse
+from uplab.data.pipelines.a2u_matting import (
+    CropAroundUnknown,
+    GenerateTrimap,
+    OverlaySecondForeground,
+    SquashForeground,
+    _ellipse,
+)
 from uplab.data.pipelines.bts import CropValidRegion, EigenCropMask
 from uplab.data.pipelines.common import PadTo, ResizeKeepRatio, keep_ratio_size
 from uplab.data.pipelines.segformer import CatMaxRandomCrop, PhotoMetricDistortion, RandomRescale
@@ -116,7 +122,45 @@ def matting_layers(size=48):
     alpha[10:38, 20:24] = 128
     fg = np.full((size, size, 3), 200, np.uint8)
     bg = np.full((size + 8, size + 4, 3), 20, np.uint8)
-    return {"fg": fg, "alpha": alpha, "bg": bg}
+    second = (np.full((size // 2, size, 3), 90, np.uint8), np.full((size // 2, size), 64, np.uint8))
+    return {"fg": fg, "alpha": alpha, "bg": bg, "draw_foreground": lambda rng: second}
+
+
+def test_second_foreground_goes_behind_the_first_by_hand():
+    alpha = np.zeros((4, 4), np.uint8)
+    alpha[:, :2] = 255
+    layers = {
+        "fg": np.full((4, 4, 3), 200, np.uint8),
+        "alpha": alpha,
+        "bg": np.zeros((4, 4, 3), np.uint8),
+        # half transparent (128/255), at another size: resized to the first
+        "draw_foreground": lambda rng: (
+            np.full((2, 2, 3), 100, np.uint8),
+            np.full((2, 2), 128, np.uint8),
+        ),
+    }
+    out = OverlaySecondForeground(p=1.0)(layers, rng())
+    a2 = 128 / 255
+    # left: the first foreground, opaque; right: the second, at its own alpha. Both colours are
+    # truncated after dividing by alpha + 1e-5, as the release does: 200 -> 199, 100 -> 99.
+    np.testing.assert_array_equal(out["alpha"][:, :2], 255)
+    np.testing.assert_array_equal(out["alpha"][:, 2:], round(a2 * 255))
+    assert int(200 / (1 + 1e-5)) == 199 and int(100 * a2 / (a2 + 1e-5)) == 99
+    np.testing.assert_array_equal(out["fg"][:, :2], 199)
+    np.testing.assert_array_equal(out["fg"][:, 2:], 99)
+    # an opaque first foreground hides the second entirely: nothing changes
+    opaque = {**layers, "alpha": np.full((4, 4), 255, np.uint8)}
+    assert OverlaySecondForeground(p=1.0)(opaque, rng())["fg"] is opaque["fg"]
+    with pytest.raises(ValueError, match="draw_foreground"):
+        OverlaySecondForeground(p=1.0)({k: layers[k] for k in ("fg", "alpha", "bg")}, rng())
+
+
+def test_squash_resizes_fg_and_alpha_only():
+    layers = matting_layers()
+    out = SquashForeground(p=1.0, size=20)(layers, rng())
+    assert out["fg"].shape == (20, 20, 3) and out["alpha"].shape == (20, 20)
+    assert out["bg"] is layers["bg"]
+    assert SquashForeground(p=0.0, size=20)(layers, rng()) is layers
 
 
 def test_generated_trimap_keeps_the_partial_alpha_unknown():

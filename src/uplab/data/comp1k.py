@@ -55,7 +55,8 @@ class Composition1k(Dataset):
         seed: seed of the random transforms and of the training trimaps.
         trimap_radius: range ``(low, high)`` of the training trimaps' band width in pixels.
         composite: True composites training samples here (and draws their trimaps); False hands
-            the layers ``dict(fg, alpha, bg)`` (uint8, each at its own size) to ``transform``,
+            the layers ``dict(fg, alpha, bg)`` (uint8, each at its own size) and
+            ``draw_foreground`` (see :meth:`draw_foreground`) to ``transform``,
             which must return ``image``, ``alpha`` and ``trimap`` (the A2U release's order:
             ``uplab.data.pipelines.a2u_matting_train``).
     """
@@ -89,6 +90,7 @@ class Composition1k(Dataset):
                     f"{base}: need at least one background per foreground; got {len(fg_names)} "
                     f"foregrounds and {len(bg_names)} backgrounds"
                 )
+            self.foregrounds = [(base / "fg" / n, base / "alpha" / n) for n in fg_names]
             per_fg = len(bg_names) // len(fg_names)
             self.samples = [
                 (
@@ -130,13 +132,24 @@ class Composition1k(Dataset):
         fg_path, alpha_path, bg_path = self.samples[index]
         fg, alpha, bg = read_rgb(fg_path), read_gray(alpha_path), read_rgb(bg_path)
         if not self.composite:
-            return {"fg": fg, "alpha": alpha, "bg": bg}
+            return {"fg": fg, "alpha": alpha, "bg": bg, "draw_foreground": self.draw_foreground}
         if fg.shape != bg.shape:
             bg = T.resize(bg, (fg.shape[1], fg.shape[0]), T.DENSE_KEYS["image"][0])
         a = alpha.astype(np.float32)[..., None] / 255.0
         image = a * (fg.astype(np.float32) / 255.0) + (1 - a) * (bg.astype(np.float32) / 255.0)
         radius = int(rng.integers(self.trimap_radius[0], self.trimap_radius[1] + 1))
         return {"image": image, "alpha": alpha, "trimap": trimap_from_alpha(alpha, radius)}
+
+    def draw_foreground(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A uniformly drawn training foreground and its alpha (uint8), for the A2U pipeline's
+        second-foreground overlay."""
+        fg_path, alpha_path = self.foregrounds[int(rng.integers(len(self.foregrounds)))]
+        fg, alpha = read_rgb(fg_path), read_gray(alpha_path)
+        if alpha.shape != fg.shape[:2]:
+            raise DatasetError(
+                f"{alpha_path}: alpha {alpha.shape} does not match fg {fg.shape[:2]}"
+            )
+        return fg, alpha
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = T.sample_rng(self.seed, self.epoch, index)

@@ -1,19 +1,18 @@
 """The Composition-1k pipelines of the A2U matting release (dongdong93/a2u_matting,
 ``scripts/data_generator.py``, config ``adobe.yaml``), which FADE's and SAPA's matting runs use.
 
-Training works on the layers, before compositing (the dataset hands ``fg``, ``alpha``, ``bg``;
-``Composition1k(..., composite=False)``): random affine of fg and alpha (rotation +-30 degrees only
-when the longer side is at least 1024, scale 0.8-1.25 per axis, shear +-10 degrees, flips with
-probability 0.5 per axis; nearest resampling) -> horizontal flip -> trimap from the alpha by
-eroding fg and bg with random elliptic kernels of 1-29 px -> a 512 crop whose top-left corner is a
-random unknown pixel -> hue/saturation/value jitter of the foreground -> composite.
+Training works on the layers, before compositing (the dataset hands ``fg``, ``alpha``, ``bg`` and
+a ``draw_foreground`` callable; ``Composition1k(..., composite=False)``): with probability 0.5 a
+second random foreground overlaid behind the first, with probability 0.25 fg and alpha squashed
+to 640x640 (both the release's ``DataGenerator._composite_fg``) -> random affine of fg and alpha
+(rotation +-30 degrees only when the longer side is at least 1024, scale 0.8-1.25 per axis, shear
++-10 degrees, flips with probability 0.5 per axis; nearest resampling) -> horizontal flip ->
+trimap from the alpha by eroding fg and bg with random elliptic kernels of 1-29 px -> a 512 crop
+whose top-left corner is a random unknown pixel -> hue/saturation/value jitter of the foreground
+-> composite (which also returns ``fg`` and ``bg`` in [0, 1] for the composition loss).
 Test: the pre-composited image at its own size, reflect-padded to a multiple of 16 (the network's
 output stride); trimap and alpha are padded with 0 (known background), so the pad is outside the
 evaluated unknown region and the metrics are those of the unpadded image.
-
-Departure: the release also, with probability 0.5, overlays a second random foreground and, with
-probability 0.25, squashes the foreground to 640x640; both need a second file or a fixed size
-outside one sample and are left out.
 """
 
 from __future__ import annotations
@@ -37,6 +36,57 @@ def _check_layers(sample: dict) -> None:
             f"the A2U training pipeline composites itself and needs {LAYER_KEYS}; missing {missing} "
             "(build the dataset with Composition1k(..., composite=False))"
         )
+
+
+class OverlaySecondForeground:
+    """With probability ``p``, a second random training foreground (from the sample's
+    ``draw_foreground(rng) -> (fg, alpha)``), resized to the first (nearest), goes behind it:
+    ``alpha = 1 - (1 - a1)(1 - a2)`` and ``fg = (a1 fg1 + (1 - a1) a2 fg2) / (alpha + 1e-5)``
+    truncated to uint8 (so opaque pixels lose one level to the 1e-5, as in the release), skipped
+    when the union is opaque everywhere (the release's ``_composite_fg``). The release keeps that alpha as float; here it is rounded to uint8 (at
+    most 0.5/255 off; 0 and 255 stay exact, so the trimap is the same)."""
+
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        _check_layers(sample)
+        if "draw_foreground" not in sample:
+            raise ValueError(
+                "OverlaySecondForeground needs the sample's draw_foreground(rng) -> (fg, alpha) to "
+                "draw a second foreground (Composition1k(..., composite=False) hands it)"
+            )
+        if rng.random() >= self.p:
+            return sample
+        fg2, alpha2 = sample["draw_foreground"](rng)
+        h, w = sample["alpha"].shape
+        fg2 = T.resize(fg2, (w, h), Image.NEAREST).astype(np.float32)
+        a2 = T.resize(alpha2, (w, h), Image.NEAREST).astype(np.float32)[..., None] / 255.0
+        a1 = sample["alpha"].astype(np.float32)[..., None] / 255.0
+        union = 1 - (1 - a1) * (1 - a2)
+        if not (union < 1).any():
+            return sample
+        fg = (sample["fg"].astype(np.float32) * a1 + fg2 * (1 - a1) * a2) / (union + 1e-5)
+        alpha = np.round(union[..., 0] * 255.0).astype(np.uint8)
+        return {**sample, "fg": fg.astype(np.uint8), "alpha": alpha}
+
+
+class SquashForeground:
+    """With probability ``p``, ``fg`` and ``alpha`` resized to ``size`` x ``size`` (nearest),
+    whatever their aspect ratio (the release's ``_composite_fg``)."""
+
+    def __init__(self, p: float = 0.25, size: int = 640):
+        self.p, self.size = p, size
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        if rng.random() >= self.p:
+            return sample
+        size = (self.size, self.size)
+        return {
+            **sample,
+            "fg": T.resize(sample["fg"], size, Image.NEAREST),
+            "alpha": T.resize(sample["alpha"], size, Image.NEAREST),
+        }
 
 
 class RandomAffineLayers:
@@ -216,9 +266,22 @@ class Composite:
         }
 
 
-def a2u_matting_train(crop_size: int = 512, augmentation: bool = True) -> T.Compose:
-    """The A2U release's training pipeline (``augmentation=False``: trimap, crop, composite)."""
-    steps = [RandomAffineLayers(), RandomFlipLayers()] if augmentation else []
+def a2u_matting_train(
+    crop_size: int = 512,
+    augmentation: bool = True,
+    second_foreground: float = 0.5,
+    squash: float = 0.25,
+) -> T.Compose:
+    """The A2U release's training pipeline (``augmentation=False``: trimap, crop, composite).
+
+    ``second_foreground`` and ``squash`` are the probabilities of :class:`OverlaySecondForeground`
+    and :class:`SquashForeground` (0 leaves a step out).
+    """
+    steps = []
+    if augmentation:
+        steps += [OverlaySecondForeground(second_foreground)] if second_foreground > 0 else []
+        steps += [SquashForeground(squash)] if squash > 0 else []
+        steps += [RandomAffineLayers(), RandomFlipLayers()]
     steps += [GenerateTrimap(), CropAroundUnknown(crop_size)]
     steps += [ForegroundJitter()] if augmentation else []
     return T.Compose([*steps, Composite()])
