@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TABLE  ?= toy
+# LAUNCHER=slurm spreads a paper table over a SLURM cluster (hydra/launcher=submitit_slurm)
 
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
@@ -26,7 +27,7 @@ lint: setup
 	$(VENV)/bin/ruff check src tests scripts
 
 reproduce-table: setup
-	$(PY) scripts/reproduce_table.py --table $(TABLE)
+	$(PY) scripts/reproduce_table.py --table $(TABLE) $(if $(LAUNCHER),--launcher $(LAUNCHER))
 
 sweep: setup
 	$(VENV)/bin/uplab-train -m hparams_search=toy_seg_upsampler
