@@ -158,7 +158,7 @@ def _ratio_rows(rows: list[dict]) -> list[dict]:
     index = {(r["shape"], r["name"], r["impl"]): r for r in rows if "error" not in r}
     for (shape, name, impl), r in index.items():
         base = index.get((shape, name, "unfold"))
-        if impl == "unfold" or base is None:
+        if impl in ("unfold", "module") or base is None:  # upsampler rows have no unfold twin
             continue
         out.append({
             "shape": shape, "op": name, "impl": impl,
