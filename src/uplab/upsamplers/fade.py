@@ -308,39 +308,29 @@ def _convert(
 _L2H_ENCODER = "ker_generator.content_encoder.weight"
 _H2L_ENCODER = "kernel_generator.conv2_kernels"
 
-
-@register_official("FADE_L2H.FADE")
-def _from_fade_l2h(state_dict, in_channels_en, in_channels_de=None, scale=2, up_kernel_size=5):
-    key_map = {**_GATE_KEYS, **_L2H_KERNEL_KEYS}
-    return _convert(
-        FADE, state_dict, key_map, _L2H_ENCODER, in_channels_en, in_channels_de, scale,
-        up_kernel_size,
-    )  # fmt: skip
-
-
-@register_official("FADE_L2H.FADELite")
-def _from_fade_lite(state_dict, in_channels_en, in_channels_de=None, scale=2, up_kernel_size=5):
-    key_map = {**_GATE_KEYS, **_L2H_KERNEL_KEYS}
-    return _convert(
-        FADELite, state_dict, key_map, _L2H_ENCODER, in_channels_en, in_channels_de, scale,
-        up_kernel_size,
-    )  # fmt: skip
+# released class -> (uplab class, key map, key of the content encoder's weight). The stride-2
+# (high-to-low) formulation evaluates the same semi-shift convolution at each of the s*s sub-pixel
+# phases, so its weights map one-to-one onto the L2H module.
+_RELEASED = {
+    "FADE_L2H.FADE": (FADE, {**_GATE_KEYS, **_L2H_KERNEL_KEYS}, _L2H_ENCODER),
+    "FADE_L2H.FADELite": (FADELite, {**_GATE_KEYS, **_L2H_KERNEL_KEYS}, _L2H_ENCODER),
+    "FADE_L2H.SemiShiftUp": (SemiShiftUp, _L2H_KERNEL_KEYS, _L2H_ENCODER),
+    "FADE_H2L.FADE": (FADE, {**_GATE_KEYS, **_H2L_KERNEL_KEYS}, _H2L_ENCODER),
+}
 
 
-@register_official("FADE_L2H.SemiShiftUp")
-def _from_semishift(state_dict, in_channels_en, in_channels_de=None, scale=2, up_kernel_size=5):
-    return _convert(
-        SemiShiftUp, state_dict, _L2H_KERNEL_KEYS, _L2H_ENCODER, in_channels_en, in_channels_de,
-        scale, up_kernel_size,
-    )  # fmt: skip
+def _converter(official_class: str):
+    cls, key_map, encoder_key = _RELEASED[official_class]
+
+    def convert(state_dict, in_channels_en, in_channels_de=None, scale=2, up_kernel_size=5):
+        return _convert(
+            cls, state_dict, key_map, encoder_key, in_channels_en, in_channels_de, scale,
+            up_kernel_size,
+        )  # fmt: skip
+
+    convert.__name__ = f"_from_{official_class.replace('.', '_')}"
+    return convert
 
 
-@register_official("FADE_H2L.FADE")
-def _from_fade_h2l(state_dict, in_channels_en, in_channels_de=None, scale=2, up_kernel_size=5):
-    # The stride-2 (high-to-low) formulation evaluates the same semi-shift convolution at each of
-    # the s*s sub-pixel phases, so its weights map one-to-one onto the L2H module.
-    key_map = {**_GATE_KEYS, **_H2L_KERNEL_KEYS}
-    return _convert(
-        FADE, state_dict, key_map, _H2L_ENCODER, in_channels_en, in_channels_de, scale,
-        up_kernel_size,
-    )  # fmt: skip
+for _official_class in _RELEASED:
+    register_official(_official_class)(_converter(_official_class))
