@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import sys
 from pathlib import Path
 
@@ -24,6 +23,11 @@ import torch
 
 from uplab.ops import _cupy_kernels as kernels
 from uplab.ops import carafe, local_similarity
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_gpu import time_ms  # noqa: E402  (the same event timer as the GPU benchmark)
+
+CUDA = torch.device("cuda")
 
 K, S = 5, 2
 SHAPES = {"1x256x120x120": (1, 256, 120, 120), "16x256x128x128": (16, 256, 128, 128)}
@@ -94,20 +98,6 @@ def _poison(shape, dtype):
     torch.full(shape, float("nan"), device="cuda", dtype=dtype)
 
 
-def time_ms(fn, iters=20):
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(begin.elapsed_time(end))
-    return statistics.median(times)
-
-
 def check_against_torch_path() -> list[str]:
     """Tiled kernels vs the float64 PyTorch path at multi-tile odd sizes."""
     failures = []
@@ -142,7 +132,7 @@ def copy_bandwidth() -> float:
     """Device-to-device copy of 1 GiB, bytes read + written per second."""
     src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    return 2 * 2**30 / (time_ms(lambda: dst.copy_(src)) / 1e3)
+    return 2 * 2**30 / (time_ms(lambda: dst.copy_(src), CUDA, 1.0, 20) / 1e3)
 
 
 def measure_case(op, shape_name, shape, dtype_name, dtype, copy_bw) -> list[tuple]:
@@ -170,7 +160,7 @@ def measure_case(op, shape_name, shape, dtype_name, dtype, copy_bw) -> list[tupl
         ok = torch.allclose(got.float(), reference.float(), atol=tol, rtol=tol)
         ok = ok and not got.isnan().any().item()
         del got
-        ms = time_ms(fn)
+        ms = time_ms(fn, CUDA, 1.0, 20)
         rows.append((op, shape_name, dtype_name, name, ms, moved / ms / 1e6, ok))
         print(
             f"{op} {shape_name} {dtype_name} {name}: {ms:.3f} ms "
