@@ -82,6 +82,25 @@ def test_grid_sample_unfold_and_softmax_spellings():
         assert count_flops(_Call(fn), x)["softmax"] == x.numel()
 
 
+def test_functional_conv_counts_outside_conv_modules_only():
+    x, w = torch.randn(1, 6, 10, 12), torch.randn(8, 3, 3, 3)
+    out = count_flops(_Call(lambda a: F.conv2d(a, w, torch.zeros(8), stride=2, padding=1, groups=2)), x)
+    assert out["functional_conv"] == out["ops"] == 8 * 5 * 6 * (3 * 9 + 1)
+    # inside nn.Conv2d the same call is the module's, counted once by its hook
+    conv = nn.Conv2d(6, 8, 3, stride=2, padding=1, groups=2)
+    inner = count_flops(nn.Sequential(conv, nn.ReLU()), x)
+    assert inner["functional_conv"] == 0
+    assert inner["conv"] == 8 * 5 * 6 * (3 * 9 + 1)
+
+
+def test_a2u_guide_encodings_are_counted():
+    up = upsamplers.build("a2u", in_channels=32, scale=2)
+    x, guide = torch.randn(1, 32, 4, 6), torch.randn(1, 32, 8, 12)
+    out = count_flops(up, x, guide=guide)
+    # two encodings u, v: a 6x6 per-sample filter on each of the 32 guide channels, at 4x6
+    assert out["functional_conv"] == 2 * 32 * 4 * 6 * 36
+
+
 def test_upsampler_share_and_params_are_attributed():
     up = upsamplers.build("pixelshuffle", in_channels=4)
     model = nn.Sequential(nn.Conv2d(3, 4, 1), up)

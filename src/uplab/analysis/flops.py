@@ -35,7 +35,11 @@ counter cannot see, which the learned upsamplers are built from:
 - ``unfold``: counted like ``Upsample``, one per output element (it only rearranges data);
 - ``softmax`` / ``log_softmax``: one per element, as the counter counts activations;
 - ``matmul`` (``@``, ``torch.matmul``, ``bmm``): ``numel(out) * inner dim``. SegFormer's FLOPs tool
-  adds exactly this for its attention (``sra_flops`` in NVlabs/SegFormer ``tools/get_flops.py``).
+  adds exactly this for its attention (``sra_flops`` in NVlabs/SegFormer ``tools/get_flops.py``);
+- functional ``conv1d/2d/3d`` outside an ``nn.Conv*`` module (whose hook already counts it):
+  ``numel(out) * Cin/groups * prod(k)`` (+ ``numel(out)`` with a bias), the convolution formula
+  above. A2U filters its guide with predicted per-sample filters this way; the published A2U
+  increments (+0.66 matting, +0.41 SegFormer) include these encodings.
 
 ``count_layer_norm=False`` drops LayerNorm, as the mmcv 1.2 counter pinned by SegFormer (and so by
 the SAPA/FADE SegFormer runs) did, and ``count_softmax=False`` drops softmax, which SegFormer's
@@ -212,6 +216,21 @@ def _matmul_flops(func, args, kwargs, out: torch.Tensor) -> int:
     return out.numel() * args[0].shape[-1]
 
 
+def _functional_conv_flops(func, args, kwargs, out: torch.Tensor) -> int:
+    named = _named_conv(args, kwargs)
+    weight, bias = named["weight"], named.get("bias")
+    per_output = math.prod(weight.shape[1:])  # Cin/groups * prod(kernel)
+    return out.numel() * per_output + (out.numel() if bias is not None else 0)
+
+
+def _named_conv(args: tuple, kwargs: dict) -> dict:
+    # F.conv2d is a builtin without an inspectable signature: input, weight, bias come first
+    names = ("input", "weight", "bias")
+    named = dict(zip(names, args, strict=False))
+    named.update({k: v for k, v in kwargs.items() if k in names})
+    return named
+
+
 _OP_RULES: dict[Callable, tuple[str, Callable[..., int]]] = {
     ops.carafe: ("carafe", _carafe_flops),
     ops.local_similarity: ("local_similarity", _similarity_flops),
@@ -228,10 +247,15 @@ _OP_RULES: dict[Callable, tuple[str, Callable[..., int]]] = {
     torch.Tensor.__matmul__: ("matmul", _matmul_flops),
     torch.Tensor.matmul: ("matmul", _matmul_flops),
     torch.Tensor.bmm: ("matmul", _matmul_flops),
+    F.conv1d: ("functional_conv", _functional_conv_flops),
+    F.conv2d: ("functional_conv", _functional_conv_flops),
+    F.conv3d: ("functional_conv", _functional_conv_flops),
 }
 
 MODULE_KINDS = ("conv", "deconv", "linear", "norm", "activation", "pool", "upsample")
-OP_KINDS = ("carafe", "local_similarity", "grid_sample", "unfold", "softmax", "matmul")
+OP_KINDS = (
+    "carafe", "local_similarity", "grid_sample", "unfold", "softmax", "matmul", "functional_conv"
+)
 FLOP_KINDS = MODULE_KINDS + OP_KINDS
 """Keys of the per-kind breakdown in :func:`count_flops`'s result."""
 
@@ -243,6 +267,7 @@ class _Tally:
         self.by_kind: dict[str, int] = defaultdict(int)
         self.upsamplers = 0
         self.upsampler_depth = 0
+        self.conv_module_depth = 0  # > 0 while an nn.Conv*/Linear forward runs (hook-counted)
 
     def add(self, kind: str, flops: int, in_upsampler: bool) -> None:
         self.by_kind[kind] += int(flops)
@@ -269,6 +294,8 @@ class _OpCounter(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         rule = _OP_RULES.get(func)
+        if rule is not None and rule[0] == "functional_conv" and self.tally.conv_module_depth:
+            rule = None  # the convolution of an nn.Conv module: its hook counts it
         if rule is not None and (self.count_softmax or rule[0] != "softmax"):
             kind, formula = rule
             self.tally.add(kind, formula(func, args, kwargs, out), self.tally.upsampler_depth > 0)
@@ -299,6 +326,12 @@ def counting(
     def leave(module, inputs, output):
         tally.upsampler_depth -= 1
 
+    def enter_conv(module, inputs):
+        tally.conv_module_depth += 1
+
+    def leave_conv(module, inputs, output):
+        tally.conv_module_depth -= 1
+
     for module in model.modules():
         rule = _module_rule(module)
         if rule is _norm_flops and isinstance(module, nn.LayerNorm) and not count_layer_norm:
@@ -311,6 +344,9 @@ def counting(
                 tally.add(kind, flops, in_up)
 
             handles.append(module.register_forward_hook(hook))
+        if rule in (_conv_flops, _deconv_flops, _linear_flops):
+            handles.append(module.register_forward_pre_hook(enter_conv))
+            handles.append(module.register_forward_hook(leave_conv, always_call=True))
         if isinstance(module, Upsampler):
             handles.append(module.register_forward_pre_hook(enter))
             handles.append(module.register_forward_hook(leave, always_call=True))
