@@ -1,8 +1,20 @@
+import re
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from uplab.analysis import count_params
-from uplab.models.backbones.mit import MIT_VARIANTS, MixTransformer, convert_nvlabs_state_dict
+from uplab.models.backbones.mit import (
+    MIT_VARIANTS,
+    MiTVariant,
+    MixTransformer,
+    checkpoint_format,
+    convert_hf_state_dict,
+    convert_nvlabs_state_dict,
+    convert_state_dict,
+)
 
 
 def _nvlabs_state_dict(variant: str, in_chans: int = 3) -> dict[str, torch.Tensor]:
@@ -84,3 +96,116 @@ def test_backward_and_bad_input():
         model(torch.zeros(1, 3, 32, 32))
     with pytest.raises(ValueError, match="mit_b9"):
         MixTransformer("mit_b9")
+
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "mit_hf_tiny.pt"
+
+
+@pytest.fixture(scope="module")
+def hf_tiny() -> dict:
+    """A tiny random transformers SegFormer: its saved checkpoint, an input and its four stage
+    outputs (scripts/make_mit_hf_fixture.py)."""
+    return torch.load(FIXTURE, weights_only=True)
+
+
+def _tiny_variant(config: dict, norm_eps: float) -> MiTVariant:
+    (mlp_ratio,) = set(config["mlp_ratios"])
+    return MiTVariant(
+        embed_dims=tuple(config["hidden_sizes"]),
+        depths=tuple(config["depths"]),
+        num_heads=tuple(config["num_attention_heads"]),
+        sr_ratios=tuple(config["sr_ratios"]),
+        mlp_ratio=mlp_ratio,
+        norm_eps=norm_eps,
+    )
+
+
+def _features(model: MixTransformer, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.mark.parametrize("layout", ["hub", "hub_without_prefix", "transformers5_modules"])
+def test_hf_checkpoint_reproduces_transformers_features(hf_tiny, layout):
+    sd = hf_tiny["state_dict"]
+    if layout == "hub_without_prefix":
+        sd = {k.removeprefix("segformer."): v for k, v in sd.items()}
+    elif layout == "transformers5_modules":
+        sd = {hf_tiny["module_names"][k]: v for k, v in sd.items()}
+    assert checkpoint_format(sd) == "hf"
+    # transformers' port uses LayerNorm eps 1e-5 throughout
+    model = MixTransformer(_tiny_variant(hf_tiny["config"], norm_eps=1e-5), drop_path_rate=0.0)
+    model.load_pretrained(sd)
+    ours = _features(model, hf_tiny["input"])
+    for mine, theirs in zip(ours, hf_tiny["hidden_states"], strict=True):
+        assert mine.shape == theirs.shape
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_hf_key_value_halves_are_stacked_key_first(hf_tiny):
+    sd = hf_tiny["state_dict"]
+    converted = convert_hf_state_dict(sd)
+    prefix = "segformer.encoder.block.1.1.attention.self."
+    expected = torch.cat([sd[prefix + "key.weight"], sd[prefix + "value.weight"]])
+    assert torch.equal(converted["stages.1.blocks.1.attn.kv.weight"], expected)
+    # swapping the halves changes the features, so the test above can tell the orders apart
+    swapped = dict(converted)
+    kv = swapped["stages.1.blocks.1.attn.kv.weight"]
+    swapped["stages.1.blocks.1.attn.kv.weight"] = torch.cat(kv.chunk(2)[::-1])
+    model = MixTransformer(_tiny_variant(hf_tiny["config"], norm_eps=1e-5))
+    model.load_state_dict(swapped)
+    assert not torch.allclose(_features(model, hf_tiny["input"])[1], hf_tiny["hidden_states"][1])
+
+
+def test_hf_checkpoint_files_load_by_path(hf_tiny, tmp_path):
+    variant = _tiny_variant(hf_tiny["config"], norm_eps=1e-5)
+    safetensors_path = tmp_path / "model.safetensors"
+    save_file(hf_tiny["state_dict"], safetensors_path)
+    bin_path = tmp_path / "pytorch_model.bin"
+    torch.save(hf_tiny["state_dict"], bin_path)
+    for path in (safetensors_path, str(bin_path)):
+        features = _features(MixTransformer(variant, checkpoint=path), hf_tiny["input"])
+        torch.testing.assert_close(features[-1], hf_tiny["hidden_states"][-1], rtol=1e-5, atol=1e-6)
+
+
+def test_format_detection_and_dropped_heads(hf_tiny):
+    nvlabs = _nvlabs_state_dict("mit_b0")
+    assert checkpoint_format(nvlabs) == "nvlabs"
+    assert checkpoint_format({"patch_embed1.proj.weight": torch.zeros(1)}) == "nvlabs"
+    wrapped = convert_state_dict({"state_dict": nvlabs, "meta": {}})
+    assert wrapped.keys() == convert_nvlabs_state_dict(nvlabs).keys()
+    sd = dict(hf_tiny["state_dict"])
+    assert any(k.startswith("classifier.") for k in sd)
+    sd["decode_head.linear_c.0.proj.weight"] = torch.zeros(4, 20)
+    own = MixTransformer(_tiny_variant(hf_tiny["config"], norm_eps=1e-5)).state_dict()
+    assert convert_state_dict(sd).keys() == own.keys()
+
+
+def test_unknown_and_incomplete_checkpoints_raise(hf_tiny):
+    sd = dict(hf_tiny["state_dict"])
+    rotary = "segformer.encoder.block.0.0.attention.self.rotary.weight"
+    with pytest.raises(ValueError, match=rf"'{re.escape(rotary)}'.*expected"):
+        convert_hf_state_dict({**sd, rotary: torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"'pooler\.dense\.weight'.*encoder\.block\.N\.M"):
+        convert_hf_state_dict({**sd, "pooler.dense.weight": torch.zeros(1)})
+    renamed = {"stages.0.layer_norm.weight": sd["segformer.encoder.layer_norm.0.weight"]}
+    with pytest.raises(ValueError, match=r"'stages\.0\.layer_norm\.weight'.*second.*stages\.0\.norm"):
+        convert_hf_state_dict({**sd, **renamed})
+    del sd["segformer.encoder.block.2.0.attention.self.value.bias"]
+    with pytest.raises(ValueError, match=r"stages\.2\.blocks\.0\.attn\.kv\.bias.*no value"):
+        convert_hf_state_dict(sd)
+    with pytest.raises(ValueError, match="not a MiT checkpoint.*patch_embed1"):
+        convert_state_dict({"conv1.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="mixed"):
+        checkpoint_format({**_nvlabs_state_dict("mit_b0"), **sd})
+    with pytest.raises(ValueError, match="got Tensor"):
+        checkpoint_format(torch.zeros(1))
+
+
+def test_variant_instance_and_eps():
+    tiny = MiTVariant((8, 8, 8, 8), (1, 1, 1, 1), num_heads=(1, 1, 2, 2))
+    model = MixTransformer(tiny)
+    assert model.channels == [8, 8, 8, 8]
+    # NVlabs: 1e-6 in blocks and stage outputs, PyTorch's 1e-5 in patch embeddings and reductions
+    assert model.stages[0].blocks[0].norm1.eps == model.stages[0].norm.eps == 1e-6
+    assert model.stages[0].embed.norm.eps == model.stages[0].blocks[0].attn.reduce_norm.eps == 1e-5

@@ -4,31 +4,54 @@ Four stages at strides 4, 8, 16 and 32. Each stage embeds overlapping patches wi
 convolution (Eq. 1's "overlapped patch merging"), then runs transformer blocks whose attention
 shortens the key/value sequence by a reduction ratio ``R`` (efficient self-attention, Eq. 2) and
 whose feed-forward network carries a 3x3 depth-wise convolution instead of positional encodings
-(Mix-FFN, Eq. 3). timm has no MiT, so it is written here; :func:`load_nvlabs_state_dict` maps the
-key names of the released ImageNet checkpoints (``mit_b1.pth`` of NVlabs/SegFormer) onto it.
+(Mix-FFN, Eq. 3). timm has no MiT, so it is written here.
+
+The ImageNet weights load in either of their two released forms, told apart by their key names
+(:func:`checkpoint_format`): NVlabs/SegFormer's ``mit_b1.pth`` (:func:`convert_nvlabs_state_dict`)
+or Hugging Face's ``nvidia/mit-b1`` (``model.safetensors`` or ``pytorch_model.bin`` of a
+``transformers`` SegFormer, :func:`convert_hf_state_dict`). Both hold the same tensors; the Hugging
+Face port only splits the fused key/value projection in two and uses LayerNorm eps 1e-5 where NVlabs
+uses 1e-6 (:attr:`MiTVariant.norm_eps`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
-__all__ = ["MIT_VARIANTS", "MixTransformer", "MiTVariant", "convert_nvlabs_state_dict"]
+__all__ = [
+    "MIT_VARIANTS",
+    "MixTransformer",
+    "MiTVariant",
+    "checkpoint_format",
+    "convert_hf_state_dict",
+    "convert_nvlabs_state_dict",
+    "convert_state_dict",
+]
 
 
 @dataclass(frozen=True)
 class MiTVariant:
-    """Sizes of one MiT model (Table 6 of the SegFormer paper)."""
+    """Sizes of one MiT model (Table 6 of the SegFormer paper).
+
+    ``norm_eps`` is the eps of the blocks' and stages' LayerNorms: 1e-6 in NVlabs' release, 1e-5 in
+    the ``transformers`` port. The patch-embedding and key/value-reduction norms use PyTorch's
+    default 1e-5 in both.
+    """
 
     embed_dims: tuple[int, int, int, int]
     depths: tuple[int, int, int, int]
     num_heads: tuple[int, int, int, int] = (1, 2, 5, 8)
     sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
     mlp_ratio: int = 4
+    norm_eps: float = 1e-6
 
 
 MIT_VARIANTS: dict[str, MiTVariant] = {
@@ -40,16 +63,13 @@ MIT_VARIANTS: dict[str, MiTVariant] = {
     "mit_b5": MiTVariant((64, 128, 320, 512), (3, 6, 40, 3)),
 }
 
-_LN_EPS = 1e-6  # the released MiT models use LayerNorm(eps=1e-6) throughout
-
-
 class OverlapPatchEmbed(nn.Module):
     """Strided convolution over overlapping patches, then LayerNorm over channels (Eq. 1)."""
 
     def __init__(self, in_channels: int, embed_dim: int, patch_size: int, stride: int):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, embed_dim, patch_size, stride, padding=patch_size // 2)
-        self.norm = nn.LayerNorm(embed_dim, eps=_LN_EPS)
+        self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
@@ -73,7 +93,7 @@ class EfficientSelfAttention(nn.Module):
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
             self.reduce = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio)
-            self.reduce_norm = nn.LayerNorm(dim, eps=_LN_EPS)
+            self.reduce_norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         b, n, c = x.shape
@@ -109,11 +129,19 @@ class MixFFN(nn.Module):
 class MiTBlock(nn.Module):
     """Pre-norm transformer block: attention then Mix-FFN, each residual, with stochastic depth."""
 
-    def __init__(self, dim: int, num_heads: int, sr_ratio: int, mlp_ratio: int, drop_path: float):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int,
+        mlp_ratio: int,
+        drop_path: float,
+        norm_eps: float,
+    ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=_LN_EPS)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio)
-        self.norm2 = nn.LayerNorm(dim, eps=_LN_EPS)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MixFFN(dim, dim * mlp_ratio)
         self.drop_path = drop_path
 
@@ -132,13 +160,15 @@ class MiTBlock(nn.Module):
 class MiTStage(nn.Module):
     """Patch embedding, blocks, and a closing LayerNorm; returns an NCHW feature."""
 
-    def __init__(self, in_channels, dim, depth, num_heads, sr_ratio, mlp_ratio, patch, stride, dpr):
+    def __init__(
+        self, in_channels, dim, depth, num_heads, sr_ratio, mlp_ratio, patch, stride, dpr, norm_eps
+    ):
         super().__init__()
         self.embed = OverlapPatchEmbed(in_channels, dim, patch, stride)
         self.blocks = nn.ModuleList(
-            MiTBlock(dim, num_heads, sr_ratio, mlp_ratio, dpr[i]) for i in range(depth)
+            MiTBlock(dim, num_heads, sr_ratio, mlp_ratio, dpr[i], norm_eps) for i in range(depth)
         )
-        self.norm = nn.LayerNorm(dim, eps=_LN_EPS)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, h, w = self.embed(x)
@@ -151,10 +181,11 @@ class MixTransformer(nn.Module):
     """MiT encoder with the backbone interface of :class:`uplab.models.TimmBackbone`.
 
     Args:
-        variant: ``"mit_b0"`` ... ``"mit_b5"`` (:data:`MIT_VARIANTS`).
+        variant: ``"mit_b0"`` ... ``"mit_b5"`` (:data:`MIT_VARIANTS`), or a :class:`MiTVariant`.
         in_chans: input channels.
         drop_path_rate: stochastic depth, rising linearly over all blocks (0.1 in SegFormer).
-        checkpoint: path of a released ImageNet checkpoint (NVlabs ``mit_bX.pth``) to load.
+        checkpoint: path of released ImageNet weights to load (:meth:`load_pretrained`): NVlabs'
+            ``mit_bX.pth``, or Hugging Face's ``model.safetensors`` / ``pytorch_model.bin``.
 
     Attributes:
         channels: channels of the four outputs, ``variant.embed_dims``.
@@ -168,15 +199,21 @@ class MixTransformer(nn.Module):
 
     def __init__(
         self,
-        variant: str = "mit_b1",
+        variant: str | MiTVariant = "mit_b1",
         in_chans: int = 3,
         drop_path_rate: float = 0.1,
-        checkpoint: str | None = None,
+        checkpoint: str | os.PathLike | None = None,
     ):
         super().__init__()
-        if variant not in MIT_VARIANTS:
-            raise ValueError(f"unknown MiT variant {variant!r}; choose one of {sorted(MIT_VARIANTS)}")
-        v = MIT_VARIANTS[variant]
+        if isinstance(variant, MiTVariant):
+            v = variant
+        elif variant in MIT_VARIANTS:
+            v = MIT_VARIANTS[variant]
+        else:
+            raise ValueError(
+                f"unknown MiT variant {variant!r}; choose one of {sorted(MIT_VARIANTS)} "
+                "or pass a MiTVariant"
+            )
         self.variant = variant
         self.in_chans = in_chans
         dpr = torch.linspace(0, drop_path_rate, sum(v.depths)).tolist()
@@ -186,7 +223,7 @@ class MixTransformer(nn.Module):
             stage_dpr = dpr[start : start + v.depths[i]]
             stages.append(
                 MiTStage(prev, v.embed_dims[i], v.depths[i], v.num_heads[i], v.sr_ratios[i],
-                         v.mlp_ratio, patch, stride, stage_dpr)
+                         v.mlp_ratio, patch, stride, stage_dpr, v.norm_eps)
             )
             prev, start = v.embed_dims[i], start + v.depths[i]
         self.stages = nn.ModuleList(stages)
@@ -194,7 +231,7 @@ class MixTransformer(nn.Module):
         self.reductions: list[int] = [4, 8, 16, 32]
         self.apply(_init_weights)
         if checkpoint is not None:
-            self.load_nvlabs(torch.load(checkpoint, map_location="cpu", weights_only=True))
+            self.load_pretrained(checkpoint)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != self.in_chans:
@@ -207,13 +244,37 @@ class MixTransformer(nn.Module):
             features.append(x)
         return features
 
+    def load_pretrained(self, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> None:
+        """Load released weights strictly, NVlabs or Hugging Face key names alike
+        (:func:`convert_state_dict`).
+
+        Args:
+            checkpoint: a state dict, or the path of one: ``*.safetensors`` is read with
+                safetensors, anything else with ``torch.load(weights_only=True)``.
+        """
+        if not isinstance(checkpoint, Mapping):
+            checkpoint = _read_checkpoint(checkpoint)
+        self.load_state_dict(convert_state_dict(checkpoint), strict=True)
+
     def load_nvlabs(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Load a state dict with NVlabs/SegFormer's ``MixVisionTransformer`` key names, strictly
         (the ImageNet classifier ``head.*`` is dropped); a checkpoint wrapped as
         ``{"state_dict": ...}`` is unwrapped."""
-        if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
-            state_dict = state_dict["state_dict"]
-        self.load_state_dict(convert_nvlabs_state_dict(state_dict), strict=True)
+        self.load_state_dict(convert_nvlabs_state_dict(_unwrap(state_dict)), strict=True)
+
+
+def _read_checkpoint(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _unwrap(state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    # mmcv / mmseg checkpoints keep the weights under "state_dict", beside "meta"
+    if isinstance(state_dict, Mapping) and isinstance(state_dict.get("state_dict"), Mapping):
+        return state_dict["state_dict"]
+    return state_dict
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -265,3 +326,141 @@ def convert_nvlabs_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[st
                 "(expected patch_embedN.*, blockN.M.*, normN.* or head.*)"
             )
     return converted
+
+
+# Where a tensor of transformers' SegFormer encoder sits: its stage, its block within the stage if
+# any, and the kind of part. Hub checkpoints (and ``save_pretrained`` of every version) use the
+# first form; the modules of transformers >= 5 name themselves the second way in memory.
+_HF_LOCATIONS = (
+    re.compile(
+        r"encoder\.(?P<kind>patch_embeddings|block|layer_norm)\.(?P<stage>\d+)\.(?:(?P<block>\d+)\.)?"
+    ),
+    re.compile(
+        r"stages\.(?P<stage>\d+)\.(?P<kind>patch_embeddings|blocks|layer_norm)\.(?:(?P<block>\d+)\.)?"
+    ),
+)
+_HF_EMBED_MODULES = {"proj": "proj", "layer_norm": "norm"}
+# module inside a block -> (this module's name, half of the fused key/value projection or None)
+_HF_BLOCK_MODULES: Mapping[str, tuple[str, int | None]] = {
+    "layer_norm_1": ("norm1", None),
+    "attention.self.query": ("attn.q", None),
+    "attention.self.key": ("attn.kv", 0),
+    "attention.self.value": ("attn.kv", 1),
+    "attention.self.sr": ("attn.reduce", None),
+    "attention.self.layer_norm": ("attn.reduce_norm", None),
+    "attention.output.dense": ("attn.proj", None),
+    "layer_norm_2": ("norm2", None),
+    "mlp.dense1": ("mlp.fc1", None),
+    "mlp.dwconv.dwconv": ("mlp.dwconv", None),
+    "mlp.dense2": ("mlp.fc2", None),
+    # transformers >= 5
+    "layernorm_before": ("norm1", None),
+    "attention.q_proj": ("attn.q", None),
+    "attention.k_proj": ("attn.kv", 0),
+    "attention.v_proj": ("attn.kv", 1),
+    "attention.sequence_reduction.sequence_reduction": ("attn.reduce", None),
+    "attention.sequence_reduction.layer_norm": ("attn.reduce_norm", None),
+    "attention.o_proj": ("attn.proj", None),
+    "layernorm_after": ("norm2", None),
+    "mlp.fc1": ("mlp.fc1", None),
+    "mlp.fc2": ("mlp.fc2", None),
+}
+_HF_HEADS = ("classifier.", "decode_head.")
+
+
+def _hf_target(key: str) -> tuple[str, int | None] | None:
+    """This module's name for an encoder key of transformers (``segformer.`` prefix removed) and
+    the key/value half it fills, or None when the key is no encoder tensor."""
+    for location in _HF_LOCATIONS:
+        match = location.match(key)
+        if match:
+            break
+    else:
+        return None
+    module, _, param = key[match.end():].rpartition(".")
+    if param not in ("weight", "bias"):
+        return None
+    stage, block, kind = int(match["stage"]), match["block"], match["kind"]
+    if kind == "patch_embeddings" and block is None and module in _HF_EMBED_MODULES:
+        return f"stages.{stage}.embed.{_HF_EMBED_MODULES[module]}.{param}", None
+    if kind == "layer_norm" and block is None and not module:
+        return f"stages.{stage}.norm.{param}", None
+    if kind in ("block", "blocks") and block is not None and module in _HF_BLOCK_MODULES:
+        name, half = _HF_BLOCK_MODULES[module]
+        return f"stages.{stage}.blocks.{block}.{name}.{param}", half
+    return None
+
+
+def convert_hf_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the keys of a Hugging Face ``transformers`` SegFormer (``SegformerModel``,
+    ``SegformerForImageClassification`` or ``SegformerForSemanticSegmentation``, e.g.
+    ``nvidia/mit-b1``) to :class:`MixTransformer`'s.
+
+    Accepts the names of the Hub checkpoints
+    (``segformer.encoder.block.0.1.attention.self.query.weight``, ``encoder.layer_norm.3.bias``, ...),
+    with or without the ``segformer.`` prefix, and the in-memory names of transformers >= 5
+    (``stages.0.blocks.1.attention.q_proj.weight``, ...). The separate key and value projections
+    are stacked, key first, into the fused ``attn.kv`` of NVlabs' layout. The classifier
+    (``classifier.*``) and decode head (``decode_head.*``) are dropped; any other key raises
+    ``ValueError``, as do a key projection without its value projection (or the reverse) and two
+    keys for one tensor.
+    """
+    converted: dict[str, torch.Tensor] = {}
+    halves: dict[str, list[torch.Tensor | None]] = {}
+    seen: set[tuple[str, int | None]] = set()
+    for key, value in state_dict.items():
+        if key.startswith(_HF_HEADS):
+            continue
+        target = _hf_target(key.removeprefix("segformer."))
+        if target is None:
+            raise ValueError(
+                f"key {key!r} is not a SegFormer encoder key of Hugging Face transformers "
+                "(expected [segformer.]encoder.patch_embeddings.N.*, encoder.block.N.M.*, "
+                "encoder.layer_norm.N.*, their transformers >= 5 names stages.N.*, "
+                "or classifier.* / decode_head.*)"
+            )
+        if target in seen:
+            raise ValueError(f"key {key!r} is a second tensor for {target[0]!r}")
+        seen.add(target)
+        name, half = target
+        if half is None:
+            converted[name] = value
+        else:
+            halves.setdefault(name, [None, None])[half] = value
+    for name, (key_part, value_part) in halves.items():
+        if key_part is None or value_part is None:
+            missing = "key" if key_part is None else "value"
+            raise ValueError(f"{name!r}: the checkpoint has no {missing} projection to stack")
+        converted[name] = torch.cat([key_part, value_part])
+    return converted
+
+
+def checkpoint_format(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``"nvlabs"`` or ``"hf"``: whose encoder key names a MiT state dict uses. A state dict with
+    neither, or with both, raises ``ValueError``."""
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(
+            f"expected a state dict (names to tensors), got {type(state_dict).__name__}"
+        )
+    keys = list(state_dict)
+    nvlabs = any(re.match(pattern, k) for k in keys for pattern, _ in _NVLABS_RULES)
+    hf = any(_hf_target(k.removeprefix("segformer.")) is not None for k in keys)
+    if nvlabs != hf:
+        return "nvlabs" if nvlabs else "hf"
+    problem = "mixed NVlabs and Hugging Face keys" if nvlabs else "not a MiT checkpoint"
+    raise ValueError(
+        f"{problem}: expected either NVlabs/SegFormer keys (patch_embed1.proj.weight, "
+        "block1.0.attn.q.weight, norm1.weight, ...) or Hugging Face SegFormer keys "
+        f"(segformer.encoder.patch_embeddings.0.proj.weight, ...); got {len(keys)} keys starting "
+        f"{keys[:3]}"
+    )
+
+
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a released MiT checkpoint to :class:`MixTransformer`'s keys, whichever of NVlabs'
+    or Hugging Face's layouts it has (:func:`checkpoint_format`); ``{"state_dict": ...}`` is
+    unwrapped first."""
+    state_dict = _unwrap(state_dict)
+    if checkpoint_format(state_dict) == "nvlabs":
+        return convert_nvlabs_state_dict(state_dict)
+    return convert_hf_state_dict(state_dict)
