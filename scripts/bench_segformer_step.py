@@ -7,6 +7,13 @@ time and the peak memory per upsampler as a Markdown table. The released logs sh
 
     python scripts/bench_segformer_step.py --device cuda --output docs/benchmarks_segformer.md
     python scripts/bench_segformer_step.py --smoke        # tiny CPU run, for tests
+    python scripts/bench_segformer_step.py --saved-activations   # no GPU: what backward keeps
+
+``--saved-activations`` needs no GPU: it runs one forward per upsampler on the CPU at batch 1 under
+``torch.autograd.graph.saved_tensors_hooks`` and sums the bytes of the distinct tensors autograd
+keeps for backward (parameters excluded), scaled to ``--batch``. That is the activation memory the
+upsampler adds, device-independent; the GPU peak adds parameters, gradients, optimiser state and
+the backward's temporaries on top.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ from uplab.analysis.cost import _segformer_b1, upsampler_factory
 UPSAMPLERS = ("bilinear", "carafe", "indexnet", "a2u", "sapa_b", "sapa_g", "fade", "fade_lite", "dysample")
 
 
-def step_stats(name: str, device: str, batch: int, size: int, steps: int, warmup: int) -> dict:
+def step_stats(
+    name: str, device: str, batch: int, size: int, steps: int, warmup: int, recompute: bool = False
+) -> dict:
     """Median step time (ms) and peak memory (GB, CUDA only) of SegFormer-B1 with ``name``."""
     torch.manual_seed(0)
-    model = _segformer_b1(upsampler_factory(name)).to(device).train()
+    model = _segformer_b1(upsampler_factory(name, recompute=recompute)).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=6e-5)
     image = torch.randn(batch, 3, size, size, device=device)
     label = torch.randint(0, 150, (batch, size, size), device=device)
@@ -54,6 +63,42 @@ def step_stats(name: str, device: str, batch: int, size: int, steps: int, warmup
     return {"upsampler": name, "step_ms": 1e3 * statistics.median(times), "peak_gb": peak}
 
 
+def saved_activation_bytes(name: str, size: int, recompute: bool = False) -> int:
+    """Bytes of the distinct non-parameter tensors one batch-1 forward of SegFormer-B1 with
+    ``name`` saves for backward (each storage once, views included)."""
+    torch.manual_seed(0)
+    model = _segformer_b1(upsampler_factory(name, recompute=recompute)).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    image = torch.randn(1, 3, size, size)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits = F.interpolate(model(image), size=(size, size), mode="bilinear", align_corners=False)
+    storages[logits.untyped_storage().data_ptr()] = logits.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+def saved_activations_table(names, batch: int, size: int) -> pd.DataFrame:
+    rows = []
+    for name in names:
+        row = {"upsampler": name}
+        for recompute, column in ((False, "saved_gb"), (True, "saved_gb_recompute")):
+            row[column] = batch * saved_activation_bytes(name, size, recompute) / 1e9
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    base = table.loc[table.upsampler == "bilinear", "saved_gb"]
+    if len(base):
+        table["vs_bilinear"] = table.saved_gb / float(base.iloc[0])
+        table["vs_bilinear_recompute"] = table.saved_gb_recompute / float(base.iloc[0])
+    return table
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -64,13 +109,28 @@ def main(argv=None) -> int:
     parser.add_argument("--upsamplers", default=",".join(UPSAMPLERS))
     parser.add_argument("--smoke", action="store_true", help="CPU, batch 1, 64x64, one step")
     parser.add_argument("--output", type=Path, help="write the Markdown table here as well")
+    parser.add_argument("--recompute", action="store_true",
+                        help="build the upsamplers with recompute=True (forward redone in backward)")
+    parser.add_argument("--saved-activations", action="store_true",
+                        help="CPU only: bytes saved for backward per upsampler, scaled to --batch")
     args = parser.parse_args(argv)
+    if args.saved_activations:
+        table = saved_activations_table(args.upsamplers.split(","), args.batch, args.size)
+        text = (
+            f"SegFormer-B1, tensors saved for backward by one forward, batch {args.batch} "
+            f"(measured at batch 1 on the CPU, scaled), {args.size}x{args.size}\n\n"
+            f"{table.to_markdown(index=False, floatfmt='.2f')}\n"
+        )
+        print(text)
+        if args.output:
+            args.output.write_text(text)
+        return 0
     if args.smoke:
         args.device, args.batch, args.size, args.steps, args.warmup = "cpu", 1, 64, 1, 0
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA device; use --device cpu or --smoke")
     rows = [
-        step_stats(n, args.device, args.batch, args.size, args.steps, args.warmup)
+        step_stats(n, args.device, args.batch, args.size, args.steps, args.warmup, args.recompute)
         for n in args.upsamplers.split(",")
     ]
     table = pd.DataFrame(rows)
@@ -79,6 +139,7 @@ def main(argv=None) -> int:
         table["memory_vs_bilinear"] = table.peak_gb / float(base.iloc[0])
     header = (
         f"SegFormer-B1 training step, batch {args.batch}, {args.size}x{args.size}, "
+        f"{'upsamplers recomputed in backward, ' if args.recompute else ''}"
         f"{args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'})"
     )
     text = f"{header}\n\n{table.to_markdown(index=False, floatfmt='.2f')}\n"

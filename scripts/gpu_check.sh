@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check (make gpu-check): device name, the GPU tests of the ops, the ops benchmark, then the
 # SegFormer-B1 training step per upsampler (scripts/bench_segformer_step.py, at most
-# $SEGFORMER_TIMEOUT seconds, default 150).
+# $SEGFORMER_TIMEOUT seconds, default 150), and the guided ones with recompute=True (at most
+# $SEGFORMER_RECOMPUTE_TIMEOUT seconds, default 60; informative, not part of the exit status).
 # Installs nothing from the network: needs python with torch, CuPy (cupy-cuda13x) and pytest; the
 # tests and benchmarks run from the source tree (PYTHONPATH=src). Wheels found in .whl/ (e.g.
 # hydra-core, omegaconf and antlr4-python3-runtime, which the SegFormer step imports through
@@ -51,6 +52,10 @@ if "$PYTHON" -c "import uplab.analysis.cost" 2>"$OUT_DIR/segformer_step.log"; th
     timeout "${SEGFORMER_TIMEOUT:-150}" "$PYTHON" scripts/bench_segformer_step.py --device cuda --steps 3 --warmup 1 \
         --output "$OUT_DIR/segformer_step.md" 2>&1 | tee "$OUT_DIR/segformer_step.log"
     step_status=${PIPESTATUS[0]}
+    # the guided upsamplers again with recompute=True (forward redone in backward, less memory)
+    timeout "${SEGFORMER_RECOMPUTE_TIMEOUT:-60}" "$PYTHON" scripts/bench_segformer_step.py --device cuda \
+        --steps 3 --warmup 1 --recompute --upsamplers bilinear,indexnet,sapa_g,fade \
+        --output "$OUT_DIR/segformer_step_recompute.md" 2>&1 | tee "$OUT_DIR/segformer_step_recompute.log"
 else
     echo "skipped: uplab.analysis.cost does not import here: $(tail -1 "$OUT_DIR/segformer_step.log")"
     step_status=1

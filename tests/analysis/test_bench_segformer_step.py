@@ -27,3 +27,17 @@ def test_cuda_without_a_device_is_a_usage_error():
         pytest.skip(reason="a CUDA device is present, so --device cuda is valid here")
     with pytest.raises(SystemExit):
         bench.main(["--device", "cuda"])
+
+
+def test_saved_activations_count_what_backward_keeps(tmp_path):
+    bench = _load()
+    bilinear = bench.saved_activation_bytes("bilinear", 64)
+    carafe = bench.saved_activation_bytes("carafe", 64)
+    # at least the 150-class logits at full size, and CARAFE keeps its features and masks on top
+    assert bilinear > 150 * 64 * 64 * 4
+    assert carafe > bilinear
+    out = tmp_path / "saved.md"
+    assert bench.main(["--saved-activations", "--size", "64", "--batch", "2",
+                       "--upsamplers", "bilinear,carafe", "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "batch 2" in text and "| carafe" in text

@@ -54,3 +54,58 @@ def test_rejects_wrong_channels(name):
 def test_unknown_name_lists_available():
     with pytest.raises(ValueError, match="available: .*bilinear"):
         build("no_such_upsampler", in_channels=C)
+
+
+def _saved_bytes(fn) -> int:
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(storages.values())
+
+
+@pytest.mark.parametrize("name", available())
+def test_recompute_gives_the_same_outputs_and_gradients(name):
+    torch.manual_seed(0)
+    plain = build(name, in_channels=C, scale=2).double()
+    lean = build(name, in_channels=C, scale=2, recompute=True).double()
+    lean.load_state_dict(plain.state_dict())
+    assert lean.recompute and not plain.recompute
+    x = torch.randn(2, C, H, W, dtype=torch.float64)
+    guide = torch.randn(2, C, 2 * H, 2 * W, dtype=torch.float64) if plain.guided else None
+    grads = []
+    for up in (plain, lean):
+        xi = x.clone().requires_grad_()
+        out = up(xi, guide=guide)
+        out.pow(2).sum().backward()
+        grads.append((out.detach(), xi.grad, [p.grad for p in up.parameters()]))
+    (o1, gx1, gp1), (o2, gx2, gp2) = grads
+    assert torch.equal(o1, o2) and torch.allclose(gx1, gx2, rtol=1e-12, atol=1e-12)
+    for a, b in zip(gp1, gp2, strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_recompute_keeps_less_for_backward_and_is_off_in_eval():
+    plain = build("sapa_g", in_channels=C, scale=2)
+    lean = build("sapa_g", in_channels=C, scale=2, recompute=True)
+    x = torch.randn(2, C, H, W, requires_grad=True)
+    guide = torch.randn(2, C, 2 * H, 2 * W)
+    _, kept_plain = _saved_bytes(lambda: plain(x, guide=guide))
+    _, kept_lean = _saved_bytes(lambda: lean(x, guide=guide))
+    assert kept_lean <= x.numel() * 4 + guide.numel() * 4 < kept_plain
+    # in eval (or without gradients) nothing is recomputed: the plain forward runs
+    lean.eval()
+    _, kept_eval = _saved_bytes(lambda: lean(x, guide=guide))
+    assert kept_eval == kept_plain
+
+
+def test_recompute_needs_an_upsampler(monkeypatch):
+    from uplab.upsamplers import registry
+
+    monkeypatch.setitem(registry._REGISTRY, "plain_conv", lambda in_channels, scale: torch.nn.Identity())
+    with pytest.raises(ValueError, match="recompute=True needs an Upsampler"):
+        build("plain_conv", in_channels=C, recompute=True)

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class Upsampler(nn.Module):
@@ -18,9 +19,17 @@ class Upsampler(nn.Module):
         scale: integer upsampling ratio ``s``.
         guide_channels: channels ``C_g`` of the encoder feature (guided operators only);
             defaults to ``in_channels``.
+
+    Attributes:
+        recompute: when ``True``, a training forward with gradients keeps only ``x`` and
+            ``guide`` for backward and runs the upsampler's forward again there
+            (``torch.utils.checkpoint``, non-reentrant, RNG state restored). Same outputs and
+            gradients; the kernels, embeddings and normalised copies an upsampler would
+            otherwise hold until backward are not kept. ``build(..., recompute=True)`` sets it.
     """
 
     guided: ClassVar[bool] = False
+    recompute: bool = False
 
     def __init__(self, in_channels: int, scale: int = 2, guide_channels: int | None = None):
         super().__init__()
@@ -32,6 +41,11 @@ class Upsampler(nn.Module):
         self.scale = scale
         self.guide_channels = in_channels if guide_channels is None else guide_channels
         self.out_channels = in_channels
+
+    def __call__(self, x: torch.Tensor, guide: torch.Tensor | None = None, **kwargs):
+        if self.recompute and self.training and torch.is_grad_enabled():
+            return checkpoint(super().__call__, x, guide, use_reentrant=False, **kwargs)
+        return super().__call__(x, guide, **kwargs)
 
     def check_inputs(self, x: torch.Tensor, guide: torch.Tensor | None) -> None:
         """Raise ``ValueError`` naming both shapes when ``x`` or ``guide`` does not fit."""

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from uplab.upsamplers.base import Upsampler
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -45,7 +47,12 @@ def _lookup(name: str) -> Callable[..., nn.Module]:
 
 
 def build(
-    name: str, in_channels: int, scale: int = 2, guide_channels: int | None = None, **kwargs
+    name: str,
+    in_channels: int,
+    scale: int = 2,
+    guide_channels: int | None = None,
+    recompute: bool = False,
+    **kwargs,
 ) -> nn.Module:
     """Build the upsampler registered as ``name``.
 
@@ -59,6 +66,9 @@ def build(
         scale: integer upsampling ratio.
         guide_channels: channels of the high-resolution encoder feature (guided upsamplers;
             default ``in_channels``).
+        recompute: recompute the upsampler's forward in backward instead of keeping its
+            intermediate tensors (:attr:`uplab.upsamplers.Upsampler.recompute`); trades about
+            one more upsampler forward per step for activation memory.
         **kwargs: the upsampler's own options; ``None`` values are dropped.
 
     Example:
@@ -70,4 +80,9 @@ def build(
     factory = _lookup(name)
     if guide_channels is not None and getattr(factory, "guided", False):
         kwargs["guide_channels"] = guide_channels
-    return factory(in_channels=in_channels, scale=scale, **kwargs)
+    module = factory(in_channels=in_channels, scale=scale, **kwargs)
+    if recompute:
+        if not isinstance(module, Upsampler):
+            raise ValueError(f"recompute=True needs an Upsampler; {name!r} built {type(module).__name__}")
+        module.recompute = True
+    return module
