@@ -1,6 +1,8 @@
 """The CUDA sources compile for sm_80 and sm_90 with every template instantiation (NVRTC from
-``cuda.bindings`` and ``nvcc -ptx``, whichever is present; no GPU needed), and the launch
-geometry of :mod:`uplab.ops._cupy_kernels` covers every output exactly once."""
+``cuda.bindings`` and ``nvcc -ptx``, whichever is present; no GPU needed), so does the opt-in
+cp.async staging of ``reassemble_tiled`` (``-DTILED_ASYNC_STAGING=1``, and its plain-copy fallback
+below sm_80), and the launch geometry of :mod:`uplab.ops._cupy_kernels` covers every output
+exactly once."""
 
 import importlib.util
 import math
@@ -29,7 +31,16 @@ def _all_expressions(file):
     ]
 
 
-def _nvrtc_ptx(file, arch):
+# One instantiation per storage type, every K once: the async build's code paths (copy widths
+# per type, window unrolled per K) at a third of the compile time of all nine.
+ASYNC_EXPRESSIONS = (
+    "reassemble_tiled<float, 3>",
+    "reassemble_tiled<half_t, 7>",
+    "reassemble_tiled<bfloat16_t, 5>",
+)
+
+
+def _nvrtc_ptx(file, arch, expressions=None, defines=()):
     from cuda.bindings import nvrtc
 
     def ok(result):
@@ -41,10 +52,10 @@ def _nvrtc_ptx(file, arch):
         nvrtc.nvrtcCreateProgram(kernels.kernel_source(file).encode(), file.encode(), 0, [], [])
     )
     try:
-        expressions = _all_expressions(file)
+        expressions = _all_expressions(file) if expressions is None else expressions
         for expression in expressions:
             ok(nvrtc.nvrtcAddNameExpression(prog, expression.encode()))
-        options = [o.encode() for o in kernels.NVRTC_OPTIONS] + [
+        options = [o.encode() for o in (*kernels.NVRTC_OPTIONS, *defines)] + [
             f"--gpu-architecture=compute_{arch}".encode()
         ]
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
@@ -71,14 +82,25 @@ def test_compiles_with_nvrtc(file, arch):
     assert f".target sm_{arch}" in ptx
     entries = set(re.findall(r"\.entry\s+(\w+)", ptx))
     assert entries == set(lowered), "every name expression must become exactly one kernel entry"
+    assert "cp.async" not in ptx, "the shipped build stages synchronously (TILED_ASYNC_STAGING=0)"
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("file", FILES)
-def test_compiles_with_nvcc(file, arch, tmp_path):
+@pytest.mark.skipif(not HAS_NVRTC, reason="NVRTC (cuda.bindings) is not installed")
+@pytest.mark.parametrize("arch", (75, *ARCHS))
+def test_async_staging_compiles_with_nvrtc(arch):
+    ptx, lowered = _nvrtc_ptx("carafe.cu", arch, ASYNC_EXPRESSIONS, (kernels.ASYNC_STAGING_OPTION,))
+    assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == set(lowered)
+    if arch >= 80:
+        # 16-byte copies bypass L1 (.cg); 8- and 4-byte ones can only be .ca.
+        for instruction in ("cp.async.cg.shared.global", "cp.async.ca.shared.global"):
+            assert instruction in ptx
+        assert "cp.async.wait_group 1" in ptx and "cp.async.commit_group" in ptx
+    else:
+        assert "cp.async" not in ptx, "below sm_80 the async build must use plain copies"
+
+
+def _nvcc_ptx(tmp_path, file, arch, expressions, defines=()):
     # Taking each template's address in host code instantiates it, as NVRTC's name expressions do.
-    expressions = _all_expressions(file)
     unit = tmp_path / "instances.cu"
     unit.write_text(
         f'#include "{file}"\nvoid* uplab_instances[] = {{'
@@ -92,6 +114,7 @@ def test_compiles_with_nvcc(file, arch, tmp_path):
             "-ptx",
             f"-arch=sm_{arch}",
             "-std=c++17",
+            *defines,
             "-I",
             str(kernels.kernel_dir()),
             str(unit),
@@ -103,7 +126,24 @@ def test_compiles_with_nvcc(file, arch, tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert len(re.findall(r"\.entry\s+\w+", ptx.read_text())) == len(expressions)
+    return ptx.read_text()
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("file", FILES)
+def test_compiles_with_nvcc(file, arch, tmp_path):
+    expressions = _all_expressions(file)
+    unit_ptx = _nvcc_ptx(tmp_path, file, arch, expressions)
+    assert len(re.findall(r"\.entry\s+\w+", unit_ptx)) == len(expressions)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_async_staging_compiles_with_nvcc(arch, tmp_path):
+    ptx = _nvcc_ptx(tmp_path, "carafe.cu", arch, ASYNC_EXPRESSIONS, (kernels.ASYNC_STAGING_OPTION,))
+    assert len(re.findall(r"\.entry\s+\w+", ptx)) == len(ASYNC_EXPRESSIONS)
+    assert "cp.async.wait_group 1" in ptx
 
 
 def test_sources_are_found_and_inline_their_header():
@@ -226,3 +266,25 @@ def test_tiled_launch_covers_every_output(shape, block, stage):
 def test_tiled_launch_refuses_blocks_beyond_its_launch_bounds():
     with pytest.raises(ValueError, match="at most 256 threads"):
         kernels.tiled_config(1, 8, 4, 4, 5, 2, 1, 1, block=(32, 16))
+
+
+@pytest.mark.parametrize("itemsize", [4, 2])
+@pytest.mark.parametrize("k, s, block", [(5, 2, (32, 8)), (7, 4, (32, 8)), (3, 2, (16, 2))])
+def test_async_staging_rows_hold_every_tiles_copies(k, s, block, itemsize):
+    # The kernel starts a staged row at the halo's first column rounded down to a multiple of the
+    # copy width (1, 2, 4 or 8 elements: 16, 8 or 4 bytes, or single 16-bit elements) and copies
+    # whole copies; each row must hold them, and rows and buffers must start 16-byte aligned.
+    stage = 3
+    radius = (k - 1) // 2
+    tile_w, tile_h = 2 * block[0], kernels.tiled_quad_rows(k) * block[1]
+    halo_w = kernels._halo_extent(tile_w, s, radius)
+    halo_h = kernels._halo_extent(tile_h, s, radius)
+    shared = kernels.tiled_async_shared_mem(k, s, block, stage, itemsize)
+    row_stride, rest = divmod(shared, 2 * stage * halo_h * itemsize)
+    assert rest == 0 and (row_stride * itemsize) % 16 == 0
+    for elems in (e for e in (1, 2, 4, 8) if e * itemsize <= 16):
+        for x_origin in range(0, 20 * tile_w, tile_w):
+            x0 = x_origin // s - radius
+            xa = x0 & -elems
+            assert xa <= x0 < xa + elems
+            assert math.ceil((x0 - xa + halo_w) / elems) * elems <= row_stride

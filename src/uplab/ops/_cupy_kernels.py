@@ -59,6 +59,9 @@ TILED_MAX_THREADS = 256
 TILED_BLOCK = (32, 8)
 TILED_STAGE_CHANNELS = 16
 TILED_BLOCKS_PER_SM = 6
+# Opt-in build of reassemble_tiled whose halo staging is double-buffered with cp.async (kernels/
+# carafe.cu, TILED_ASYNC_STAGING); not used by the dispatcher, only by benchmarks and GPU tests.
+ASYNC_STAGING_OPTION = "-DTILED_ASYNC_STAGING=1"
 
 
 def kernel_dir() -> Path:
@@ -261,6 +264,20 @@ def tiled_config(
     return LaunchConfig(
         (tiles, chunks, batch * groups), (*block, 1), stage * halo_px * 4, per_block, stage
     )
+
+
+def tiled_async_shared_mem(
+    kernel_size: int, scale: int, block: tuple[int, int], stage_channels: int, itemsize: int
+) -> int:
+    """Dynamic shared memory of ``reassemble_tiled`` built with :data:`ASYNC_STAGING_OPTION`: two
+    buffers of ``stage_channels`` halo tiles in the storage type, each row padded to whole 16-byte
+    copies after a start shift of less than one copy (``async_row_stride`` in carafe.cu)."""
+    radius = (kernel_size - 1) // 2
+    halo_w = _halo_extent(2 * block[0], scale, radius)
+    halo_h = _halo_extent(tiled_quad_rows(kernel_size) * block[1], scale, radius)
+    per_copy = 16 // itemsize
+    row_stride = math.ceil((halo_w + per_copy - 1) / per_copy) * per_copy
+    return 2 * stage_channels * halo_h * row_stride * itemsize
 
 
 def _acc_bytes(dtype: torch.dtype) -> int:
