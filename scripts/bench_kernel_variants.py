@@ -1,12 +1,19 @@
 """Check and time launch variants of the tiled kernels (``reassemble_tiled``, ``window_dot_tiled``)
 against the generic ones, in one GPU call: the forward of carafe and local_similarity at the
 benchmark shapes of ``scripts/bench_gpu.py`` (K=5, s=2, fp32 and bf16), for several block shapes,
-channels staged per barrier and register budgets (``-DTILED_MIN_BLOCKS``).
+channels staged per barrier and register budgets (``-DTILED_MIN_BLOCKS``), and for carafe both
+halo stagings: ``sync`` (the shipped kernel) and ``async`` (the opt-in cp.async double buffer,
+``-DTILED_ASYNC_STAGING=1``; there ``stage`` is the channels of each of the two buffers).
 
 Every variant's output is first checked against the generic kernel on the same inputs (outputs
-poisoned with NaN beforehand, so an unwritten element fails), and the tiled kernels against the
-PyTorch path in float64 at multi-tile odd sizes for K in {3, 5, 7}, s in {2, 4}, groups. Times are
-CUDA-event medians after a warm-up. Prints a table last; ``--out`` writes it as Markdown.
+poisoned with NaN beforehand, so an unwritten element fails). The tiled kernels are checked
+against the PyTorch path in float64 at multi-tile odd sizes for K in {3, 5, 7}, s in {2, 4},
+groups, with a width of 37 and of 40 (the async staging copies 4 and 16 bytes at a time there, and
+bf16 falls back to element copies at 37); the async build there stages 3 channels per buffer in
+blocks that own every channel of their group, so several chunks pass through both buffers, and
+must equal the shipped tiled kernel bit for bit. Times are CUDA-event medians after a warm-up.
+Prints a table last; ``--out`` writes it as Markdown. Takes about a minute on an H100 or H200,
+half of it compiling (12 modules of the tiled kernels).
 
     PYTHONPATH=src python3 scripts/bench_kernel_variants.py --out $OUT/variants.md
     PYTHONPATH=src python3 scripts/bench_kernel_variants.py --profile   # one launch each, for ncu
@@ -33,47 +40,80 @@ K, S = 5, 2
 SHAPES = {"1x256x120x120": (1, 256, 120, 120), "16x256x128x128": (16, 256, 128, 128)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 BLOCKS = ((32, 2), (32, 4), (32, 8))
-STAGES = (8, 16, 32)
+# 32 channels per barrier was within 2% of 16 in the H200 run and would not fit two fp32 double
+# buffers per SM at 32x8; dropped to keep the run near a minute.
+STAGES = (8, 16)
 MIN_BLOCKS = (1, 2)
+STAGINGS = {"carafe": ("sync", "async"), "local_similarity": ("sync",)}
+DEFAULT_MIN_BLOCKS = 2  # TILED_MIN_BLOCKS in uplab_scalar.cuh
 
 
 @functools.cache
-def _module(file: str, scalar: str, min_blocks: int):
+def _module(file: str, scalar: str, min_blocks: int, async_staging: bool = False):
+    """The tiled kernels of ``file`` for one storage type, built with these options."""
     import cupy
 
-    names = kernels.name_expressions(file, scalar)
+    names = tuple(
+        kernels.tiled_name(kernel, scalar, k)
+        for kernel in kernels.KERNEL_FILES[file]
+        if kernel in kernels.TILED_KERNELS
+        for k in kernels.TILED_KERNEL_SIZES
+    )
+    options = (*kernels.NVRTC_OPTIONS, f"-DTILED_MIN_BLOCKS={min_blocks}")
+    if async_staging:
+        options += (kernels.ASYNC_STAGING_OPTION,)
     module = cupy.RawModule(
-        code=kernels.kernel_source(file),
-        options=(*kernels.NVRTC_OPTIONS, f"-DTILED_MIN_BLOCKS={min_blocks}"),
-        name_expressions=names,
+        code=kernels.kernel_source(file), options=options, name_expressions=names
     )
     return {n: module.get_function(n) for n in names}
 
 
-def _launch_tiled(op, a, b, block, stage, min_blocks):
-    """The tiled kernel of ``op`` with an explicit launch and register budget."""
+def _run(fn, config, shared_mem, tensors, ints):
     import cupy
     import numpy as np
 
-    n_sm = torch.cuda.get_device_properties(a.device).multi_processor_count
-    if op == "carafe":
-        bsz, c, h, w = a.shape
-        out = a.new_empty(bsz, c, h * S, w * S)
-        cfg = kernels.tiled_config(bsz, c, h, w, K, S, 1, n_sm, block, stage)
-        kernel, file = "reassemble_tiled", "carafe.cu"
-        ints = (c, h, w, S, 1, cfg.per_block, cfg.stage)
-    else:
-        bsz, c, h, w = b.shape
-        out = a.new_empty(bsz, K * K, h * S, w * S)
-        cfg = kernels.tiled_config(bsz, c, h, w, K, S, 1, n_sm, block, stage, split_channels=False)
-        kernel, file = "window_dot_tiled", "local_similarity.cu"
-        ints = (c, h, w, S, 1, cfg.stage)
-    scalar = kernels.scalar_type(a.dtype)
-    fn = _module(file, scalar, min_blocks)[kernels.tiled_name(kernel, scalar, K)]
-    args = tuple(np.uint64(t.data_ptr()) for t in (a, b, out)) + tuple(np.int32(i) for i in ints)
+    args = tuple(np.uint64(t.data_ptr()) for t in tensors) + tuple(np.int32(i) for i in ints)
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
-    fn(cfg.grid, cfg.block, args, shared_mem=cfg.shared_mem, stream=stream)
+    fn(config.grid, config.block, args, shared_mem=shared_mem, stream=stream)
+
+
+def carafe_tiled(f, m, k, s, groups, block, stage, min_blocks, staging, split_channels=True):
+    """``reassemble_tiled`` with an explicit launch, register budget and halo staging."""
+    bsz, c, h, w = f.shape
+    out = f.new_empty(bsz, c, h * s, w * s)
+    n_sm = torch.cuda.get_device_properties(f.device).multi_processor_count
+    cfg = kernels.tiled_config(bsz, c, h, w, k, s, groups, n_sm, block, stage, split_channels)
+    scalar = kernels.scalar_type(f.dtype)
+    fn = _module("carafe.cu", scalar, min_blocks, staging == "async")[
+        kernels.tiled_name("reassemble_tiled", scalar, k)
+    ]
+    shared_mem = cfg.shared_mem
+    if staging == "async":
+        shared_mem = kernels.tiled_async_shared_mem(k, s, block, cfg.stage, f.element_size())
+        if shared_mem > fn.max_dynamic_shared_size_bytes:
+            fn.max_dynamic_shared_size_bytes = shared_mem  # opt in beyond 48 KiB (sm_80+)
+    _run(fn, cfg, shared_mem, (f, m, out), (c, h, w, s, groups, cfg.per_block, cfg.stage))
     return out
+
+
+def similarity_tiled(q, key, block, stage, min_blocks):
+    """``window_dot_tiled`` (K, S) with an explicit launch and register budget."""
+    bsz, c, h, w = key.shape
+    out = q.new_empty(bsz, K * K, h * S, w * S)
+    n_sm = torch.cuda.get_device_properties(q.device).multi_processor_count
+    cfg = kernels.tiled_config(bsz, c, h, w, K, S, 1, n_sm, block, stage, split_channels=False)
+    scalar = kernels.scalar_type(q.dtype)
+    fn = _module("local_similarity.cu", scalar, min_blocks)[
+        kernels.tiled_name("window_dot_tiled", scalar, K)
+    ]
+    _run(fn, cfg, cfg.shared_mem, (q, key, out), (c, h, w, S, 1, cfg.stage))
+    return out
+
+
+def _launch_tiled(op, a, b, block, stage, min_blocks, staging="sync"):
+    if op == "carafe":
+        return carafe_tiled(a, b, K, S, 1, block, stage, min_blocks, staging)
+    return similarity_tiled(a, b, block, stage, min_blocks)
 
 
 def _generic(op, a, b):
@@ -99,32 +139,48 @@ def _poison(shape, dtype):
 
 
 def check_against_torch_path() -> list[str]:
-    """Tiled kernels vs the float64 PyTorch path at multi-tile odd sizes."""
+    """Tiled kernels vs the float64 PyTorch path at multi-tile odd sizes; the async staging also
+    vs the shipped tiled kernel, bit for bit."""
     failures = []
     torch.manual_seed(1)
     for k in (3, 5, 7):
         for s in (2, 4):
             for groups in (1, 3):
-                f = torch.randn(2, 12, 21, 37, device="cuda", dtype=torch.float64)
-                m = torch.randn(
-                    2, groups * k * k, 21 * s, 37 * s, device="cuda", dtype=torch.float64
-                )
-                q = torch.randn(2, 12, 21 * s, 37 * s, device="cuda", dtype=torch.float64)
-                for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
-                    fd, md, qd = f.to(dtype), m.to(dtype), q.to(dtype)
-                    want_c = carafe(
-                        fd.double(), md.double(), k, s, group_size=groups, backend="torch"
-                    )
-                    want_w = local_similarity(qd.double(), fd.double(), k, s, backend="torch")
-                    _poison(want_c.shape, dtype)
-                    got_c = kernels.reassemble(fd, md, k, s, groups, path="tiled")
-                    _poison(want_w.shape, dtype)
-                    got_w = kernels.window_dot(qd, fd, k, s, 1, path="tiled")
-                    for name, got, want in (("carafe", got_c, want_c), ("sim", got_w, want_w)):
-                        err = (got.double() - want).abs().max().item()
-                        scale = want.abs().max().item()
-                        if not err <= tol * max(1.0, scale):
-                            failures.append(f"{name} k={k} s={s} g={groups} {dtype}: {err:.3g}")
+                for width in (37, 40):
+                    failures += _check_case(k, s, groups, width)
+    return failures
+
+
+def _check_case(k, s, groups, width) -> list[str]:
+    failures = []
+    f = torch.randn(2, 12, 21, width, device="cuda", dtype=torch.float64)
+    m = torch.randn(2, groups * k * k, 21 * s, width * s, device="cuda", dtype=torch.float64)
+    q = torch.randn(2, 12, 21 * s, width * s, device="cuda", dtype=torch.float64)
+    for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
+        fd, md, qd = f.to(dtype), m.to(dtype), q.to(dtype)
+        want_c = carafe(fd.double(), md.double(), k, s, group_size=groups, backend="torch")
+        want_w = local_similarity(qd.double(), fd.double(), k, s, backend="torch")
+        _poison(want_c.shape, dtype)
+        got_c = kernels.reassemble(fd, md, k, s, groups, path="tiled")
+        _poison(want_c.shape, dtype)
+        got_a = carafe_tiled(
+            fd, md, k, s, groups, kernels.TILED_BLOCK, 3, DEFAULT_MIN_BLOCKS, "async", False
+        )
+        _poison(want_w.shape, dtype)
+        got_w = kernels.window_dot(qd, fd, k, s, 1, path="tiled")
+        case = f"k={k} s={s} g={groups} w={width} {dtype}"
+        for name, got, want in (
+            ("carafe", got_c, want_c),
+            ("carafe async", got_a, want_c),
+            ("sim", got_w, want_w),
+        ):
+            err = (got.double() - want).abs().max().item()
+            scale = want.abs().max().item()
+            if not err <= tol * max(1.0, scale):
+                failures.append(f"{name} {case}: {err:.3g}")
+        if not torch.equal(got_a, got_c):
+            diff = (got_a.double() - got_c.double()).abs().max().item()
+            failures.append(f"carafe async != sync bit for bit {case}: {diff:.3g}")
     return failures
 
 
@@ -145,12 +201,13 @@ def measure_case(op, shape_name, shape, dtype_name, dtype, copy_bw) -> list[tupl
     for block in BLOCKS:
         for stage in STAGES:
             for mb in MIN_BLOCKS:
-                variants.append(
-                    (
-                        f"tiled {block[0]}x{block[1]} stage {stage} minb {mb}",
-                        functools.partial(_launch_tiled, op, a, b, block, stage, mb),
+                for staging in STAGINGS[op]:
+                    variants.append(
+                        (
+                            f"tiled {block[0]}x{block[1]} stage {stage} minb {mb} {staging}",
+                            functools.partial(_launch_tiled, op, a, b, block, stage, mb, staging),
+                        )
                     )
-                )
     rows = []
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     for name, fn in variants:
@@ -170,17 +227,51 @@ def measure_case(op, shape_name, shape, dtype_name, dtype, copy_bw) -> list[tupl
     return rows
 
 
+def async_vs_sync(rows) -> list[str]:
+    """Per carafe case and block shape: the fastest correct sync and async variants."""
+    best = {}
+    for op, shape_name, dtype_name, name, ms, _, ok in rows:
+        if op != "carafe" or name == "generic" or not ok:
+            continue
+        words = name.split()  # tiled BxB stage N minb M staging
+        key = (shape_name, dtype_name, words[1], words[-1])
+        if key not in best or ms < best[key][1]:
+            best[key] = (name, ms)
+    lines = []
+    for (shape_name, dtype_name, block, staging), (name, ms) in best.items():
+        if staging != "async":
+            continue
+        sync = best.get((shape_name, dtype_name, block, "sync"))
+        versus = f"; sync {sync[0]} {sync[1]:.3f} ms, x{sync[1] / ms:.2f}" if sync else ""
+        lines.append(f"- carafe {shape_name} {dtype_name} {block}: {name} {ms:.3f} ms{versus}")
+    return lines
+
+
+def profile() -> None:
+    """One launch of each tiled kernel at the large shape, default launch (for ncu)."""
+    for op in ("carafe", "local_similarity"):
+        for dtype in DTYPES.values():
+            a, b, _ = _inputs(op, SHAPES["16x256x128x128"], dtype)
+            for staging in STAGINGS[op]:
+                _launch_tiled(
+                    op,
+                    a,
+                    b,
+                    kernels.TILED_BLOCK,
+                    kernels.TILED_STAGE_CHANNELS,
+                    DEFAULT_MIN_BLOCKS,
+                    staging,
+                )
+            torch.cuda.synchronize()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--profile", action="store_true", help="one launch of each tiled kernel")
     args = parser.parse_args(argv)
     if args.profile:
-        for op in ("carafe", "local_similarity"):
-            for dtype in DTYPES.values():
-                a, b, _ = _inputs(op, SHAPES["16x256x128x128"], dtype)
-                _launch_tiled(op, a, b, kernels.TILED_BLOCK, kernels.TILED_STAGE_CHANNELS, 1)
-                torch.cuda.synchronize()
+        profile()
         return 0
 
     print(f"device: {torch.cuda.get_device_name()}", flush=True)
@@ -188,7 +279,11 @@ def main(argv=None) -> int:
     print(f"copy bandwidth {copy_bw / 1e9:.0f} GB/s", flush=True)
 
     failures = check_against_torch_path()
-    print(f"tiled vs PyTorch path (k 3/5/7, s 2/4, groups): {len(failures)} failures", flush=True)
+    print(
+        f"tiled (sync and async) vs PyTorch path (k 3/5/7, s 2/4, groups, widths 37/40): "
+        f"{len(failures)} failures",
+        flush=True,
+    )
     for line in failures:
         print("  FAIL", line)
 
@@ -201,7 +296,7 @@ def main(argv=None) -> int:
 
     lines = [
         f"Device: {torch.cuda.get_device_name()}, copy {copy_bw / 1e9:.0f} GB/s; K={K}, s={S}; "
-        f"tiled vs PyTorch path failures: {len(failures)}",
+        f"tiled (sync and async) vs PyTorch path failures: {len(failures)}",
         "",
         "| op | shape | dtype | variant | fwd ms | GB/s | % of copy | matches generic |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | --- |",
@@ -217,6 +312,8 @@ def main(argv=None) -> int:
             best[key] = (name, ms)
     lines += ["", "Fastest correct tiled variant:", ""]
     lines += [f"- {' '.join(k)}: {v[0]} ({v[1]:.3f} ms)" for k, v in best.items()]
+    lines += ["", "Async vs sync staging, fastest correct of each per block shape:", ""]
+    lines += async_vs_sync(rows)
     report = "\n".join(lines)
     print()
     print(report)

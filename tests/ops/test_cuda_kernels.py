@@ -1,12 +1,16 @@
 """CUDA kernels against the PyTorch path (the reference): outputs and gradients of carafe and
 local_similarity for every dtype, odd and non-square sizes, k in {1,3,5,7}, s in {1,2,4}, groups;
 the golden cases at 1e-10 in float64; bit-identical gradients across runs; streams, autocast,
-non-contiguous inputs; whole SAPA-G and FADE modules through ``backend="cuda"`` vs ``"torch"``.
+non-contiguous inputs; whole SAPA-G and FADE modules through ``backend="cuda"`` vs ``"torch"``;
+the opt-in cp.async staging of ``reassemble_tiled`` (``-DTILED_ASYNC_STAGING=1``) vs the shipped
+tiled kernel, bit for bit, and vs the PyTorch path.
 
 Tolerances: float64 1e-10 absolute (the golden standard); float32 1e-4; float16 and bfloat16
 compare with the float64 PyTorch path on the same (rounded) inputs at the output dtype's
 resolution: both accumulate in float32 and round once, so only that last rounding differs.
 """
+
+import functools
 
 import pytest
 import torch
@@ -213,3 +217,76 @@ def test_tiled_kernels_at_multi_tile_sizes_match_torch_path(k, s, dtype):
     got = _cupy_kernels.window_dot(q, key, k, s, 1, path="tiled")
     want = local_similarity(q.double(), key.double(), k, s, backend="torch")
     torch.testing.assert_close(got.double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1])
+
+
+@functools.cache
+def _async_staging_kernels(scalar, device_index):
+    """``reassemble_tiled<scalar, K>`` built with the opt-in cp.async staging, by name."""
+    import cupy
+
+    names = tuple(
+        _cupy_kernels.tiled_name("reassemble_tiled", scalar, k)
+        for k in _cupy_kernels.TILED_KERNEL_SIZES
+    )
+    with cupy.cuda.Device(device_index):
+        module = cupy.RawModule(
+            code=_cupy_kernels.kernel_source("carafe.cu"),
+            options=(*_cupy_kernels.NVRTC_OPTIONS, _cupy_kernels.ASYNC_STAGING_OPTION),
+            name_expressions=names,
+        )
+        return {n: module.get_function(n) for n in names}
+
+
+def _reassemble_async_staging(features, masks, k, s, groups, stage, split_channels):
+    """The async-staging ``reassemble_tiled`` into a NaN-filled output (unwritten elements fail)."""
+    import cupy
+    import numpy as np
+
+    b, c, h, w = features.shape
+    device = features.device
+    out = torch.full((b, c, h * s, w * s), float("nan"), device=device, dtype=features.dtype)
+    block = _cupy_kernels.TILED_BLOCK
+    n_sm = torch.cuda.get_device_properties(device).multi_processor_count
+    cfg = _cupy_kernels.tiled_config(b, c, h, w, k, s, groups, n_sm, block, stage, split_channels)
+    shared_mem = _cupy_kernels.tiled_async_shared_mem(k, s, block, cfg.stage, out.element_size())
+    scalar = _cupy_kernels.scalar_type(features.dtype)
+    kernel = _async_staging_kernels(scalar, device.index)[
+        _cupy_kernels.tiled_name("reassemble_tiled", scalar, k)
+    ]
+    ints = (c, h, w, s, groups, cfg.per_block, cfg.stage)
+    args = tuple(np.uint64(t.data_ptr()) for t in (features, masks, out))
+    args += tuple(np.int32(i) for i in ints)
+    with cupy.cuda.Device(device.index):
+        if shared_mem > kernel.max_dynamic_shared_size_bytes:
+            kernel.max_dynamic_shared_size_bytes = shared_mem
+        stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
+        kernel(cfg.grid, cfg.block, args, shared_mem=shared_mem, stream=stream)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("s", [2, 4])
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_async_staging_matches_sync_tiled_kernel_and_torch_path(k, s, dtype):
+    # Widths 37, 38, 44, 40 take every copy width of the async staging (fp32: 4, 8, 16, 16 bytes;
+    # 16-bit: element copies, 4, 8, 16 bytes); 38 with the base one element off takes the
+    # fallbacks for a misaligned base. 21 rows: three tiles down, ragged. 15 channels staged 2 per
+    # buffer: a block holding a whole group (split_channels=False) runs 8 chunks (groups=1) or 3
+    # ragged ones (groups=3) through both buffers; the GPU-filling split runs short blocks.
+    torch.manual_seed(0)
+    atol, rtol = TOL[dtype]
+    for groups in (1, 3):
+        for width, offset in ((37, 0), (38, 0), (44, 0), (40, 0), (38, 1)):
+            numel = 2 * 15 * 21 * width
+            storage = torch.randn(numel + offset, device="cuda", dtype=torch.float64).to(dtype)
+            features = storage[offset:].view(2, 15, 21, width)
+            masks = torch.randn(2, groups * k * k, 21 * s, width * s, device="cuda").to(dtype)
+            want = carafe(
+                features.double(), masks.double(), k, s, group_size=groups, backend="torch"
+            )
+            sync = _cupy_kernels.reassemble(features, masks, k, s, groups, path="tiled")
+            for split_channels in (False, True):
+                got = _reassemble_async_staging(features, masks, k, s, groups, 2, split_channels)
+                case = f"groups={groups} width={width} offset={offset} split={split_channels}"
+                assert torch.equal(got, sync), f"async staging differs from the sync kernel: {case}"
+                torch.testing.assert_close(got.double(), want, atol=atol, rtol=rtol, msg=case)
