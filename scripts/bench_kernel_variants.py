@@ -12,8 +12,8 @@ groups, with a width of 37 and of 40 (the async staging copies 4 and 16 bytes at
 bf16 falls back to element copies at 37); the async build there stages 3 channels per buffer in
 blocks that own every channel of their group, so several chunks pass through both buffers, and
 must equal the shipped tiled kernel bit for bit. Times are CUDA-event medians after a warm-up.
-Prints a table last; ``--out`` writes it as Markdown. Takes about a minute on an H100 or H200,
-half of it compiling (12 modules of the tiled kernels).
+Prints a table last; ``--out`` writes it as Markdown. Expected to take one to two minutes on an
+H100 or H200 (not yet timed), much of it compiling the 12 modules of tiled kernels.
 
     PYTHONPATH=src python3 scripts/bench_kernel_variants.py --out $OUT/variants.md
     PYTHONPATH=src python3 scripts/bench_kernel_variants.py --profile   # one launch each, for ncu
