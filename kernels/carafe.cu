@@ -176,7 +176,8 @@ __global__ void reassemble(const T* __restrict__ features, const T* __restrict__
 //    bytes (PTX ISA, cp.async: the bytes past src-size are zero-filled) and reads nothing.
 //  - The tile stays in the storage type in shared memory and is converted to float by to_acc at
 //    each window load. The conversion is exact and the window loop is the default one (same
-//    products, same order), so the outputs are bit-identical to the default kernel's.
+//    products, same order), so the outputs should equal the default kernel's bit for bit
+//    (asserted by tests/ops/test_cuda_kernels.py; not yet run on a GPU).
 //  - Below sm_80 the same code runs with plain loads and stores (no cp.async), so the variant
 //    compiles and stays correct everywhere.
 #ifndef TILED_ASYNC_STAGING
