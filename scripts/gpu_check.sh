@@ -7,6 +7,8 @@
 # tests and benchmarks run from the source tree (PYTHONPATH=src). Wheels found in .whl/ (e.g.
 # hydra-core, omegaconf and antlr4-python3-runtime, which the SegFormer step imports through
 # uplab.analysis.cost, for a GPU image without them) are unpacked into a temporary folder first.
+# KERNEL_VARIANTS=1 also runs scripts/bench_kernel_variants.py (at most $VARIANTS_TIMEOUT s, default
+# 180; informative, not part of the exit status).
 # Logs and tables go to $OUT when it is set (else /tmp/uplab_gpu_check).
 # Usage: bash scripts/gpu_check.sh [extra arguments for scripts/bench_gpu.py]
 set -uo pipefail
@@ -59,6 +61,13 @@ if "$PYTHON" -c "import uplab.analysis.cost" 2>"$OUT_DIR/segformer_step.log"; th
 else
     echo "skipped: uplab.analysis.cost does not import here: $(tail -1 "$OUT_DIR/segformer_step.log")"
     step_status=1
+fi
+
+if [ "${KERNEL_VARIANTS:-0}" = 1 ]; then
+    # informative: launch variants and the opt-in cp.async staging of the tiled carafe forward
+    echo "== kernel variants"
+    timeout "${VARIANTS_TIMEOUT:-180}" "$PYTHON" scripts/bench_kernel_variants.py \
+        --out "$OUT_DIR/variants.md" 2>&1 | tee "$OUT_DIR/variants.log"
 fi
 
 echo "== done: tests exit $tests_status, benchmark exit $bench_status, SegFormer step exit $step_status"
