@@ -306,6 +306,33 @@ __device__ __forceinline__ void stage_halo_async_any(int copy_elems, const T* sr
 }
 #endif
 
+// Outputs of nc staged channels for one thread's QR x 2 pixels: per channel, each of the KS*KS
+// window values (staged type S, converted by to_acc) is one shared-memory load feeding 2*QR FMAs
+// with the masks held in registers. w is the thread's window in the first staged channel, laid out
+// with row_stride elements per row and channel_stride per channel; oc its first output.
+template <int KS, int QR, typename S, typename T>
+__device__ __forceinline__ void reassemble_staged(const S* w, int row_stride, int channel_stride,
+                                                  const float (&m)[KS * KS][2 * QR], T* oc,
+                                                  long long out_plane, int out_w, int nc) {
+    constexpr int NP = 2 * QR;
+    for (int c = 0; c < nc; ++c, w += channel_stride, oc += out_plane) {
+        float acc[NP];
+#pragma unroll
+        for (int j = 0; j < NP; ++j) acc[j] = 0.0f;
+#pragma unroll
+        for (int ky = 0; ky < KS; ++ky) {
+#pragma unroll
+            for (int kx = 0; kx < KS; ++kx) {
+                const float v = to_acc(w[ky * row_stride + kx]);
+#pragma unroll
+                for (int j = 0; j < NP; ++j) acc[j] += m[ky * KS + kx][j] * v;
+            }
+        }
+        store_pair(oc, acc[0], acc[1]);
+        if (QR == 2) store_pair(oc + out_w, acc[2], acc[3]);
+    }
+}
+
 // The forward for an even scale and K = KS in {3, 5, 7} (the dispatcher's choice for float32,
 // float16 and bfloat16; reassemble<T> serves the rest). Masks are per pixel and shared by all
 // channels, features are per channel and shared by the s x s children of a point, so:
@@ -395,24 +422,8 @@ __launch_bounds__(TILED_MAX_THREADS, TILED_MIN_BLOCKS) __global__ void reassembl
         async_wait_all_but_newest();
         __syncthreads();
         if (active) {
-            const T* w = window + (i & 1) * buffer;
-            T* oc = o + c0 * out_plane;
-            for (int c = 0; c < nc; ++c, w += chunk_plane, oc += out_plane) {
-                float acc[NP];
-#pragma unroll
-                for (int j = 0; j < NP; ++j) acc[j] = 0.0f;
-#pragma unroll
-                for (int ky = 0; ky < KS; ++ky) {
-#pragma unroll
-                    for (int kx = 0; kx < KS; ++kx) {
-                        const float v = to_acc(w[ky * row_stride + kx]);
-#pragma unroll
-                        for (int j = 0; j < NP; ++j) acc[j] += m[ky * KS + kx][j] * v;
-                    }
-                }
-                store_pair(oc, acc[0], acc[1]);
-                if (QR == 2) store_pair(oc + out_w, acc[2], acc[3]);
-            }
+            reassemble_staged<KS, QR>(window + (i & 1) * buffer, row_stride, chunk_plane, m,
+                                      o + c0 * out_plane, out_plane, out_w, nc);
         }
         __syncthreads();
     }
@@ -424,24 +435,8 @@ __launch_bounds__(TILED_MAX_THREADS, TILED_MIN_BLOCKS) __global__ void reassembl
                    X0 / scale - R, halo_h, halo_w);
         __syncthreads();
         if (active) {
-            const float* w = window;
-            T* oc = o + c0 * out_plane;
-            for (int c = 0; c < nc; ++c, w += halo_px, oc += out_plane) {
-                float acc[NP];
-#pragma unroll
-                for (int j = 0; j < NP; ++j) acc[j] = 0.0f;
-#pragma unroll
-                for (int ky = 0; ky < KS; ++ky) {
-#pragma unroll
-                    for (int kx = 0; kx < KS; ++kx) {
-                        const float v = w[ky * halo_w + kx];
-#pragma unroll
-                        for (int j = 0; j < NP; ++j) acc[j] += m[ky * KS + kx][j] * v;
-                    }
-                }
-                store_pair(oc, acc[0], acc[1]);
-                if (QR == 2) store_pair(oc + out_w, acc[2], acc[3]);
-            }
+            reassemble_staged<KS, QR>(window, halo_w, halo_px, m, o + c0 * out_plane, out_plane,
+                                      out_w, nc);
         }
         __syncthreads();
     }
