@@ -69,11 +69,10 @@ def _module(file: str, scalar: str, min_blocks: int, async_staging: bool = False
 
 
 def _run(fn, config, shared_mem, tensors, ints):
-    import cupy
     import numpy as np
 
     args = tuple(np.uint64(t.data_ptr()) for t in tensors) + tuple(np.int32(i) for i in ints)
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
+    stream = kernels._cupy_stream(torch.cuda.current_device(), torch.cuda.current_stream().cuda_stream)
     fn(config.grid, config.block, args, shared_mem=shared_mem, stream=stream)
 
 

@@ -259,7 +259,7 @@ def _reassemble_async_staging(features, masks, k, s, groups, stage, split_channe
     with cupy.cuda.Device(device.index):
         if shared_mem > kernel.max_dynamic_shared_size_bytes:
             kernel.max_dynamic_shared_size_bytes = shared_mem
-        stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
+        stream = _cupy_kernels._cupy_stream(device.index, torch.cuda.current_stream(device).cuda_stream)
         kernel(cfg.grid, cfg.block, args, shared_mem=shared_mem, stream=stream)
     return out
 

@@ -288,3 +288,17 @@ def test_async_staging_rows_hold_every_tiles_copies(k, s, block, itemsize):
             xa = x0 & -elems
             assert xa <= x0 < xa + elems
             assert math.ceil((x0 - xa + halo_w) / elems) * elems <= row_stride
+
+
+def test_cupy_stream_wraps_torch_handle_once_per_device_without_warning():
+    pytest.importorskip("cupy", reason="CuPy (the 'cuda' extra) is not installed")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the deliberate ExternalStream must not warn
+        first, again = kernels._cupy_stream(0, 4242), kernels._cupy_stream(0, 4242)
+        other_device = kernels._cupy_stream(1, 4242)
+    assert first is again and first.ptr == 4242 and first.device_id == 0
+    assert other_device is not first and other_device.device_id == 1
+    # never a cupy.cuda.Stream, whose __del__ would destroy PyTorch's stream
+    assert type(first).__name__ == "ExternalStream"

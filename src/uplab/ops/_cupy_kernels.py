@@ -315,11 +315,27 @@ def _launch(
     name = f"{kernel}<{scalar}>" if kernel_size is None else tiled_name(kernel, scalar, kernel_size)
     function = _compiled(file, scalar, device.index)[name]
     args = tuple(np.uint64(t.data_ptr()) for t in tensors) + tuple(np.int32(i) for i in ints)
+    stream = _cupy_stream(device.index, torch.cuda.current_stream(device).cuda_stream)
     with cupy.cuda.Device(device.index):
-        stream = cupy.cuda.ExternalStream(
-            torch.cuda.current_stream(device).cuda_stream, device.index
-        )
         function(config.grid, config.block, args, shared_mem=config.shared_mem, stream=stream)
+
+
+@functools.lru_cache(maxsize=64)
+def _cupy_stream(device_index: int, handle: int):
+    """CuPy's view of PyTorch's stream ``handle`` on ``device_index``, one per stream.
+
+    ``ExternalStream`` although CuPy 14 deprecates it: its replacement ``Stream.from_external``
+    returns a ``Stream``, whose ``__del__`` destroys the handle it wraps (``cupy/cuda/stream.pyx``),
+    here PyTorch's stream. ``ExternalStream`` never owns the handle, so caching it is safe even
+    after PyTorch reuses the handle. Its deprecation warning is silenced: the choice is deliberate,
+    and the warning came once per launch."""
+    import warnings
+
+    import cupy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return cupy.cuda.ExternalStream(handle, device_index)
 
 
 def _choose_path(path: str, dtype: torch.dtype, kernel_size: int, scale: int) -> str:
