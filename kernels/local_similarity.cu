@@ -161,6 +161,38 @@ __global__ void window_dot(const T* __restrict__ query, const T* __restrict__ ke
     }
 }
 
+// The per-channel steps of window_dot_tiled, shared by its default and cp.async staging. Only the
+// channel loop around them (copy q_next to q, two calls) is written twice: with q and that loop
+// inside one helper, as reassemble_staged does in carafe.cu, the default build's PTX numbered its
+// registers differently and ptxas allocated differently (up to 2 registers more per kernel).
+
+// The QR x 2 query values of one channel, qn pointing at the thread's first pixel.
+template <int QR, typename T>
+__device__ __forceinline__ void load_query(const T* qn, int out_w, float (&q)[2 * QR]) {
+#pragma unroll
+    for (int r = 0; r < QR; ++r) {
+        q[2 * r] = to_acc(qn[r * out_w]);
+        q[2 * r + 1] = to_acc(qn[r * out_w + 1]);
+    }
+}
+
+// One staged channel into a thread's running sums: each of the KS*KS window values (staged type
+// S, converted by to_acc) is one shared-memory load feeding 2*QR FMAs with the channel's query
+// values q. w is the thread's window, row_stride elements per staged row.
+template <int KS, int QR, typename S>
+__device__ __forceinline__ void window_fma(const S* w, int row_stride, const float (&q)[2 * QR],
+                                           float (&acc)[KS * KS][2 * QR]) {
+#pragma unroll
+    for (int ky = 0; ky < KS; ++ky) {
+#pragma unroll
+        for (int kx = 0; kx < KS; ++kx) {
+            const float v = to_acc(w[ky * row_stride + kx]);
+#pragma unroll
+            for (int j = 0; j < 2 * QR; ++j) acc[ky * KS + kx][j] += q[j] * v;
+        }
+    }
+}
+
 // local_similarity forward (and carafe's grad_masks) for an even scale and K = KS in {3, 5, 7}
 // (the dispatcher's choice for float32, float16 and bfloat16 when the grid fills the GPU;
 // window_dot<T> serves the rest). The transpose of reassemble_tiled's reuse pattern:
@@ -175,20 +207,30 @@ __global__ void window_dot(const T* __restrict__ query, const T* __restrict__ ke
 // The channel sum stays inside one block (a fixed order, no atomics). Grid: x = output tiles of
 // (2*blockDim.x) x (QR*blockDim.y) pixels, z = batch * groups; dynamic shared memory:
 // stage_channels * halo_h * halo_w floats.
+// With -DTILED_ASYNC_STAGING=1 the key halo is double-buffered with cp.async instead (the #if
+// blocks; staging helpers and their rationale in uplab_scalar.cuh), in tiled_async_shared_mem()
+// bytes. The channels are summed in the same order by the same load_query and window_fma, so the
+// outputs should equal the default build's bit for bit.
 template <typename T, int KS>
 __launch_bounds__(TILED_MAX_THREADS, TILED_MIN_BLOCKS) __global__ void window_dot_tiled(
     const T* __restrict__ query, const T* __restrict__ key, T* __restrict__ out, int channels,
     int height, int width, int scale, int groups, int stage_channels) {
     constexpr int R = (KS - 1) / 2, QR = TILED_QUAD_ROWS(KS), NP = 2 * QR;
     extern __shared__ __align__(16) unsigned char smem_raw[];
+#if TILED_ASYNC_STAGING
+    T* sbuf = reinterpret_cast<T*>(smem_raw);
+#else
     float* skey = reinterpret_cast<float*>(smem_raw);
+#endif
 
     const int out_h = height * scale, out_w = width * scale;
     const long long in_plane = (long long)height * width;
     const long long out_plane = (long long)out_h * out_w;
     const int tile_w = 2 * blockDim.x, tile_h = QR * blockDim.y;
     const int halo_w = halo_extent(tile_w, scale, R), halo_h = halo_extent(tile_h, scale, R);
+#if !TILED_ASYNC_STAGING
     const int halo_px = halo_w * halo_h;
+#endif
     const int tiles_x = (out_w + tile_w - 1) / tile_w;
     const int X0 = (blockIdx.x % tiles_x) * tile_w, Y0 = (blockIdx.x / tiles_x) * tile_h;
     const int b = blockIdx.z / groups, g = blockIdx.z % groups;
@@ -202,7 +244,9 @@ __launch_bounds__(TILED_MAX_THREADS, TILED_MIN_BLOCKS) __global__ void window_do
     const T* kb = key + first_channel * in_plane;
     const T* qp = query + first_channel * out_plane + pixel;
     const int py0 = Y0 / scale;
+#if !TILED_ASYNC_STAGING
     const float* window = skey + (Y / scale - py0) * halo_w + (X / scale - X0 / scale);
+#endif
 
     float acc[KS * KS][NP];
 #pragma unroll
@@ -216,6 +260,45 @@ __launch_bounds__(TILED_MAX_THREADS, TILED_MIN_BLOCKS) __global__ void window_do
         q_next[2 * q] = active && group_channels > 0 ? to_acc(qp[q * out_w]) : 0.0f;
         q_next[2 * q + 1] = active && group_channels > 0 ? to_acc(qp[q * out_w + 1]) : 0.0f;
     }
+#if TILED_ASYNC_STAGING
+    // Chunk i is summed from buffer i % 2 while chunk i + 1 is copied into the other one.
+    const int row_stride = async_row_stride<T>(halo_w), chunk_plane = halo_h * row_stride;
+    const int buffer = stage_channels * chunk_plane;
+    const int copy_elems = async_copy_elems(key, width);
+    const int step = copy_elems > 0 ? copy_elems : 1;
+    const int x0 = X0 / scale - R, xa = x0 & -step;  // rounded down (step is a power of two)
+    const int n_copies = (x0 - xa + halo_w + step - 1) / step;
+    const T* window = sbuf + (Y / scale - py0) * row_stride + (X / scale - X0 / scale) + (x0 - xa);
+    const int n_chunks = (group_channels + stage_channels - 1) / stage_channels;
+    stage_halo_async_any(copy_elems, kb, sbuf, min(stage_channels, group_channels), in_plane,
+                         height, width, py0 - R, xa, halo_h, n_copies, row_stride);
+    async_commit();
+    for (int i = 0; i < n_chunks; ++i) {
+        const int c0 = i * stage_channels, nc = min(stage_channels, group_channels - c0);
+        if (i + 1 < n_chunks) {
+            const int c1 = c0 + stage_channels;
+            stage_halo_async_any(copy_elems, kb + c1 * in_plane, sbuf + ((i + 1) & 1) * buffer,
+                                 min(stage_channels, group_channels - c1), in_plane, height, width,
+                                 py0 - R, xa, halo_h, n_copies, row_stride);
+        }
+        async_commit();  // empty after the last chunk, so that "all but the newest" is chunk i
+        async_wait_all_but_newest();
+        __syncthreads();
+        if (active) {
+            const T* w = window + (i & 1) * buffer;
+            for (int c = 0; c < nc; ++c, w += chunk_plane) {
+                float q[NP];
+#pragma unroll
+                for (int j = 0; j < NP; ++j) q[j] = q_next[j];
+                if (c0 + c + 1 < group_channels) {
+                    load_query<QR>(qp + (long long)(c0 + c + 1) * out_plane, out_w, q_next);
+                }
+                window_fma<KS, QR>(w, row_stride, q, acc);
+            }
+        }
+        __syncthreads();
+    }
+#else
     for (int c0 = 0; c0 < group_channels; c0 += stage_channels) {
         const int nc = min(stage_channels, group_channels - c0);
         stage_halo(kb + c0 * in_plane, skey, nc, in_plane, height, width, py0 - R,
@@ -228,26 +311,14 @@ __launch_bounds__(TILED_MAX_THREADS, TILED_MIN_BLOCKS) __global__ void window_do
 #pragma unroll
                 for (int j = 0; j < NP; ++j) q[j] = q_next[j];
                 if (c0 + c + 1 < group_channels) {
-                    const T* qn = qp + (long long)(c0 + c + 1) * out_plane;
-#pragma unroll
-                    for (int r = 0; r < QR; ++r) {
-                        q_next[2 * r] = to_acc(qn[r * out_w]);
-                        q_next[2 * r + 1] = to_acc(qn[r * out_w + 1]);
-                    }
+                    load_query<QR>(qp + (long long)(c0 + c + 1) * out_plane, out_w, q_next);
                 }
-#pragma unroll
-                for (int ky = 0; ky < KS; ++ky) {
-#pragma unroll
-                    for (int kx = 0; kx < KS; ++kx) {
-                        const float v = w[ky * halo_w + kx];
-#pragma unroll
-                        for (int j = 0; j < NP; ++j) acc[ky * KS + kx][j] += q[j] * v;
-                    }
-                }
+                window_fma<KS, QR>(w, halo_w, q, acc);
             }
         }
         __syncthreads();
     }
+#endif
     if (!active) return;
     T* o = out + ((long long)b * groups + g) * (KS * KS) * out_plane + pixel;
 #pragma unroll

@@ -128,3 +128,151 @@ __device__ __forceinline__ void stage_halo(const T* __restrict__ src, float* __r
         }
     }
 }
+
+// Opt-in halo staging of the tiled kernels (reassemble_tiled, window_dot_tiled): compile with
+// -DTILED_ASYNC_STAGING=1 (_cupy_kernels.ASYNC_STAGING_OPTION; next steps 1 and 2 in
+// docs/benchmarks.md). The default (0) compiles none of what follows, and the kernels stage with
+// stage_halo above. The launch then needs tiled_async_shared_mem() bytes of dynamic shared memory
+// (src/uplab/ops/_cupy_kernels.py) instead of tiled_config's. Both kernels use it the same way:
+//  - Double buffer: the block stages channel chunk i + 1 while it computes chunk i, in two
+//    buffers of stage_channels * halo_h * row_stride elements of the storage type T. Two barriers
+//    per chunk as before: one after the wait (chunk i complete, from every thread), one after the
+//    compute (nobody still reads the buffer that the next iteration refills).
+//  - cp.async (sm_80+): global -> shared without passing through registers, so a thread issues
+//    all its copies of a chunk back to back and none waits for the previous one. Copies are as wide
+//    as the alignment allows, 16, 8 or 4 bytes (async_copy_elems): the staged row starts at the
+//    halo's first column rounded down to a multiple of the copy, so with width a multiple of it
+//    (and an aligned base) every copy lies wholly inside the map or wholly outside it. 16-bit types
+//    with an odd width (or a 2-byte-aligned base) copy element by element, synchronously.
+//  - Halo zero fill: a copy outside the map is issued with src-size 0, which writes cp-size zero
+//    bytes (PTX ISA, cp.async: the bytes past src-size are zero-filled) and reads nothing.
+//  - The tile stays in the storage type in shared memory and is converted to float by to_acc at
+//    each window load. The conversion is exact and the kernels run their default window loop on it
+//    (same products, same order), so the outputs should equal the default build's bit for bit.
+//  - Below sm_80 the same code runs with plain loads and stores (no cp.async), so the variant
+//    compiles and stays correct everywhere.
+#ifndef TILED_ASYNC_STAGING
+#define TILED_ASYNC_STAGING 0
+#endif
+#if TILED_ASYNC_STAGING
+// Elements per staged row: any start shift below one 16-byte copy, rounded up to whole 16-byte
+// copies (so every row, and the second buffer, starts 16-byte aligned).
+template <typename T>
+__device__ __forceinline__ int async_row_stride(int halo_w) {
+    constexpr int kPerCopy = 16 / (int)sizeof(T);
+    return (halo_w + kPerCopy - 1 + kPerCopy - 1) / kPerCopy * kPerCopy;
+}
+
+// Elements per copy, the widest of 16, 8, 4 bytes that divides the row width and the base address
+// (then every row and every plane starts aligned too); 0 where none does (16-bit, odd width).
+template <typename T>
+__device__ __forceinline__ int async_copy_elems(const T* base, int width) {
+    const unsigned long long address = reinterpret_cast<unsigned long long>(base);
+    for (int bytes = 16; bytes >= 4; bytes /= 2) {
+        const int elems = bytes / (int)sizeof(T);
+        if (elems >= 1 && width % elems == 0 && address % bytes == 0) return elems;
+    }
+    return 0;
+}
+
+// kBytes from global to shared, or kBytes of zeros where !valid (then src is not read).
+template <int kBytes>
+__device__ __forceinline__ void copy_or_zero(void* dst, const void* src, bool valid) {
+#if __CUDA_ARCH__ >= 800
+    const unsigned int shared = static_cast<unsigned int>(__cvta_generic_to_shared(dst));
+    if constexpr (kBytes == 16) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared), "l"(src),
+                     "r"(valid ? 16 : 0)
+                     : "memory");
+    } else {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(shared), "l"(src),
+                     "n"(kBytes), "r"(valid ? kBytes : 0)
+                     : "memory");
+    }
+#else
+    if constexpr (kBytes == 16) {
+        *static_cast<uint4*>(dst) = valid ? *static_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
+    } else if constexpr (kBytes == 8) {
+        *static_cast<uint2*>(dst) = valid ? *static_cast<const uint2*>(src) : make_uint2(0, 0);
+    } else {
+        *static_cast<unsigned int*>(dst) = valid ? *static_cast<const unsigned int*>(src) : 0u;
+    }
+#endif
+}
+
+__device__ __forceinline__ void async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Waits for this thread's copies of every committed group but the newest.
+__device__ __forceinline__ void async_wait_all_but_newest() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+#endif
+}
+
+// Stage channels [0, n_channels) of `src`, rows [y0, y0 + halo_h) x columns [xa, xa + n_copies *
+// elems) into `dst` in the storage type, [c][row][row_stride], zeros outside the map; elems =
+// kBytes / sizeof(T) elements per copy, or one element copied synchronously for kBytes = 0. The
+// block walks the flattened (channel, row, copy) index, consecutive threads on consecutive copies;
+// each thread advances by the block size with carries instead of divisions.
+template <typename T, int kBytes>
+__device__ __forceinline__ void stage_halo_async(const T* __restrict__ src, T* __restrict__ dst,
+                                                 int n_channels, long long plane, int height,
+                                                 int width, int y0, int xa, int halo_h,
+                                                 int n_copies, int row_stride) {
+    constexpr int kElems = kBytes > 0 ? kBytes / (int)sizeof(T) : 1;
+    const int tid = threadIdx.y * blockDim.x + threadIdx.x, n_threads = blockDim.x * blockDim.y;
+    const int step_copy = n_threads % n_copies, step_row = n_threads / n_copies;
+    int copy = tid % n_copies, hy = tid / n_copies, c = hy / halo_h;
+    hy -= c * halo_h;
+    while (c < n_channels) {
+        const int y = y0 + hy, x = xa + copy * kElems;
+        const bool valid = inside(y, height) && inside(x, width);
+        const T* s = valid ? src + c * plane + (long long)y * width + x : src;
+        T* d = dst + (c * halo_h + hy) * row_stride + copy * kElems;
+        if constexpr (kBytes > 0) {
+            copy_or_zero<kBytes>(d, s, valid);
+        } else {
+            *d = valid ? *s : from_acc<T>(0.0f);
+        }
+        copy += step_copy;
+        hy += step_row;
+        if (copy >= n_copies) {
+            copy -= n_copies;
+            ++hy;
+        }
+        while (hy >= halo_h) {
+            hy -= halo_h;
+            ++c;
+        }
+    }
+}
+
+// stage_halo_async with the copy width chosen at run time (uniform over the grid).
+template <typename T>
+__device__ __forceinline__ void stage_halo_async_any(int copy_elems, const T* src, T* dst,
+                                                     int n_channels, long long plane, int height,
+                                                     int width, int y0, int xa, int halo_h,
+                                                     int n_copies, int row_stride) {
+    switch (copy_elems * (int)sizeof(T)) {
+        case 16:
+            stage_halo_async<T, 16>(src, dst, n_channels, plane, height, width, y0, xa, halo_h,
+                                    n_copies, row_stride);
+            break;
+        case 8:
+            stage_halo_async<T, 8>(src, dst, n_channels, plane, height, width, y0, xa, halo_h,
+                                   n_copies, row_stride);
+            break;
+        case 4:
+            stage_halo_async<T, 4>(src, dst, n_channels, plane, height, width, y0, xa, halo_h,
+                                   n_copies, row_stride);
+            break;
+        default:
+            stage_halo_async<T, 0>(src, dst, n_channels, plane, height, width, y0, xa, halo_h,
+                                   n_copies, row_stride);
+    }
+}
+#endif

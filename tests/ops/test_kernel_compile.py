@@ -1,8 +1,8 @@
 """The CUDA sources compile for sm_80 and sm_90 with every template instantiation (NVRTC from
 ``cuda.bindings`` and ``nvcc -ptx``, whichever is present; no GPU needed), so does the opt-in
-cp.async staging of ``reassemble_tiled`` (``-DTILED_ASYNC_STAGING=1``, and its plain-copy fallback
-below sm_80), and the launch geometry of :mod:`uplab.ops._cupy_kernels` covers every output
-exactly once."""
+cp.async staging of ``reassemble_tiled`` and ``window_dot_tiled`` (``-DTILED_ASYNC_STAGING=1``, and
+its plain-copy fallback below sm_80), and the launch geometry of :mod:`uplab.ops._cupy_kernels`
+covers every output exactly once."""
 
 import importlib.util
 import math
@@ -31,13 +31,21 @@ def _all_expressions(file):
     ]
 
 
-# One instantiation per storage type, every K once: the async build's code paths (copy widths
-# per type, window unrolled per K) at a third of the compile time of all nine.
-ASYNC_EXPRESSIONS = (
-    "reassemble_tiled<float, 3>",
-    "reassemble_tiled<half_t, 7>",
-    "reassemble_tiled<bfloat16_t, 5>",
-)
+# Per file, one instantiation per storage type, every K once: the async build's code paths (copy
+# widths per type, window unrolled per K) at a third of the compile time of all nine. The two files
+# pair K and type differently, so that together they cover every K with every type.
+ASYNC_EXPRESSIONS = {
+    "carafe.cu": (
+        "reassemble_tiled<float, 3>",
+        "reassemble_tiled<half_t, 7>",
+        "reassemble_tiled<bfloat16_t, 5>",
+    ),
+    "local_similarity.cu": (
+        "window_dot_tiled<float, 7>",
+        "window_dot_tiled<half_t, 5>",
+        "window_dot_tiled<bfloat16_t, 3>",
+    ),
+}
 
 
 def _nvrtc_ptx(file, arch, expressions=None, defines=()):
@@ -87,8 +95,10 @@ def test_compiles_with_nvrtc(file, arch):
 
 @pytest.mark.skipif(not HAS_NVRTC, reason="NVRTC (cuda.bindings) is not installed")
 @pytest.mark.parametrize("arch", (75, *ARCHS))
-def test_async_staging_compiles_with_nvrtc(arch):
-    ptx, lowered = _nvrtc_ptx("carafe.cu", arch, ASYNC_EXPRESSIONS, (kernels.ASYNC_STAGING_OPTION,))
+@pytest.mark.parametrize("file", FILES)
+def test_async_staging_compiles_with_nvrtc(file, arch):
+    expressions = ASYNC_EXPRESSIONS[file]
+    ptx, lowered = _nvrtc_ptx(file, arch, expressions, (kernels.ASYNC_STAGING_OPTION,))
     assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == set(lowered)
     if arch >= 80:
         # 16-byte copies bypass L1 (.cg); 8- and 4-byte ones can only be .ca.
@@ -140,9 +150,11 @@ def test_compiles_with_nvcc(file, arch, tmp_path):
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 @pytest.mark.parametrize("arch", ARCHS)
-def test_async_staging_compiles_with_nvcc(arch, tmp_path):
-    ptx = _nvcc_ptx(tmp_path, "carafe.cu", arch, ASYNC_EXPRESSIONS, (kernels.ASYNC_STAGING_OPTION,))
-    assert len(re.findall(r"\.entry\s+\w+", ptx)) == len(ASYNC_EXPRESSIONS)
+@pytest.mark.parametrize("file", FILES)
+def test_async_staging_compiles_with_nvcc(file, arch, tmp_path):
+    expressions = ASYNC_EXPRESSIONS[file]
+    ptx = _nvcc_ptx(tmp_path, file, arch, expressions, (kernels.ASYNC_STAGING_OPTION,))
+    assert len(re.findall(r"\.entry\s+\w+", ptx)) == len(expressions)
     assert "cp.async.wait_group 1" in ptx
 
 
@@ -151,6 +163,7 @@ def test_sources_are_found_and_inline_their_header():
         source = kernels.kernel_source(file)
         assert "#include" not in source
         assert "struct bfloat16_t" in source
+        assert "void stage_halo_async_any(" in source  # the async staging helpers, shared
         for kernel in kernels.KERNEL_FILES[file]:
             assert re.search(rf"__global__ void {kernel}\(", source), kernel
 
