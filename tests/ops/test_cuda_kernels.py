@@ -2,8 +2,8 @@
 local_similarity for every dtype, odd and non-square sizes, k in {1,3,5,7}, s in {1,2,4}, groups;
 the golden cases at 1e-10 in float64; bit-identical gradients across runs; streams, autocast,
 non-contiguous inputs; whole SAPA-G and FADE modules through ``backend="cuda"`` vs ``"torch"``;
-the opt-in cp.async staging of ``reassemble_tiled`` (``-DTILED_ASYNC_STAGING=1``) vs the shipped
-tiled kernel, bit for bit, and vs the PyTorch path.
+the opt-in cp.async staging of ``reassemble_tiled`` and ``window_dot_tiled``
+(``-DTILED_ASYNC_STAGING=1``) vs the shipped tiled kernels, bit for bit, and vs the PyTorch path.
 
 Tolerances: float64 1e-10 absolute (the golden standard); float32 1e-4; float16 and bfloat16
 compare with the float64 PyTorch path on the same (rounded) inputs at the output dtype's
@@ -220,47 +220,74 @@ def test_tiled_kernels_at_multi_tile_sizes_match_torch_path(k, s, dtype):
 
 
 @functools.cache
-def _async_staging_kernels(scalar, device_index):
-    """``reassemble_tiled<scalar, K>`` built with the opt-in cp.async staging, by name."""
+def _async_staging_kernels(file, kernel, scalar, device_index):
+    """``kernel<scalar, K>`` of ``file`` built with the opt-in cp.async staging, by name."""
     import cupy
 
     names = tuple(
-        _cupy_kernels.tiled_name("reassemble_tiled", scalar, k)
-        for k in _cupy_kernels.TILED_KERNEL_SIZES
+        _cupy_kernels.tiled_name(kernel, scalar, k) for k in _cupy_kernels.TILED_KERNEL_SIZES
     )
     with cupy.cuda.Device(device_index):
         module = cupy.RawModule(
-            code=_cupy_kernels.kernel_source("carafe.cu"),
+            code=_cupy_kernels.kernel_source(file),
             options=(*_cupy_kernels.NVRTC_OPTIONS, _cupy_kernels.ASYNC_STAGING_OPTION),
             name_expressions=names,
         )
         return {n: module.get_function(n) for n in names}
 
 
-def _reassemble_async_staging(features, masks, k, s, groups, stage, split_channels):
-    """The async-staging ``reassemble_tiled`` into a NaN-filled output (unwritten elements fail)."""
+def _launch_async_staging(file, kernel, k, s, cfg, tensors, ints):
+    """One launch of the async-staging ``kernel<T, k>`` on PyTorch's current stream, with the
+    double buffers' shared memory (opted in beyond 48 KiB where needed)."""
     import cupy
     import numpy as np
 
-    b, c, h, w = features.shape
-    device = features.device
-    out = torch.full((b, c, h * s, w * s), float("nan"), device=device, dtype=features.dtype)
-    block = _cupy_kernels.TILED_BLOCK
-    n_sm = torch.cuda.get_device_properties(device).multi_processor_count
-    cfg = _cupy_kernels.tiled_config(b, c, h, w, k, s, groups, n_sm, block, stage, split_channels)
-    shared_mem = _cupy_kernels.tiled_async_shared_mem(k, s, block, cfg.stage, out.element_size())
-    scalar = _cupy_kernels.scalar_type(features.dtype)
-    kernel = _async_staging_kernels(scalar, device.index)[
-        _cupy_kernels.tiled_name("reassemble_tiled", scalar, k)
+    device = tensors[0].device
+    scalar = _cupy_kernels.scalar_type(tensors[0].dtype)
+    fn = _async_staging_kernels(file, kernel, scalar, device.index)[
+        _cupy_kernels.tiled_name(kernel, scalar, k)
     ]
-    ints = (c, h, w, s, groups, cfg.per_block, cfg.stage)
-    args = tuple(np.uint64(t.data_ptr()) for t in (features, masks, out))
-    args += tuple(np.int32(i) for i in ints)
+    shared_mem = _cupy_kernels.tiled_async_shared_mem(
+        k, s, _cupy_kernels.TILED_BLOCK, cfg.stage, tensors[0].element_size()
+    )
+    args = tuple(np.uint64(t.data_ptr()) for t in tensors) + tuple(np.int32(i) for i in ints)
     with cupy.cuda.Device(device.index):
-        if shared_mem > kernel.max_dynamic_shared_size_bytes:
-            kernel.max_dynamic_shared_size_bytes = shared_mem
-        stream = _cupy_kernels._cupy_stream(device.index, torch.cuda.current_stream(device).cuda_stream)
-        kernel(cfg.grid, cfg.block, args, shared_mem=shared_mem, stream=stream)
+        if shared_mem > fn.max_dynamic_shared_size_bytes:
+            fn.max_dynamic_shared_size_bytes = shared_mem
+        stream = _cupy_kernels._cupy_stream(
+            device.index, torch.cuda.current_stream(device).cuda_stream
+        )
+        fn(cfg.grid, cfg.block, args, shared_mem=shared_mem, stream=stream)
+
+
+def _reassemble_async_staging(features, masks, k, s, groups, stage, split_channels):
+    """The async-staging ``reassemble_tiled`` into a NaN-filled output (unwritten elements fail)."""
+    b, c, h, w = features.shape
+    out = torch.full(
+        (b, c, h * s, w * s), float("nan"), device=features.device, dtype=features.dtype
+    )
+    n_sm = torch.cuda.get_device_properties(features.device).multi_processor_count
+    cfg = _cupy_kernels.tiled_config(
+        b, c, h, w, k, s, groups, n_sm, _cupy_kernels.TILED_BLOCK, stage, split_channels
+    )
+    ints = (c, h, w, s, groups, cfg.per_block, cfg.stage)
+    _launch_async_staging("carafe.cu", "reassemble_tiled", k, s, cfg, (features, masks, out), ints)
+    return out
+
+
+def _window_dot_async_staging(query, key, k, s, groups, stage):
+    """The async-staging ``window_dot_tiled`` into a NaN-filled output."""
+    b, c, h, w = key.shape
+    out = torch.full(
+        (b, groups * k * k, h * s, w * s), float("nan"), device=key.device, dtype=key.dtype
+    )
+    n_sm = torch.cuda.get_device_properties(key.device).multi_processor_count
+    cfg = _cupy_kernels.tiled_config(
+        b, c, h, w, k, s, groups, n_sm, _cupy_kernels.TILED_BLOCK, stage, split_channels=False
+    )
+    ints = (c, h, w, s, groups, cfg.stage)
+    tensors = (query, key, out)
+    _launch_async_staging("local_similarity.cu", "window_dot_tiled", k, s, cfg, tensors, ints)
     return out
 
 
@@ -290,3 +317,34 @@ def test_async_staging_matches_sync_tiled_kernel_and_torch_path(k, s, dtype):
                 case = f"groups={groups} width={width} offset={offset} split={split_channels}"
                 assert torch.equal(got, sync), f"async staging differs from the sync kernel: {case}"
                 torch.testing.assert_close(got.double(), want, atol=atol, rtol=rtol, msg=case)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("s", [2, 4])
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_window_dot_async_staging_matches_sync_tiled_kernel_and_torch_path(k, s, dtype):
+    # As for carafe above, with the copy widths taken by the key (widths 37, 38, 44, 40; 38 with
+    # the key's base one element off): 15 channels staged 2 per buffer run 8 chunks (groups=1) or
+    # 3 ragged ones of a 5-channel group (groups=3) through both buffers. The sync kernel stages
+    # up to 16 channels per barrier, but both sum the channels one by one in order, so they must
+    # agree bit for bit. The reference sums each group with the float64 PyTorch path.
+    torch.manual_seed(0)
+    atol, rtol = TOL[dtype]
+    for groups in (1, 3):
+        for width, offset in ((37, 0), (38, 0), (44, 0), (40, 0), (38, 1)):
+            numel = 2 * 15 * 21 * width
+            storage = torch.randn(numel + offset, device="cuda", dtype=torch.float64).to(dtype)
+            key = storage[offset:].view(2, 15, 21, width)
+            query = torch.randn(2, 15, 21 * s, width * s, device="cuda").to(dtype)
+            want = torch.cat(
+                [
+                    local_similarity(q.double(), kg.double(), k, s, backend="torch")
+                    for q, kg in zip(query.chunk(groups, 1), key.chunk(groups, 1), strict=True)
+                ],
+                dim=1,
+            )
+            sync = _cupy_kernels.window_dot(query, key, k, s, groups, path="tiled")
+            got = _window_dot_async_staging(query, key, k, s, groups, 2)
+            case = f"groups={groups} width={width} offset={offset}"
+            assert torch.equal(got, sync), f"async staging differs from the sync kernel: {case}"
+            torch.testing.assert_close(got.double(), want, atol=atol, rtol=rtol, msg=case)
