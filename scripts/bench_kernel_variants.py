@@ -1,19 +1,19 @@
 """Check and time launch variants of the tiled kernels (``reassemble_tiled``, ``window_dot_tiled``)
 against the generic ones, in one GPU call: the forward of carafe and local_similarity at the
 benchmark shapes of ``scripts/bench_gpu.py`` (K=5, s=2, fp32 and bf16), for several block shapes,
-channels staged per barrier and register budgets (``-DTILED_MIN_BLOCKS``), and for carafe both
-halo stagings: ``sync`` (the shipped kernel) and ``async`` (the opt-in cp.async double buffer,
+channels staged per barrier and register budgets (``-DTILED_MIN_BLOCKS``), and both halo stagings:
+``sync`` (the shipped kernels) and ``async`` (the opt-in cp.async double buffer,
 ``-DTILED_ASYNC_STAGING=1``; there ``stage`` is the channels of each of the two buffers).
 
 Every variant's output is first checked against the generic kernel on the same inputs (outputs
 poisoned with NaN beforehand, so an unwritten element fails). The tiled kernels are checked
 against the PyTorch path in float64 at multi-tile odd sizes for K in {3, 5, 7}, s in {2, 4},
 groups, with a width of 37 and of 40 (the async staging copies 4 and 16 bytes at a time there, and
-bf16 falls back to element copies at 37); the async build there stages 3 channels per buffer in
+bf16 falls back to element copies at 37); the async builds there stage 3 channels per buffer in
 blocks that own every channel of their group, so several chunks pass through both buffers, and
-must equal the shipped tiled kernel bit for bit. Times are CUDA-event medians after a warm-up.
+must equal the shipped tiled kernels bit for bit. Times are CUDA-event medians after a warm-up.
 Prints a table last; ``--out`` writes it as Markdown. Expected to take one to two minutes on an
-H100 or H200 (not yet timed), much of it compiling the 12 modules of tiled kernels.
+H100 or H200 (not yet timed), much of it compiling the 16 modules of tiled kernels.
 
     PYTHONPATH=src python3 scripts/bench_kernel_variants.py --out $OUT/variants.md
     PYTHONPATH=src python3 scripts/bench_kernel_variants.py --profile   # one launch each, for ncu
@@ -44,7 +44,7 @@ BLOCKS = ((32, 2), (32, 4), (32, 8))
 # buffers per SM at 32x8; dropped to keep the run near a minute.
 STAGES = (8, 16)
 MIN_BLOCKS = (1, 2)
-STAGINGS = {"carafe": ("sync", "async"), "local_similarity": ("sync",)}
+STAGINGS = {"carafe": ("sync", "async"), "local_similarity": ("sync", "async")}
 DEFAULT_MIN_BLOCKS = 2  # TILED_MIN_BLOCKS in uplab_scalar.cuh
 
 
@@ -95,24 +95,29 @@ def carafe_tiled(f, m, k, s, groups, block, stage, min_blocks, staging, split_ch
     return out
 
 
-def similarity_tiled(q, key, block, stage, min_blocks):
-    """``window_dot_tiled`` (K, S) with an explicit launch and register budget."""
+def similarity_tiled(q, key, k, s, groups, block, stage, min_blocks, staging):
+    """``window_dot_tiled`` with an explicit launch, register budget and halo staging."""
     bsz, c, h, w = key.shape
-    out = q.new_empty(bsz, K * K, h * S, w * S)
+    out = q.new_empty(bsz, groups * k * k, h * s, w * s)
     n_sm = torch.cuda.get_device_properties(q.device).multi_processor_count
-    cfg = kernels.tiled_config(bsz, c, h, w, K, S, 1, n_sm, block, stage, split_channels=False)
+    cfg = kernels.tiled_config(bsz, c, h, w, k, s, groups, n_sm, block, stage, split_channels=False)
     scalar = kernels.scalar_type(q.dtype)
-    fn = _module("local_similarity.cu", scalar, min_blocks)[
-        kernels.tiled_name("window_dot_tiled", scalar, K)
+    fn = _module("local_similarity.cu", scalar, min_blocks, staging == "async")[
+        kernels.tiled_name("window_dot_tiled", scalar, k)
     ]
-    _run(fn, cfg, cfg.shared_mem, (q, key, out), (c, h, w, S, 1, cfg.stage))
+    shared_mem = cfg.shared_mem
+    if staging == "async":
+        shared_mem = kernels.tiled_async_shared_mem(k, s, block, cfg.stage, q.element_size())
+        if shared_mem > fn.max_dynamic_shared_size_bytes:
+            fn.max_dynamic_shared_size_bytes = shared_mem  # opt in beyond 48 KiB (sm_80+)
+    _run(fn, cfg, shared_mem, (q, key, out), (c, h, w, s, groups, cfg.stage))
     return out
 
 
 def _launch_tiled(op, a, b, block, stage, min_blocks, staging="sync"):
     if op == "carafe":
         return carafe_tiled(a, b, K, S, 1, block, stage, min_blocks, staging)
-    return similarity_tiled(a, b, block, stage, min_blocks)
+    return similarity_tiled(a, b, K, S, 1, block, stage, min_blocks, staging)
 
 
 def _generic(op, a, b):
@@ -138,8 +143,8 @@ def _poison(shape, dtype):
 
 
 def check_against_torch_path() -> list[str]:
-    """Tiled kernels vs the float64 PyTorch path at multi-tile odd sizes; the async staging also
-    vs the shipped tiled kernel, bit for bit."""
+    """Tiled kernels vs the float64 PyTorch path at multi-tile odd sizes; the async stagings also
+    vs the shipped tiled kernels, bit for bit."""
     failures = []
     torch.manual_seed(1)
     for k in (3, 5, 7):
@@ -158,7 +163,13 @@ def _check_case(k, s, groups, width) -> list[str]:
     for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
         fd, md, qd = f.to(dtype), m.to(dtype), q.to(dtype)
         want_c = carafe(fd.double(), md.double(), k, s, group_size=groups, backend="torch")
-        want_w = local_similarity(qd.double(), fd.double(), k, s, backend="torch")
+        want_w = torch.cat(
+            [
+                local_similarity(qg.double(), fg.double(), k, s, backend="torch")
+                for qg, fg in zip(qd.chunk(groups, 1), fd.chunk(groups, 1), strict=True)
+            ],
+            dim=1,
+        )
         _poison(want_c.shape, dtype)
         got_c = kernels.reassemble(fd, md, k, s, groups, path="tiled")
         _poison(want_c.shape, dtype)
@@ -166,20 +177,26 @@ def _check_case(k, s, groups, width) -> list[str]:
             fd, md, k, s, groups, kernels.TILED_BLOCK, 3, DEFAULT_MIN_BLOCKS, "async", False
         )
         _poison(want_w.shape, dtype)
-        got_w = kernels.window_dot(qd, fd, k, s, 1, path="tiled")
+        got_w = kernels.window_dot(qd, fd, k, s, groups, path="tiled")
+        _poison(want_w.shape, dtype)
+        got_wa = similarity_tiled(
+            qd, fd, k, s, groups, kernels.TILED_BLOCK, 3, DEFAULT_MIN_BLOCKS, "async"
+        )
         case = f"k={k} s={s} g={groups} w={width} {dtype}"
         for name, got, want in (
             ("carafe", got_c, want_c),
             ("carafe async", got_a, want_c),
             ("sim", got_w, want_w),
+            ("sim async", got_wa, want_w),
         ):
             err = (got.double() - want).abs().max().item()
             scale = want.abs().max().item()
             if not err <= tol * max(1.0, scale):
                 failures.append(f"{name} {case}: {err:.3g}")
-        if not torch.equal(got_a, got_c):
-            diff = (got_a.double() - got_c.double()).abs().max().item()
-            failures.append(f"carafe async != sync bit for bit {case}: {diff:.3g}")
+        for name, got_async, got_sync in (("carafe", got_a, got_c), ("sim", got_wa, got_w)):
+            if not torch.equal(got_async, got_sync):
+                diff = (got_async.double() - got_sync.double()).abs().max().item()
+                failures.append(f"{name} async != sync bit for bit {case}: {diff:.3g}")
     return failures
 
 
@@ -227,22 +244,22 @@ def measure_case(op, shape_name, shape, dtype_name, dtype, copy_bw) -> list[tupl
 
 
 def async_vs_sync(rows) -> list[str]:
-    """Per carafe case and block shape: the fastest correct sync and async variants."""
+    """Per case and block shape: the fastest correct sync and async variants."""
     best = {}
     for op, shape_name, dtype_name, name, ms, _, ok in rows:
-        if op != "carafe" or name == "generic" or not ok:
+        if name == "generic" or not ok:
             continue
         words = name.split()  # tiled BxB stage N minb M staging
-        key = (shape_name, dtype_name, words[1], words[-1])
+        key = (op, shape_name, dtype_name, words[1], words[-1])
         if key not in best or ms < best[key][1]:
             best[key] = (name, ms)
     lines = []
-    for (shape_name, dtype_name, block, staging), (name, ms) in best.items():
+    for (op, shape_name, dtype_name, block, staging), (name, ms) in best.items():
         if staging != "async":
             continue
-        sync = best.get((shape_name, dtype_name, block, "sync"))
+        sync = best.get((op, shape_name, dtype_name, block, "sync"))
         versus = f"; sync {sync[0]} {sync[1]:.3f} ms, x{sync[1] / ms:.2f}" if sync else ""
-        lines.append(f"- carafe {shape_name} {dtype_name} {block}: {name} {ms:.3f} ms{versus}")
+        lines.append(f"- {op} {shape_name} {dtype_name} {block}: {name} {ms:.3f} ms{versus}")
     return lines
 
 
