@@ -59,8 +59,9 @@ TILED_MAX_THREADS = 256
 TILED_BLOCK = (32, 8)
 TILED_STAGE_CHANNELS = 16
 TILED_BLOCKS_PER_SM = 6
-# Opt-in build of reassemble_tiled whose halo staging is double-buffered with cp.async (kernels/
-# carafe.cu, TILED_ASYNC_STAGING); not used by the dispatcher, only by benchmarks and GPU tests.
+# Opt-in build of reassemble_tiled and window_dot_tiled whose halo staging is double-buffered with
+# cp.async (TILED_ASYNC_STAGING, helpers in kernels/uplab_scalar.cuh); not used by the dispatcher,
+# only by benchmarks and GPU tests.
 ASYNC_STAGING_OPTION = "-DTILED_ASYNC_STAGING=1"
 
 
@@ -269,9 +270,10 @@ def tiled_config(
 def tiled_async_shared_mem(
     kernel_size: int, scale: int, block: tuple[int, int], stage_channels: int, itemsize: int
 ) -> int:
-    """Dynamic shared memory of ``reassemble_tiled`` built with :data:`ASYNC_STAGING_OPTION`: two
-    buffers of ``stage_channels`` halo tiles in the storage type, each row padded to whole 16-byte
-    copies after a start shift of less than one copy (``async_row_stride`` in carafe.cu)."""
+    """Dynamic shared memory of ``reassemble_tiled`` or ``window_dot_tiled`` built with
+    :data:`ASYNC_STAGING_OPTION`: two buffers of ``stage_channels`` halo tiles in the storage type,
+    each row padded to whole 16-byte copies after a start shift of less than one copy
+    (``async_row_stride`` in kernels/uplab_scalar.cuh)."""
     radius = (kernel_size - 1) // 2
     halo_w = _halo_extent(2 * block[0], scale, radius)
     halo_h = _halo_extent(tiled_quad_rows(kernel_size) * block[1], scale, radius)
