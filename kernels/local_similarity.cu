@@ -261,7 +261,10 @@ __launch_bounds__(TILED_MAX_THREADS, TILED_MIN_BLOCKS) __global__ void window_do
         q_next[2 * q + 1] = active && group_channels > 0 ? to_acc(qp[q * out_w + 1]) : 0.0f;
     }
 #if TILED_ASYNC_STAGING
-    // Chunk i is summed from buffer i % 2 while chunk i + 1 is copied into the other one.
+    // Chunk i is summed from buffer i % 2 while chunk i + 1 is copied into the other one. This
+    // pipeline repeats reassemble_tiled's on purpose: folding the two into one helper (a lambda or
+    // a struct, both tried) changed ptxas's register allocation of the carafe build at its
+    // 128-register bound (sm_90, K=5 float: 0 -> 20 bytes of spills); fold it when a GPU can judge.
     const int row_stride = async_row_stride<T>(halo_w), chunk_plane = halo_h * row_stride;
     const int buffer = stage_channels * chunk_plane;
     const int copy_elems = async_copy_elems(key, width);
