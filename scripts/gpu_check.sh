@@ -7,6 +7,10 @@
 # tests and benchmarks run from the source tree (PYTHONPATH=src). Wheels found in .whl/ (e.g.
 # hydra-core, omegaconf and antlr4-python3-runtime, which the SegFormer step imports through
 # uplab.analysis.cost, for a GPU image without them) are unpacked into a temporary folder first.
+# .whl/ is git-ignored; fill it once with (pure-Python wheels; antlr4 4.9.3 is an sdist, built):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+#       hydra-core==1.3.8 omegaconf==2.3.1
+#   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
 # KERNEL_VARIANTS=1 also runs scripts/bench_kernel_variants.py (at most $VARIANTS_TIMEOUT s, default
 # 180; informative, not part of the exit status).
 # Logs and tables go to $OUT when it is set (else /tmp/uplab_gpu_check).
