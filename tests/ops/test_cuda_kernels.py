@@ -11,6 +11,7 @@ resolution: both accumulate in float32 and round once, so only that last roundin
 """
 
 import functools
+import math
 
 import pytest
 import torch
@@ -291,6 +292,17 @@ def _window_dot_async_staging(query, key, k, s, groups, stage):
     return out
 
 
+# (width, elements the base lies past an aligned allocation): every copy width of the async
+# staging (see the tests below) and the fallbacks for a misaligned base.
+ASYNC_STAGING_WIDTHS = ((37, 0), (38, 0), (44, 0), (40, 0), (38, 1))
+
+
+def _randn_at_offset(shape, offset, dtype):
+    """A CUDA randn tensor of ``shape`` whose data starts ``offset`` elements into its storage."""
+    storage = torch.randn(math.prod(shape) + offset, device="cuda", dtype=torch.float64)
+    return storage.to(dtype)[offset:].view(shape)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("s", [2, 4])
 @pytest.mark.parametrize("k", [3, 5, 7])
@@ -303,10 +315,8 @@ def test_async_staging_matches_sync_tiled_kernel_and_torch_path(k, s, dtype):
     torch.manual_seed(0)
     atol, rtol = TOL[dtype]
     for groups in (1, 3):
-        for width, offset in ((37, 0), (38, 0), (44, 0), (40, 0), (38, 1)):
-            numel = 2 * 15 * 21 * width
-            storage = torch.randn(numel + offset, device="cuda", dtype=torch.float64).to(dtype)
-            features = storage[offset:].view(2, 15, 21, width)
+        for width, offset in ASYNC_STAGING_WIDTHS:
+            features = _randn_at_offset((2, 15, 21, width), offset, dtype)
             masks = torch.randn(2, groups * k * k, 21 * s, width * s, device="cuda").to(dtype)
             want = carafe(
                 features.double(), masks.double(), k, s, group_size=groups, backend="torch"
@@ -331,10 +341,8 @@ def test_window_dot_async_staging_matches_sync_tiled_kernel_and_torch_path(k, s,
     torch.manual_seed(0)
     atol, rtol = TOL[dtype]
     for groups in (1, 3):
-        for width, offset in ((37, 0), (38, 0), (44, 0), (40, 0), (38, 1)):
-            numel = 2 * 15 * 21 * width
-            storage = torch.randn(numel + offset, device="cuda", dtype=torch.float64).to(dtype)
-            key = storage[offset:].view(2, 15, 21, width)
+        for width, offset in ASYNC_STAGING_WIDTHS:
+            key = _randn_at_offset((2, 15, 21, width), offset, dtype)
             query = torch.randn(2, 15, 21 * s, width * s, device="cuda").to(dtype)
             want = torch.cat(
                 [
