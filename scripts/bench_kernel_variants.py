@@ -49,8 +49,10 @@ DEFAULT_MIN_BLOCKS = 2  # TILED_MIN_BLOCKS in uplab_scalar.cuh
 
 
 @functools.cache
-def _module(file: str, scalar: str, min_blocks: int, async_staging: bool = False):
-    """The tiled kernels of ``file`` for one storage type, built with these options."""
+def _module(file: str, scalar: str, min_blocks: int, staging: str):
+    """The tiled kernels of ``file`` for one storage type, built with this register budget and
+    halo staging (the package's own build, ``_cupy_kernels._compiled``, also holds the generic
+    kernels: compiling only the tiled ones keeps the 16 modules' compile time down)."""
     import cupy
 
     names = tuple(
@@ -59,21 +61,21 @@ def _module(file: str, scalar: str, min_blocks: int, async_staging: bool = False
         if kernel in kernels.TILED_KERNELS
         for k in kernels.TILED_KERNEL_SIZES
     )
-    options = (*kernels.NVRTC_OPTIONS, f"-DTILED_MIN_BLOCKS={min_blocks}")
-    if async_staging:
-        options += (kernels.ASYNC_STAGING_OPTION,)
+    options = (*kernels.build_options(staging), f"-DTILED_MIN_BLOCKS={min_blocks}")
     module = cupy.RawModule(
         code=kernels.kernel_source(file), options=options, name_expressions=names
     )
     return {n: module.get_function(n) for n in names}
 
 
-def _run(fn, config, shared_mem, tensors, ints):
+def _run(fn, config, tensors, ints):
     import numpy as np
 
     args = tuple(np.uint64(t.data_ptr()) for t in tensors) + tuple(np.int32(i) for i in ints)
-    stream = kernels._cupy_stream(torch.cuda.current_device(), torch.cuda.current_stream().cuda_stream)
-    fn(config.grid, config.block, args, shared_mem=shared_mem, stream=stream)
+    stream = kernels._cupy_stream(
+        torch.cuda.current_device(), torch.cuda.current_stream().cuda_stream
+    )
+    fn(config.grid, config.block, args, shared_mem=config.shared_mem, stream=stream)
 
 
 def carafe_tiled(f, m, k, s, groups, block, stage, min_blocks, staging, split_channels=True):
@@ -81,17 +83,16 @@ def carafe_tiled(f, m, k, s, groups, block, stage, min_blocks, staging, split_ch
     bsz, c, h, w = f.shape
     out = f.new_empty(bsz, c, h * s, w * s)
     n_sm = torch.cuda.get_device_properties(f.device).multi_processor_count
-    cfg = kernels.tiled_config(bsz, c, h, w, k, s, groups, n_sm, block, stage, split_channels)
+    cfg = kernels.tiled_config(
+        *(bsz, c, h, w, k, s, groups, n_sm, block, stage, split_channels),
+        staging=staging,
+        itemsize=f.element_size(),
+    )
     scalar = kernels.scalar_type(f.dtype)
-    fn = _module("carafe.cu", scalar, min_blocks, staging == "async")[
+    fn = _module("carafe.cu", scalar, min_blocks, staging)[
         kernels.tiled_name("reassemble_tiled", scalar, k)
     ]
-    shared_mem = cfg.shared_mem
-    if staging == "async":
-        shared_mem = kernels.tiled_async_shared_mem(k, s, block, cfg.stage, f.element_size())
-        if shared_mem > fn.max_dynamic_shared_size_bytes:
-            fn.max_dynamic_shared_size_bytes = shared_mem  # opt in beyond 48 KiB (sm_80+)
-    _run(fn, cfg, shared_mem, (f, m, out), (c, h, w, s, groups, cfg.per_block, cfg.stage))
+    _run(fn, cfg, (f, m, out), (c, h, w, s, groups, cfg.per_block, cfg.stage))
     return out
 
 
@@ -100,17 +101,17 @@ def similarity_tiled(q, key, k, s, groups, block, stage, min_blocks, staging):
     bsz, c, h, w = key.shape
     out = q.new_empty(bsz, groups * k * k, h * s, w * s)
     n_sm = torch.cuda.get_device_properties(q.device).multi_processor_count
-    cfg = kernels.tiled_config(bsz, c, h, w, k, s, groups, n_sm, block, stage, split_channels=False)
+    cfg = kernels.tiled_config(
+        *(bsz, c, h, w, k, s, groups, n_sm, block, stage),
+        split_channels=False,
+        staging=staging,
+        itemsize=key.element_size(),
+    )
     scalar = kernels.scalar_type(q.dtype)
-    fn = _module("local_similarity.cu", scalar, min_blocks, staging == "async")[
+    fn = _module("local_similarity.cu", scalar, min_blocks, staging)[
         kernels.tiled_name("window_dot_tiled", scalar, k)
     ]
-    shared_mem = cfg.shared_mem
-    if staging == "async":
-        shared_mem = kernels.tiled_async_shared_mem(k, s, block, cfg.stage, q.element_size())
-        if shared_mem > fn.max_dynamic_shared_size_bytes:
-            fn.max_dynamic_shared_size_bytes = shared_mem  # opt in beyond 48 KiB (sm_80+)
-    _run(fn, cfg, shared_mem, (q, key, out), (c, h, w, s, groups, cfg.stage))
+    _run(fn, cfg, (q, key, out), (c, h, w, s, groups, cfg.stage))
     return out
 
 
@@ -213,20 +214,25 @@ def measure_case(op, shape_name, shape, dtype_name, dtype, copy_bw) -> list[tupl
     moved = sum(t.numel() * t.element_size() for t in (a, b))
     moved += torch.Size(out_shape).numel() * a.element_size()
     reference = _generic(op, a, b)
-    variants = [("generic", functools.partial(_generic, op, a, b))]
+    variants = {"generic": functools.partial(_generic, op, a, b)}
     for block in BLOCKS:
         for stage in STAGES:
             for mb in MIN_BLOCKS:
                 for staging in STAGINGS[op]:
-                    variants.append(
-                        (
-                            f"tiled {block[0]}x{block[1]} stage {stage} minb {mb} {staging}",
-                            functools.partial(_launch_tiled, op, a, b, block, stage, mb, staging),
-                        )
+                    # The stage that runs: tiled_config shrinks it to fit 48 KiB of shared memory
+                    # (async: two buffers), so two requested stages may name one variant.
+                    used = kernels.tiled_config(
+                        *(shape[0], shape[1], shape[2], shape[3], K, S, 1, 1, block, stage),
+                        staging=staging,
+                        itemsize=a.element_size(),
+                    ).stage
+                    name = f"tiled {block[0]}x{block[1]} stage {used} minb {mb} {staging}"
+                    variants[name] = functools.partial(
+                        _launch_tiled, op, a, b, block, stage, mb, staging
                     )
     rows = []
     tol = 1e-5 if dtype == torch.float32 else 1e-2
-    for name, fn in variants:
+    for name, fn in variants.items():
         _poison(out_shape, dtype)
         got = fn()
         torch.cuda.synchronize()

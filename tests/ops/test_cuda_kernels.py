@@ -10,7 +10,6 @@ compare with the float64 PyTorch path on the same (rounded) inputs at the output
 resolution: both accumulate in float32 and round once, so only that last rounding differs.
 """
 
-import functools
 import math
 
 import pytest
@@ -220,76 +219,32 @@ def test_tiled_kernels_at_multi_tile_sizes_match_torch_path(k, s, dtype):
     torch.testing.assert_close(got.double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1])
 
 
-@functools.cache
-def _async_staging_kernels(file, kernel, scalar, device_index):
-    """``kernel<scalar, K>`` of ``file`` built with the opt-in cp.async staging, by name."""
-    import cupy
-
-    names = tuple(
-        _cupy_kernels.tiled_name(kernel, scalar, k) for k in _cupy_kernels.TILED_KERNEL_SIZES
-    )
-    with cupy.cuda.Device(device_index):
-        module = cupy.RawModule(
-            code=_cupy_kernels.kernel_source(file),
-            options=(*_cupy_kernels.NVRTC_OPTIONS, _cupy_kernels.ASYNC_STAGING_OPTION),
-            name_expressions=names,
-        )
-        return {n: module.get_function(n) for n in names}
-
-
-def _launch_async_staging(file, kernel, k, s, cfg, tensors, ints):
-    """One launch of the async-staging ``kernel<T, k>`` on PyTorch's current stream, with the
-    double buffers' shared memory (opted in beyond 48 KiB where needed)."""
-    import cupy
-    import numpy as np
-
-    device = tensors[0].device
-    scalar = _cupy_kernels.scalar_type(tensors[0].dtype)
-    fn = _async_staging_kernels(file, kernel, scalar, device.index)[
-        _cupy_kernels.tiled_name(kernel, scalar, k)
-    ]
-    shared_mem = _cupy_kernels.tiled_async_shared_mem(
-        k, s, _cupy_kernels.TILED_BLOCK, cfg.stage, tensors[0].element_size()
-    )
-    args = tuple(np.uint64(t.data_ptr()) for t in tensors) + tuple(np.int32(i) for i in ints)
-    with cupy.cuda.Device(device.index):
-        if shared_mem > fn.max_dynamic_shared_size_bytes:
-            fn.max_dynamic_shared_size_bytes = shared_mem
-        stream = _cupy_kernels._cupy_stream(
-            device.index, torch.cuda.current_stream(device).cuda_stream
-        )
-        fn(cfg.grid, cfg.block, args, shared_mem=shared_mem, stream=stream)
+def _leave_nan_block(shape, dtype):
+    """Free a NaN-filled block of this size into PyTorch's cache, where the next allocation of the
+    size finds it: an output element the kernel fails to write then stays NaN and fails."""
+    torch.full(shape, float("nan"), device="cuda", dtype=dtype)
 
 
 def _reassemble_async_staging(features, masks, k, s, groups, stage, split_channels):
-    """The async-staging ``reassemble_tiled`` into a NaN-filled output (unwritten elements fail)."""
+    """``reassemble_tiled`` built with the cp.async staging, ``stage`` channels per buffer."""
     b, c, h, w = features.shape
-    out = torch.full(
-        (b, c, h * s, w * s), float("nan"), device=features.device, dtype=features.dtype
+    _leave_nan_block((b, c, h * s, w * s), features.dtype)
+    return _cupy_kernels.reassemble(
+        *(features, masks, k, s, groups),
+        path="tiled",
+        stage_channels=stage,
+        staging="async",
+        split_channels=split_channels,
     )
-    n_sm = torch.cuda.get_device_properties(features.device).multi_processor_count
-    cfg = _cupy_kernels.tiled_config(
-        b, c, h, w, k, s, groups, n_sm, _cupy_kernels.TILED_BLOCK, stage, split_channels
-    )
-    ints = (c, h, w, s, groups, cfg.per_block, cfg.stage)
-    _launch_async_staging("carafe.cu", "reassemble_tiled", k, s, cfg, (features, masks, out), ints)
-    return out
 
 
 def _window_dot_async_staging(query, key, k, s, groups, stage):
-    """The async-staging ``window_dot_tiled`` into a NaN-filled output."""
+    """``window_dot_tiled`` built with the cp.async staging, ``stage`` channels per buffer."""
     b, c, h, w = key.shape
-    out = torch.full(
-        (b, groups * k * k, h * s, w * s), float("nan"), device=key.device, dtype=key.dtype
+    _leave_nan_block((b, groups * k * k, h * s, w * s), key.dtype)
+    return _cupy_kernels.window_dot(
+        query, key, k, s, groups, path="tiled", stage_channels=stage, staging="async"
     )
-    n_sm = torch.cuda.get_device_properties(key.device).multi_processor_count
-    cfg = _cupy_kernels.tiled_config(
-        b, c, h, w, k, s, groups, n_sm, _cupy_kernels.TILED_BLOCK, stage, split_channels=False
-    )
-    ints = (c, h, w, s, groups, cfg.stage)
-    tensors = (query, key, out)
-    _launch_async_staging("local_similarity.cu", "window_dot_tiled", k, s, cfg, tensors, ints)
-    return out
 
 
 # (width, elements the base lies past an aligned allocation): every copy width of the async

@@ -262,9 +262,14 @@ def test_halo_extent_holds_every_tiles_parents(tile, scale, radius):
     ],
 )
 @pytest.mark.parametrize("block, stage", [((32, 4), 16), ((32, 8), 32), ((16, 2), 8)])
-def test_tiled_launch_covers_every_output(shape, block, stage):
+@pytest.mark.parametrize("staging, itemsize", [("sync", 4), ("async", 4), ("async", 2)])
+def test_tiled_launch_covers_every_output(shape, block, stage, staging, itemsize):
     batch, channels, h, w, k, s, groups = shape
-    cfg = kernels.tiled_config(batch, channels, h, w, k, s, groups, 132, block, stage)
+    cfg = kernels.tiled_config(
+        *(batch, channels, h, w, k, s, groups, 132, block, stage),
+        staging=staging,
+        itemsize=itemsize,
+    )
     tile_h = kernels.tiled_quad_rows(k) * block[1]
     assert cfg.grid[0] == math.ceil(w * s / (2 * block[0])) * math.ceil(h * s / tile_h)
     assert cfg.grid[2] == batch * groups
@@ -272,6 +277,8 @@ def test_tiled_launch_covers_every_output(shape, block, stage):
     assert (cfg.grid[1] - 1) * cfg.per_block < group_channels <= cfg.grid[1] * cfg.per_block
     assert 1 <= cfg.stage <= stage
     assert cfg.shared_mem <= kernels.SHARED_MEMORY_LIMIT
+    if staging == "async":
+        assert cfg.shared_mem == kernels.tiled_async_shared_mem(k, s, block, cfg.stage, itemsize)
     whole = kernels.tiled_config(*shape, 132, block, stage, split_channels=False)
     assert whole.grid[1] == 1 and whole.per_block == group_channels
 
@@ -279,6 +286,16 @@ def test_tiled_launch_covers_every_output(shape, block, stage):
 def test_tiled_launch_refuses_blocks_beyond_its_launch_bounds():
     with pytest.raises(ValueError, match="at most 256 threads"):
         kernels.tiled_config(1, 8, 4, 4, 5, 2, 1, 1, block=(32, 16))
+
+
+def test_staging_names_its_build_and_refuses_unknown_ones():
+    assert kernels.build_options("sync") == kernels.NVRTC_OPTIONS
+    assert kernels.build_options("async") == (*kernels.NVRTC_OPTIONS, kernels.ASYNC_STAGING_OPTION)
+    assert kernels.TILED_STAGING in kernels.STAGINGS
+    with pytest.raises(ValueError, match=r"staging must be one of \('sync', 'async'\), got 'cp'"):
+        kernels.build_options("cp")
+    with pytest.raises(ValueError, match="staging must be one of"):
+        kernels.tiled_config(1, 8, 4, 4, 5, 2, 1, 1, staging="cp")
 
 
 @pytest.mark.parametrize("itemsize", [4, 2])

@@ -59,9 +59,12 @@ TILED_MAX_THREADS = 256
 TILED_BLOCK = (32, 8)
 TILED_STAGE_CHANNELS = 16
 TILED_BLOCKS_PER_SM = 6
-# Opt-in build of reassemble_tiled and window_dot_tiled whose halo staging is double-buffered with
-# cp.async (TILED_ASYNC_STAGING, helpers in kernels/uplab_scalar.cuh); not used by the dispatcher,
-# only by benchmarks and GPU tests.
+# Halo staging of the tiled kernels: "sync" (plain loads into a float tile, the shipped default) or
+# "async" (a double buffer filled with cp.async, kernels built with ASYNC_STAGING_OPTION; helpers
+# and rationale in kernels/uplab_scalar.cuh). "async" is opt-in (staging="async") until a GPU run
+# shows it correct and faster (docs/benchmarks.md); then TILED_STAGING is the one line to change.
+STAGINGS = ("sync", "async")
+TILED_STAGING = "sync"
 ASYNC_STAGING_OPTION = "-DTILED_ASYNC_STAGING=1"
 
 
@@ -110,6 +113,13 @@ def tiled_applies(dtype: torch.dtype, kernel_size: int, scale: int) -> bool:
         and kernel_size in TILED_KERNEL_SIZES
         and scale % 2 == 0
     )
+
+
+def build_options(staging: str = TILED_STAGING) -> tuple[str, ...]:
+    """NVRTC options of a kernel file built for this halo staging of its tiled kernels."""
+    if staging not in STAGINGS:
+        raise ValueError(f"staging must be one of {STAGINGS}, got {staging!r}")
+    return NVRTC_OPTIONS + ((ASYNC_STAGING_OPTION,) if staging == "async" else ())
 
 
 def scalar_type(dtype: torch.dtype) -> str:
@@ -242,20 +252,30 @@ def tiled_config(
     block: tuple[int, int] = TILED_BLOCK,
     stage_channels: int = TILED_STAGE_CHANNELS,
     split_channels: bool = True,
+    staging: str = TILED_STAGING,
+    itemsize: int = 4,
 ) -> LaunchConfig:
     """Launch of ``reassemble_tiled`` / ``window_dot_tiled``: one thread per 2x2 output quad
     (2x1 for K=7), the block's low-resolution tile plus halo staged in shared memory for
     ``stage`` channels at a time. ``split_channels`` (reassemble only; window_dot sums over the
     channels inside a block) spreads a group's channels over grid.y when the tiles alone leave the
-    GPU short of blocks."""
+    GPU short of blocks. ``staging`` is the build's halo staging: "sync" stages float tiles,
+    "async" two buffers of the storage type (``itemsize`` bytes an element); ``stage`` shrinks
+    until the block's shared memory fits :data:`SHARED_MEMORY_LIMIT`."""
     _check_batch_groups(batch, groups)
     if block[0] * block[1] > TILED_MAX_THREADS:
         raise ValueError(f"tiled kernels take at most {TILED_MAX_THREADS} threads, got {block}")
+    if staging not in STAGINGS:
+        raise ValueError(f"staging must be one of {STAGINGS}, got {staging!r}")
     radius = (kernel_size - 1) // 2
     tile_w, tile_h = 2 * block[0], tiled_quad_rows(kernel_size) * block[1]
     halo_px = _halo_extent(tile_w, scale, radius) * _halo_extent(tile_h, scale, radius)
+    if staging == "async":
+        channel_bytes = tiled_async_shared_mem(kernel_size, scale, block, 1, itemsize)
+    else:
+        channel_bytes = 4 * halo_px
     group_channels = channels // groups
-    stage = max(1, min(stage_channels, group_channels, SHARED_MEMORY_LIMIT // (4 * halo_px)))
+    stage = max(1, min(stage_channels, group_channels, SHARED_MEMORY_LIMIT // channel_bytes))
     tiles = math.ceil(width * scale / tile_w) * math.ceil(height * scale / tile_h)
     per_block, chunks = group_channels, 1
     if split_channels:
@@ -263,7 +283,7 @@ def tiled_config(
         per_block = _split(group_channels, wanted, stage)
         chunks = math.ceil(group_channels / per_block)
     return LaunchConfig(
-        (tiles, chunks, batch * groups), (*block, 1), stage * halo_px * 4, per_block, stage
+        (tiles, chunks, batch * groups), (*block, 1), stage * channel_bytes, per_block, stage
     )
 
 
@@ -292,30 +312,41 @@ def _multiprocessors(device_index: int) -> int:
 
 
 @functools.cache
-def _compiled(file: str, scalar: str, device_index: int) -> dict:
-    """Compile ``file`` for one storage type on one device; kernels by name. Memoized."""
+def _compiled(
+    file: str, scalar: str, device_index: int, options: tuple[str, ...] = NVRTC_OPTIONS
+) -> dict:
+    """Compile ``file`` for one storage type on one device with these NVRTC ``options``; kernels
+    by name. Memoized."""
     import cupy
 
     expressions = name_expressions(file, scalar)
     with cupy.cuda.Device(device_index):
         module = cupy.RawModule(
-            code=kernel_source(file), options=NVRTC_OPTIONS, name_expressions=expressions
+            code=kernel_source(file), options=options, name_expressions=expressions
         )
         return {e: module.get_function(e) for e in expressions}
 
 
 def _launch(
-    kernel: str, file: str, config: LaunchConfig, tensors, ints, kernel_size: int | None = None
+    kernel: str,
+    file: str,
+    config: LaunchConfig,
+    tensors,
+    ints,
+    kernel_size: int | None = None,
+    options: tuple[str, ...] = NVRTC_OPTIONS,
 ) -> None:
-    """Launch ``kernel`` (``<scalar>``, or ``<scalar, kernel_size>`` for a tiled kernel) on
-    PyTorch's current stream under the first tensor's device."""
+    """Launch ``kernel`` (``<scalar>``, or ``<scalar, kernel_size>`` for a tiled kernel) of
+    ``file`` built with ``options`` on PyTorch's current stream under the first tensor's device.
+    ``tensors`` are the kernel's pointer arguments (inputs, then the output), ``ints`` its int
+    arguments, in the kernel's order."""
     import cupy
     import numpy as np
 
     device = tensors[0].device
     scalar = scalar_type(tensors[0].dtype)
     name = f"{kernel}<{scalar}>" if kernel_size is None else tiled_name(kernel, scalar, kernel_size)
-    function = _compiled(file, scalar, device.index)[name]
+    function = _compiled(file, scalar, device.index, options)[name]
     args = tuple(np.uint64(t.data_ptr()) for t in tensors) + tuple(np.int32(i) for i in ints)
     stream = _cupy_stream(device.index, torch.cuda.current_stream(device).cuda_stream)
     with cupy.cuda.Device(device.index):
@@ -362,18 +393,26 @@ def reassemble(
     path: str = "auto",
     block: tuple[int, int] = TILED_BLOCK,
     stage_channels: int = TILED_STAGE_CHANNELS,
+    staging: str = TILED_STAGING,
+    split_channels: bool = True,
 ) -> torch.Tensor:
     """``out[b,c,Y,X] = sum_k masks[b,g*K*K+k,Y,X] * features[b,c,Y//s-r+ky,X//s-r+kx]``.
 
-    ``path`` picks the kernel (``"auto"``: the tiled one where :func:`tiled_applies`); ``block``
-    and ``stage_channels`` shape the tiled launch (for benchmarks)."""
+    ``path`` picks the kernel (``"auto"``: the tiled one where :func:`tiled_applies`); ``block``,
+    ``stage_channels``, ``staging`` and ``split_channels`` shape the tiled launch (see
+    :func:`tiled_config`; for benchmarks and tests)."""
     b, c, h, w = features.shape
     out = features.new_empty(b, c, h * scale, w * scale)
     if out.numel() == 0:
         return out
     n_sm = _multiprocessors(features.device.index)
     if _choose_path(path, features.dtype, kernel_size, scale) == "tiled":
-        config = tiled_config(b, c, h, w, kernel_size, scale, groups, n_sm, block, stage_channels)
+        config = tiled_config(
+            *(b, c, h, w, kernel_size, scale, groups, n_sm, block, stage_channels),
+            split_channels=split_channels,
+            staging=staging,
+            itemsize=features.element_size(),
+        )
         _launch(
             "reassemble_tiled",
             "carafe.cu",
@@ -381,6 +420,7 @@ def reassemble(
             (features, masks, out),
             (c, h, w, scale, groups, config.per_block, config.stage),
             kernel_size,
+            build_options(staging),
         )
         return out
     config = reassemble_config(
@@ -428,12 +468,14 @@ def window_dot(
     path: str = "auto",
     block: tuple[int, int] = TILED_BLOCK,
     stage_channels: int = TILED_STAGE_CHANNELS,
+    staging: str = TILED_STAGING,
 ) -> torch.Tensor:
     """``out[b,g*K*K+k,Y,X] = sum_{c in g} query[b,c,Y,X] * key[b,c,Y//s-r+ky,X//s-r+kx]``.
 
     ``path`` picks the kernel (``"auto"``: the tiled one where :func:`tiled_applies` and its grid
-    fills the GPU, since it cannot split the channel sum over blocks); ``block`` and
-    ``stage_channels`` shape the tiled launch (for benchmarks)."""
+    fills the GPU, since it cannot split the channel sum over blocks); ``block``,
+    ``stage_channels`` and ``staging`` shape the tiled launch (see :func:`tiled_config`; for
+    benchmarks and tests)."""
     b, c, h, w = key.shape
     out = query.new_empty(b, groups * kernel_size**2, h * scale, w * scale)
     if out.numel() == 0:
@@ -453,6 +495,8 @@ def window_dot(
             block,
             stage_channels,
             split_channels=False,
+            staging=staging,
+            itemsize=key.element_size(),
         )
         if path == "tiled" or config.grid[0] * config.grid[2] >= n_sm:
             _launch(
@@ -462,6 +506,7 @@ def window_dot(
                 (query, key, out),
                 (c, h, w, scale, groups, config.stage),
                 kernel_size,
+                build_options(staging),
             )
             return out
     config = window_dot_config(b, h, w, kernel_size, scale, groups, _acc_bytes(query.dtype), n_sm)
