@@ -116,7 +116,7 @@ __global__ void reassemble(const T* __restrict__ features, const T* __restrict__
                            T* __restrict__ out, int channels, int height, int width,
                            int kernel_size, int scale, int groups, int channels_per_block) {
     typedef typename AccOf<T>::type acc_t;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    DYNAMIC_SHARED_MEMORY(smem_raw);
     acc_t* smask = reinterpret_cast<acc_t*>(smem_raw);
 
     const int kk = kernel_size * kernel_size;
@@ -208,7 +208,7 @@ __launch_bounds__(TILED_MAX_THREADS, TILED_MIN_BLOCKS) __global__ void reassembl
     int channels, int height, int width, int scale, int groups, int channels_per_block,
     int stage_channels) {
     constexpr int R = (KS - 1) / 2, QR = TILED_QUAD_ROWS(KS), NP = 2 * QR;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    DYNAMIC_SHARED_MEMORY(smem_raw);
 #if TILED_ASYNC_STAGING
     T* sbuf = reinterpret_cast<T*>(smem_raw);
 #else

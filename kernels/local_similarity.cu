@@ -111,7 +111,7 @@ __global__ void window_dot(const T* __restrict__ query, const T* __restrict__ ke
                            T* __restrict__ out, int channels, int height, int width,
                            int kernel_size, int scale, int groups, int k_per_block) {
     typedef typename AccOf<T>::type acc_t;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    DYNAMIC_SHARED_MEMORY(smem_raw);
 
     const int kk = kernel_size * kernel_size;
     const int out_h = height * scale, out_w = width * scale;
@@ -216,7 +216,7 @@ __launch_bounds__(TILED_MAX_THREADS, TILED_MIN_BLOCKS) __global__ void window_do
     const T* __restrict__ query, const T* __restrict__ key, T* __restrict__ out, int channels,
     int height, int width, int scale, int groups, int stage_channels) {
     constexpr int R = (KS - 1) / 2, QR = TILED_QUAD_ROWS(KS), NP = 2 * QR;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    DYNAMIC_SHARED_MEMORY(smem_raw);
 #if TILED_ASYNC_STAGING
     T* sbuf = reinterpret_cast<T*>(smem_raw);
 #else

@@ -7,6 +7,17 @@
 // with any CuPy wheel. Both accumulate in float32; float64 accumulates in float64.
 #pragma once
 
+// Host emulation (tests/ops/cuda_on_cpu, compiled with -DUPLAB_CUDA_ON_CPU) runs these sources on
+// the CPU: the #ifdef UPLAB_CUDA_ON_CPU branches below are its only hooks, and a GPU build
+// compiles none of them.
+
+// The kernels' dynamic shared memory, `name` as unsigned char[], 16-byte aligned.
+#ifdef UPLAB_CUDA_ON_CPU
+#define DYNAMIC_SHARED_MEMORY(name) unsigned char* const name = cuda_on_cpu::dynamic_shared_memory()
+#else
+#define DYNAMIC_SHARED_MEMORY(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 struct half_t {
     unsigned short bits;
 };
@@ -34,9 +45,13 @@ __device__ __forceinline__ float to_acc(bfloat16_t v) {
 }
 
 __device__ __forceinline__ float to_acc(half_t v) {
+#ifdef UPLAB_CUDA_ON_CPU
+    return cuda_on_cpu::half_to_float(v.bits);
+#else
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
     return f;
+#endif
 }
 
 template <typename T>
@@ -65,7 +80,11 @@ __device__ __forceinline__ bfloat16_t from_acc<bfloat16_t>(float v) {
 template <>
 __device__ __forceinline__ half_t from_acc<half_t>(float v) {
     half_t out;
+#ifdef UPLAB_CUDA_ON_CPU
+    out.bits = cuda_on_cpu::float_to_half(v);
+#else
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(out.bits) : "f"(v));
+#endif
     return out;
 }
 
@@ -189,6 +208,8 @@ __device__ __forceinline__ void copy_or_zero(void* dst, const void* src, bool va
                      "n"(kBytes), "r"(valid ? kBytes : 0)
                      : "memory");
     }
+#elif defined(UPLAB_CUDA_ON_CPU)
+    cuda_on_cpu::async_copy(dst, src, kBytes, valid);
 #else
     if constexpr (kBytes == 16) {
         *static_cast<uint4*>(dst) = valid ? *static_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
@@ -203,6 +224,8 @@ __device__ __forceinline__ void copy_or_zero(void* dst, const void* src, bool va
 __device__ __forceinline__ void async_commit() {
 #if __CUDA_ARCH__ >= 800
     asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif defined(UPLAB_CUDA_ON_CPU)
+    cuda_on_cpu::async_commit();
 #endif
 }
 
@@ -210,6 +233,8 @@ __device__ __forceinline__ void async_commit() {
 __device__ __forceinline__ void async_wait_all_but_newest() {
 #if __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+#elif defined(UPLAB_CUDA_ON_CPU)
+    cuda_on_cpu::async_wait_all_but(1);
 #endif
 }
 

@@ -1,0 +1,480 @@
+// cuda_on_cpu: enough of the CUDA execution model to run kernels/*.cu on the CPU, for tests on
+// machines without a GPU (tests/ops/test_kernels_on_cpu.py). Compiled with g++ -DUPLAB_CUDA_ON_CPU
+// before the kernel sources, which then take their host branches (uplab_scalar.cuh).
+//
+// What it models, and why that is enough for these kernels (they use no warp-level intrinsics,
+// no atomics and no static shared memory):
+//  - A launch runs its blocks one after another. __syncthreads() is a barrier over the block's
+//    threads still in the kernel (a thread that returns leaves it, as on sm_70+). The threads of
+//    a block are either
+//      fibers (the default): one OS thread switches between them (ucontext) at each barrier, in
+//      ascending order before even-numbered barriers and descending before odd ones, so that a
+//      read of shared memory another thread writes in the same phase sees NaN one way or the
+//      other; cheap enough for many cases, and AddressSanitizer follows the switches;
+//    or, under ThreadSanitizer (-fsanitize=thread), real OS threads, free to interleave between
+//      barriers as on a GPU: a shared-memory access pair with no barrier between is a data race.
+//  - Dynamic shared memory is a fresh heap allocation of exactly the launch's bytes per block,
+//    filled with 0xff bytes (NaN in every float type) so that a read of an element nobody wrote
+//    shows up in the output, and so that AddressSanitizer sees any access past its end.
+//  - cp.async (async_copy/async_commit/async_wait_all_but): checks the alignment the hardware
+//    requires (src and dst a multiple of the copy size) and lands each copy either when it is
+//    issued or, deferred, when its thread waits for its group (CUDA_ON_CPU_ASYNC_LANDS=issue or
+//    wait, default wait). A copy read before its wait then reads stale data; one that lands at
+//    issue into a buffer others still read is a data race for ThreadSanitizer. A copy never
+//    waited for aborts the run.
+//  - half: _Float16 (round to nearest even, like cvt.rn.f16.f32); bfloat16 is plain bit
+//    arithmetic in uplab_scalar.cuh already.
+#pragma once
+
+#include <condition_variable>
+#include <memory>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <new>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__SANITIZE_THREAD__)
+#define CUDA_ON_CPU_OS_THREADS 1
+#else
+#define CUDA_ON_CPU_OS_THREADS 0
+#include <ucontext.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
+#endif
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+
+struct dim3 {
+    unsigned int x = 1, y = 1, z = 1;
+};
+struct alignas(8) float2 {
+    float x, y;
+};
+struct alignas(16) double2 {
+    double x, y;
+};
+struct alignas(8) uint2 {
+    unsigned int x, y;
+};
+struct alignas(16) uint4 {
+    unsigned int x, y, z, w;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline double2 make_double2(double x, double y) { return {x, y}; }
+inline uint2 make_uint2(unsigned int x, unsigned int y) { return {x, y}; }
+inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) {
+    return {x, y, z, w};
+}
+inline float __uint_as_float(unsigned int u) {
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+inline unsigned int __float_as_uint(float f) {
+    unsigned int u;
+    std::memcpy(&u, &f, sizeof u);
+    return u;
+}
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
+
+namespace cuda_on_cpu {
+
+[[noreturn]] inline void fail(const char* what) {
+    std::fprintf(stderr, "cuda_on_cpu: %s\n", what);
+    std::fflush(stderr);
+    std::abort();
+}
+
+inline float half_to_float(unsigned short bits) {
+    _Float16 h;
+    std::memcpy(&h, &bits, sizeof h);
+    return static_cast<float>(h);
+}
+
+inline unsigned short float_to_half(float v) {
+    const _Float16 h = static_cast<_Float16>(v);
+    unsigned short bits;
+    std::memcpy(&bits, &h, sizeof bits);
+    return bits;
+}
+
+// The launch's geometry, the current block and its shared memory: written by the launching thread
+// before it hands a block to the block's threads (fibers, or OS threads through their go signals).
+inline dim3 grid_dim, block_dim, block_idx;
+inline unsigned char* shared_memory = nullptr;
+
+inline unsigned char* dynamic_shared_memory() { return shared_memory; }
+
+// cp.async: one thread's copies, grouped by commit.
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    int bytes;
+    bool valid;
+};
+
+// What a CUDA thread owns: its index and its cp.async copies in flight. `current` points at the
+// running thread's (a thread_local of the OS thread; the fiber scheduler sets it at each switch).
+struct ThreadState {
+    dim3 idx;
+    std::vector<AsyncCopy> open_group;
+    std::deque<std::vector<AsyncCopy>> committed_groups;
+};
+
+inline thread_local ThreadState* current = nullptr;
+
+inline void land(const AsyncCopy& copy) {
+    if (copy.valid) {
+        std::memcpy(copy.dst, copy.src, copy.bytes);
+    } else {
+        std::memset(copy.dst, 0, copy.bytes);
+    }
+}
+
+inline bool lands_at_issue() {
+    static const bool at_issue = [] {
+        const char* mode = std::getenv("CUDA_ON_CPU_ASYNC_LANDS");
+        if (mode == nullptr || std::strcmp(mode, "wait") == 0) return false;
+        if (std::strcmp(mode, "issue") == 0) return true;
+        fail("CUDA_ON_CPU_ASYNC_LANDS must be 'issue' or 'wait'");
+    }();
+    return at_issue;
+}
+
+inline void async_copy(void* dst, const void* src, int bytes, bool valid) {
+    if (reinterpret_cast<std::uintptr_t>(dst) % bytes != 0) {
+        fail("cp.async destination not aligned to the copy size");
+    }
+    if (valid && reinterpret_cast<std::uintptr_t>(src) % bytes != 0) {
+        fail("cp.async source not aligned to the copy size");
+    }
+    const AsyncCopy copy{dst, src, bytes, valid};
+    if (lands_at_issue()) {
+        land(copy);
+    } else {
+        current->open_group.push_back(copy);
+    }
+}
+
+inline void async_commit() {
+    current->committed_groups.push_back(std::move(current->open_group));
+    current->open_group.clear();
+}
+
+// cp.async.wait_group n: every committed group but the newest n has landed.
+inline void async_wait_all_but(std::size_t newest) {
+    auto& groups = current->committed_groups;
+    while (groups.size() > newest) {
+        for (const AsyncCopy& copy : groups.front()) land(copy);
+        groups.pop_front();
+    }
+}
+
+inline void check_no_copy_left(ThreadState& state) {
+    bool left = !state.open_group.empty();
+    for (const auto& group : state.committed_groups) left = left || !group.empty();
+    if (left) fail("a thread returned with cp.async copies it never waited for");
+    state.committed_groups.clear();
+}
+
+inline dim3 thread_index(int t, dim3 block) {
+    return {t % block.x, t / block.x % block.y, t / (block.x * block.y)};
+}
+
+#if CUDA_ON_CPU_OS_THREADS
+// __syncthreads over the (OS) threads of one block still inside the kernel.
+class BlockBarrier {
+  public:
+    void reset(int threads) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        in_kernel_ = threads;
+        arrived_ = 0;
+    }
+
+    void arrive_and_wait() {
+        std::unique_lock<std::mutex> lock(mutex_);
+        const unsigned long generation = generation_;
+        if (++arrived_ == in_kernel_) {
+            release();
+        } else {
+            condition_.wait(lock, [&] { return generation_ != generation; });
+        }
+    }
+
+    // The calling thread has returned from the kernel: the others no longer wait for it.
+    void leave() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        --in_kernel_;
+        if (arrived_ > 0 && arrived_ == in_kernel_) release();
+    }
+
+  private:
+    void release() {
+        arrived_ = 0;
+        ++generation_;
+        condition_.notify_all();
+    }
+
+    std::mutex mutex_;
+    std::condition_variable condition_;
+    int in_kernel_ = 0, arrived_ = 0;
+    unsigned long generation_ = 0;
+};
+
+inline BlockBarrier block_barrier;
+
+// A counter one thread posts and another waits for, or stops.
+class Signal {
+  public:
+    void post(unsigned long value) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        value_ = value;
+        condition_.notify_one();
+    }
+
+    void stop() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stopped_ = true;
+        condition_.notify_one();
+    }
+
+    // Waits until `value` is posted (true) or the signal is stopped (false).
+    bool wait_for(unsigned long value) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        condition_.wait(lock, [&] { return stopped_ || value_ >= value; });
+        return value_ >= value;
+    }
+
+  private:
+    std::mutex mutex_;
+    std::condition_variable condition_;
+    unsigned long value_ = 0;
+    bool stopped_ = false;
+};
+#else
+// Fibers: the block's threads on the launching OS thread, each with its own stack. A fiber runs
+// until it reaches a barrier (it switches back to the scheduler) or returns.
+struct Fiber {
+    ucontext_t context;
+    std::unique_ptr<char[]> stack;
+    ThreadState state;
+    bool done = false;
+    void* fake_stack = nullptr;  // AddressSanitizer's bookkeeping across switches
+};
+
+constexpr std::size_t kFiberStack = 256 * 1024;
+inline ucontext_t scheduler;
+inline Fiber* running = nullptr;
+inline const void* scheduler_stack_bottom = nullptr;
+inline std::size_t scheduler_stack_size = 0;
+inline const std::function<void()>* fiber_body = nullptr;
+
+// AddressSanitizer must be told of each stack switch (sanitizer/common_interface_defs.h).
+inline void before_switch(void** fake_stack, const void* bottom, std::size_t size) {
+#if defined(__SANITIZE_ADDRESS__)
+    __sanitizer_start_switch_fiber(fake_stack, bottom, size);
+#else
+    (void)fake_stack, (void)bottom, (void)size;
+#endif
+}
+
+inline void after_switch(void* fake_stack, const void** bottom, std::size_t* size) {
+#if defined(__SANITIZE_ADDRESS__)
+    __sanitizer_finish_switch_fiber(fake_stack, bottom, size);
+#else
+    (void)fake_stack, (void)bottom, (void)size;
+#endif
+}
+
+inline void yield_to_scheduler(bool finished) {
+    Fiber* self = running;
+    // A finished fiber's stack is dead: nullptr tells AddressSanitizer to drop its fake stack.
+    before_switch(finished ? nullptr : &self->fake_stack, scheduler_stack_bottom,
+                  scheduler_stack_size);
+    swapcontext(&self->context, &scheduler);
+    after_switch(self->fake_stack, &scheduler_stack_bottom, &scheduler_stack_size);
+}
+
+inline void fiber_entry() {
+    after_switch(nullptr, &scheduler_stack_bottom, &scheduler_stack_size);
+    (*fiber_body)();
+    running->done = true;
+    yield_to_scheduler(true);  // never resumed
+}
+
+inline void run_block_on_fibers(std::vector<Fiber>& fibers, const std::function<void()>& body) {
+    fiber_body = &body;
+    for (Fiber& fiber : fibers) {
+        fiber.done = false;
+        getcontext(&fiber.context);
+        fiber.context.uc_stack.ss_sp = fiber.stack.get();
+        fiber.context.uc_stack.ss_size = kFiberStack;
+        fiber.context.uc_link = nullptr;
+        makecontext(&fiber.context, fiber_entry, 0);
+    }
+    const int n = static_cast<int>(fibers.size());
+    for (int phase = 0;; ++phase) {
+        bool alive = false;
+        for (int i = 0; i < n; ++i) {
+            Fiber& fiber = fibers[phase % 2 == 0 ? i : n - 1 - i];
+            if (fiber.done) continue;
+            running = &fiber;
+            current = &fiber.state;
+            void* fake_stack = nullptr;
+            before_switch(&fake_stack, fiber.stack.get(), kFiberStack);
+            swapcontext(&scheduler, &fiber.context);
+            after_switch(fake_stack, nullptr, nullptr);
+            alive = alive || !fiber.done;
+        }
+        // Every fiber still alive now waits at the barrier: release them all.
+        if (!alive) break;
+    }
+    for (Fiber& fiber : fibers) check_no_copy_left(fiber.state);
+    running = nullptr;
+    current = nullptr;
+}
+#endif
+
+// The kernel's arguments from the launch's buffers and ints: pointer parameters take the buffers
+// in order, int parameters the ints in order.
+struct Launch {
+    dim3 grid, block;
+    std::size_t shared_bytes = 0;
+    std::vector<void*> buffers;
+    std::vector<int> ints;
+};
+
+template <typename... P, std::size_t... I>
+std::tuple<P...> kernel_arguments(const Launch& config, std::index_sequence<I...>) {
+    constexpr std::size_t n_pointers = (std::size_t(0) + ... + std::is_pointer_v<P>);
+    constexpr bool pointers_first = [] {
+        const bool is_pointer[] = {std::is_pointer_v<P>...};
+        for (std::size_t i = 0; i < n_pointers; ++i) {
+            if (!is_pointer[i]) return false;
+        }
+        return true;
+    }();
+    static_assert(pointers_first, "kernel parameters: pointers first, then ints");
+    if (config.buffers.size() != n_pointers || config.ints.size() != sizeof...(P) - n_pointers) {
+        fail("the launch's buffers and ints do not match the kernel's parameters");
+    }
+    auto argument = [&](auto index, auto type) {
+        using T = typename decltype(type)::type;
+        constexpr std::size_t i = decltype(index)::value;
+        if constexpr (std::is_pointer_v<T>) {
+            return static_cast<T>(config.buffers[i]);
+        } else {
+            return static_cast<T>(config.ints[i - n_pointers]);
+        }
+    };
+    return std::tuple<P...>(
+        argument(std::integral_constant<std::size_t, I>{}, std::type_identity<P>{})...);
+}
+
+// Runs kernel<<<grid, block, shared_bytes>>>(args...) to completion.
+template <typename... P>
+void launch(void (*kernel)(P...), const Launch& config) {
+    const std::tuple<P...> args =
+        kernel_arguments<P...>(config, std::index_sequence_for<P...>{});
+    const std::function<void()> body = [&] { std::apply(kernel, args); };
+    const int n_threads = static_cast<int>(config.block.x * config.block.y * config.block.z);
+    if (n_threads <= 0 || n_threads > 1024) fail("a block has 1 to 1024 threads");
+    grid_dim = config.grid;
+    block_dim = config.block;
+    const std::size_t shared_bytes = config.shared_bytes > 0 ? config.shared_bytes : 1;
+    auto for_each_block = [&](auto&& run_block) {
+        for (unsigned int z = 0; z < config.grid.z; ++z) {
+            for (unsigned int y = 0; y < config.grid.y; ++y) {
+                for (unsigned int x = 0; x < config.grid.x; ++x) {
+                    auto* shared = static_cast<unsigned char*>(
+                        ::operator new[](shared_bytes, std::align_val_t(16)));
+                    std::memset(shared, 0xff, shared_bytes);
+                    run_block(dim3{x, y, z}, shared);
+                    ::operator delete[](shared, std::align_val_t(16));
+                }
+            }
+        }
+    };
+#if CUDA_ON_CPU_OS_THREADS
+    // Block threads are OS threads parked between blocks. Each has its own go and done signals
+    // with the launching thread, so that no thread's work happens-before another's except through
+    // the block's barriers: ThreadSanitizer then reports any shared-memory access pair that no
+    // barrier orders.
+    struct Worker {
+        Signal go, done;
+        std::thread thread;
+    };
+    std::vector<Worker> workers(n_threads);
+    for (int t = 0; t < n_threads; ++t) {
+        workers[t].thread = std::thread([&, t] {
+            ThreadState state;
+            state.idx = thread_index(t, config.block);
+            current = &state;
+            for (unsigned long block = 1;; ++block) {
+                if (!workers[t].go.wait_for(block)) return;
+                body();
+                block_barrier.leave();
+                check_no_copy_left(state);
+                workers[t].done.post(block);
+            }
+        });
+    }
+    unsigned long block_number = 0;
+    for_each_block([&](dim3 index, unsigned char* shared) {
+        block_barrier.reset(n_threads);
+        block_idx = index;
+        shared_memory = shared;
+        ++block_number;
+        for (Worker& worker : workers) worker.go.post(block_number);
+        for (Worker& worker : workers) worker.done.wait_for(block_number);
+        shared_memory = nullptr;
+    });
+    for (Worker& worker : workers) worker.go.stop();
+    for (Worker& worker : workers) worker.thread.join();
+#else
+    std::vector<Fiber> fibers(n_threads);
+    for (int t = 0; t < n_threads; ++t) {
+        fibers[t].stack.reset(new char[kFiberStack]);
+        fibers[t].state.idx = thread_index(t, config.block);
+    }
+    for_each_block([&](dim3 index, unsigned char* shared) {
+        block_idx = index;
+        shared_memory = shared;
+        run_block_on_fibers(fibers, body);
+        shared_memory = nullptr;
+    });
+#endif
+}
+
+}  // namespace cuda_on_cpu
+
+#define gridDim (::cuda_on_cpu::grid_dim)
+#define blockDim (::cuda_on_cpu::block_dim)
+#define blockIdx (::cuda_on_cpu::block_idx)
+#define threadIdx (::cuda_on_cpu::current->idx)
+
+inline void __syncthreads() {
+#if CUDA_ON_CPU_OS_THREADS
+    ::cuda_on_cpu::block_barrier.arrive_and_wait();
+#else
+    ::cuda_on_cpu::yield_to_scheduler(false);
+#endif
+}

@@ -1,0 +1,510 @@
+"""The CUDA kernels of ``kernels/*.cu`` run on the CPU, on every machine: the sources are compiled
+with g++ against a small emulation of the CUDA execution model (``tests/ops/cuda_on_cpu``: blocks
+of real threads, ``__syncthreads`` as a barrier, cp.async with deferred landing) and driven
+through the package's own launch code, :mod:`uplab.ops._cupy_kernels` and the autograd Functions
+of :mod:`uplab.ops.cuda`, with only the CuPy launch replaced by a run of the emulator.
+
+So without a GPU this checks what the GPU tests check for correctness (outputs and gradients vs
+the PyTorch path for every dtype, K, scale and groups; both halo stagings of the tiled kernels, bit
+for bit) and more than a GPU shows:
+
+- AddressSanitizer and UndefinedBehaviorSanitizer builds: any read or write past a tensor or past
+  the launch's dynamic shared memory, and any misaligned vector store, fails the run;
+- ThreadSanitizer builds: a missing ``__syncthreads`` (a shared-memory write and read, or a
+  read and a cp.async refill, with no barrier between) is a data race and fails the run;
+- shared memory starts as NaN and cp.async copies land only at their wait (or, for the race
+  check, at their issue): an element read before it is staged shows in the output.
+
+What it cannot show: speed, and anything of the real hardware's memory model beyond barriers
+(these kernels use no warp-level intrinsics or atomics). The GPU tests
+(``test_cuda_kernels.py``) remain the judge there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from uplab.ops import _cupy_kernels as kernels
+from uplab.ops import carafe, cuda, local_similarity
+
+CXX = shutil.which("g++")
+pytestmark = pytest.mark.skipif(
+    CXX is None, reason="the host emulation of the CUDA kernels is built with g++ (not found)"
+)
+
+EMULATION = Path(__file__).parent / "cuda_on_cpu"
+SANITIZERS = {
+    "address": ("-fsanitize=address,undefined", "-fno-sanitize-recover=all"),
+    "thread": ("-fsanitize=thread",),
+}
+SANITIZER_ENV = {
+    # Leak checking needs ptrace, which sandboxes often forbid; every allocation is freed anyway.
+    "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0",
+    "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+    "TSAN_OPTIONS": "halt_on_error=1:exitcode=66:report_signal_unsafe=0",
+}
+# Multiprocessors of the emulated GPU: small, so that the launch code splits channels and window
+# offsets over grid.y as it does for small images on a real GPU.
+N_SM = 2
+TOL = {  # (atol, rtol) vs the float64 PyTorch path on the same rounded inputs
+    torch.float64: (1e-10, 0.0),
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (2e-2, 1e-2),
+}
+DTYPES = list(TOL)
+
+
+def emulator_source(includes, names) -> str:
+    """A translation unit: the emulation, ``includes`` (kernel sources), the driver, and a table
+    of the kernels ``names`` (template instantiations) that the command line picks from."""
+    entries = [
+        f'    {{"{name}", [](const cuda_on_cpu::Launch& l) {{ cuda_on_cpu::launch({name}, l); }}}},'
+        for name in names
+    ]
+    return "\n".join(
+        [
+            '#include "cuda_on_cpu.h"',
+            *(f'#include "{file}"' for file in includes),
+            '#include "driver.h"',
+            "static const cuda_on_cpu::Entry kEntries[] = {",
+            *entries,
+            "};",
+            "int main(int argc, char** argv) {",
+            "    return cuda_on_cpu::run_main(argc, argv, kEntries, std::size(kEntries));",
+            "}",
+            "",
+        ]
+    )
+
+
+def translation_unit() -> str:
+    """Both kernel files with every instantiation the package compiles."""
+    names = [
+        expression
+        for file in sorted(kernels.KERNEL_FILES)
+        for scalar in kernels.SCALAR_TYPES.values()
+        for expression in kernels.name_expressions(file, scalar)
+    ]
+    return emulator_source(sorted(kernels.KERNEL_FILES), names)
+
+
+def compile_command(source: Path, exe: Path, sanitizer: str, defines=()) -> list[str]:
+    return [
+        CXX,
+        "-std=c++20",
+        "-O1",
+        "-g",
+        "-pthread",
+        "-DUPLAB_CUDA_ON_CPU=1",
+        *defines,
+        *SANITIZERS[sanitizer],
+        f"-I{kernels.kernel_dir()}",
+        f"-I{EMULATION}",
+        "-Wno-unknown-pragmas",
+        str(source),
+        "-o",
+        str(exe),
+    ]
+
+
+FAULTY_KERNELS = (
+    "neighbour_after_barrier",
+    "neighbour_without_barrier",
+    "read_past_shared_memory",
+    "read_past_input",
+    "read_before_async_wait",
+    "misaligned_async_copy",
+)
+
+
+def faulty_translation_unit() -> str:
+    """The kernels of ``faulty_kernels.cuh`` (one deliberate bug each)."""
+    return emulator_source(["uplab_scalar.cuh", "faulty_kernels.cuh"], FAULTY_KERNELS)
+
+
+TOOLCHAIN_PROBE = """
+#include <ucontext.h>
+#include <thread>
+int main() {
+    ucontext_t context;
+    _Float16 half = static_cast<_Float16>(1.5f);
+    std::thread([] {}).join();
+    return getcontext(&context) != 0 || static_cast<float>(half) != 1.5f;
+}
+"""
+
+
+def toolchain_lacks(folder: Path, sanitizer: str) -> str | None:
+    """Why g++ here cannot build and run the emulator under ``sanitizer`` (C++20, _Float16,
+    ucontext, threads, the sanitizer's runtime), or None when it can."""
+    source, exe = folder / f"probe_{sanitizer}.cpp", folder / f"probe_{sanitizer}"
+    source.write_text(TOOLCHAIN_PROBE)
+    command = [CXX, "-std=c++20", "-pthread", *SANITIZERS[sanitizer], str(source), "-o", str(exe)]
+    built = subprocess.run(command, capture_output=True, text=True)
+    if built.returncode != 0:
+        return f"g++ cannot build the emulator with {' '.join(SANITIZERS[sanitizer])}: {built.stderr[-300:]}"
+    ran = subprocess.run(
+        [str(exe)], capture_output=True, text=True, env={**os.environ, **SANITIZER_ENV}
+    )
+    if ran.returncode != 0:
+        return f"a {sanitizer}-sanitized program does not run here: {ran.stderr[-300:]}"
+    return None
+
+
+class Builds:
+    """The emulators, compiled in the background from the first request on (about 25 s on two
+    cores): the kernels per (halo staging, sanitizer), and the faulty kernels per sanitizer. Each
+    is waited for when first run."""
+
+    def __init__(self, folder: Path):
+        self.jobs, self.logs, self.missing = {}, {}, {}
+        kernels_source = folder / "kernels_on_cpu.cpp"
+        kernels_source.write_text(translation_unit())
+        faulty_source = folder / "faulty_on_cpu.cpp"
+        faulty_source.write_text(faulty_translation_unit())
+        for sanitizer in SANITIZERS:
+            self.missing[sanitizer] = toolchain_lacks(folder, sanitizer)
+            if self.missing[sanitizer]:
+                continue
+            for staging in kernels.STAGINGS:
+                defines = [o for o in kernels.build_options(staging) if o.startswith("-D")]
+                self._start((staging, sanitizer), folder, kernels_source, sanitizer, defines)
+            self._start(("faulty", sanitizer), folder, faulty_source, sanitizer)
+
+    def _start(self, key, folder, source, sanitizer, defines=()):
+        exe = folder / f"emulator_{'_'.join(key)}"
+        command = compile_command(source, exe, sanitizer, defines)
+        job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.jobs[key] = (exe, job)
+
+    def exe(self, build: str, sanitizer: str) -> Path:
+        """The emulator of ``build`` ("sync", "async" or "faulty") under ``sanitizer``."""
+        if self.missing[sanitizer]:
+            pytest.skip(self.missing[sanitizer])
+        exe, job = self.jobs[build, sanitizer]
+        if job.returncode is None:
+            self.logs[build, sanitizer] = job.communicate()[0].decode()
+        if job.returncode != 0:
+            log = self.logs[build, sanitizer][-4000:]
+            pytest.fail(f"building the {build}/{sanitizer} emulator failed:\n{log}")
+        return exe
+
+
+@pytest.fixture(scope="session")
+def builds(tmp_path_factory):
+    return Builds(tmp_path_factory.mktemp("cuda_on_cpu"))
+
+
+def run_emulator(exe: Path, name: str, config, tensors, ints, folder: Path, env=None) -> None:
+    """One launch of kernel ``name``: the tensors go in as files, the last one (the output)
+    comes back. Fails the test with the emulator's report if it exits non-zero."""
+    result = emulator_process(exe, name, config, tensors, ints, folder, env)
+    if result.returncode != 0:
+        pytest.fail(
+            f"{name} on the CPU emulator exited {result.returncode}:\n{result.stderr[-6000:]}"
+        )
+
+
+def emulator_process(exe: Path, name: str, config, tensors, ints, folder: Path, env=None):
+    """Run one launch (see :func:`run_emulator`); the output tensor is filled in only when the
+    run succeeds. Returns the finished process."""
+    args = [str(exe), name, *map(str, config.grid), *map(str, config.block)]
+    args += [str(config.shared_mem), str(len(tensors))]
+    for i, tensor in enumerate(tensors):
+        path = folder / f"buffer{i}.bin"
+        assert tensor.is_contiguous(), "the launch code passes contiguous tensors"
+        tensor.detach().reshape(-1).view(torch.uint8).numpy().tofile(path)
+        args += [
+            str(path),
+            str(tensor.numel() * tensor.element_size()),
+            str(tensor.data_ptr() % 16),
+        ]
+    args += [str(len(ints)), *map(str, ints)]
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
+    if result.returncode == 0:
+        out = tensors[-1]
+        data = np.fromfile(folder / f"buffer{len(tensors) - 1}.bin", dtype=np.uint8)
+        out.copy_(torch.from_numpy(data).view(out.dtype).view(out.shape))
+    return result
+
+
+@pytest.fixture
+def emulate(builds, monkeypatch, tmp_path):
+    """Route the package's kernel launches to the emulator: ``emulate(sanitizer, env)`` sets the
+    build and environment of the launches that follow (default: AddressSanitizer, cp.async copies
+    landing at their wait)."""
+    state = {"sanitizer": "address", "env": {}, "launches": []}
+
+    def launch(
+        kernel, file, config, tensors, ints, kernel_size=None, options=kernels.NVRTC_OPTIONS
+    ):
+        staging = "async" if kernels.ASYNC_STAGING_OPTION in options else "sync"
+        scalar = kernels.scalar_type(tensors[0].dtype)
+        name = (
+            f"{kernel}<{scalar}>"
+            if kernel_size is None
+            else kernels.tiled_name(kernel, scalar, kernel_size)
+        )
+        tensors[-1].fill_(float("nan"))  # an element the kernel does not write stays NaN
+        env = {**SANITIZER_ENV, **state["env"]}
+        exe = builds.exe(staging, state["sanitizer"])
+        run_emulator(exe, name, config, tensors, ints, tmp_path, env)
+        state["launches"].append(name)
+
+    monkeypatch.setattr(kernels, "_launch", launch)
+    monkeypatch.setattr(kernels, "_multiprocessors", lambda device_index: N_SM)
+
+    def configure(sanitizer="address", env=None):
+        state["sanitizer"], state["env"] = sanitizer, env or {}
+        return state["launches"]
+
+    return configure
+
+
+def _through_autograd(op, inputs, grad):
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = op(*leaves)
+    out.backward(grad)
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def _check(emulated_op, torch_op, inputs, grad, dtype):
+    """Output and both gradients of ``emulated_op`` in ``dtype`` vs ``torch_op`` in float64 on the
+    same rounded values."""
+    got = _through_autograd(emulated_op, [t.to(dtype) for t in inputs], grad.to(dtype))
+    want = _through_autograd(
+        torch_op, [t.to(dtype).double() for t in inputs], grad.to(dtype).double()
+    )
+    atol, rtol = TOL[dtype]
+    for name, g, w in zip(["output", "grad[0]", "grad[1]"], got, want, strict=True):
+        assert g.dtype == dtype, name
+        torch.testing.assert_close(g.double(), w, atol=atol, rtol=rtol, msg=name)
+
+
+def _carafe_case(b, c, h, w, k, s, groups=1):
+    inputs = [torch.randn(b, c, h, w, dtype=torch.float64)]
+    inputs.append(torch.randn(b, groups * k * k, s * h, s * w, dtype=torch.float64))
+    return inputs, torch.randn(b, c, s * h, s * w, dtype=torch.float64)
+
+
+def _similarity_case(b, c, h, w, k, s):
+    inputs = [torch.randn(b, c, s * h, s * w, dtype=torch.float64)]
+    inputs.append(torch.randn(b, c, h, w, dtype=torch.float64))
+    return inputs, torch.randn(b, k * k, s * h, s * w, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("k, s", [(1, 2), (3, 1), (3, 2), (5, 2), (5, 3), (7, 4)])
+def test_carafe_kernels_match_torch_path(emulate, k, s, dtype):
+    # Odd, non-square sizes; forward (generic or tiled), grad_features (reassemble_transpose) and
+    # grad_masks (window_dot) through the package's autograd Function.
+    launches = emulate()
+    inputs, grad = _carafe_case(2, 10, 7, 9, k, s)
+    _check(
+        lambda f, m: cuda.carafe(f, m, k, s, 1),
+        lambda f, m: carafe(f, m, k, s, backend="torch"),
+        inputs,
+        grad,
+        dtype,
+    )
+    tiled = kernels.tiled_applies(dtype, k, s)
+    assert launches[0].startswith("reassemble_tiled" if tiled else "reassemble<"), launches
+    assert launches[1].startswith("reassemble_transpose<")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("k, s", [(1, 1), (3, 2), (5, 2), (5, 3), (7, 4)])
+def test_local_similarity_kernels_match_torch_path(emulate, k, s, dtype):
+    emulate()
+    inputs, grad = _similarity_case(2, 10, 7, 9, k, s)
+    _check(
+        lambda q, key: cuda.local_similarity(q, key, k, s),
+        lambda q, key: local_similarity(q, key, k, s, backend="torch"),
+        inputs,
+        grad,
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("k, s", [(3, 2), (5, 2), (5, 3), (7, 4)])
+def test_carafe_groups_match_torch_path(emulate, k, s, dtype):
+    emulate()
+    inputs, grad = _carafe_case(2, 12, 6, 11, k, s, groups=3)
+    _check(
+        lambda f, m: cuda.carafe(f, m, k, s, 3),
+        lambda f, m: carafe(f, m, k, s, group_size=3, backend="torch"),
+        inputs,
+        grad,
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("k, s", [(3, 2), (5, 2), (7, 4)])
+def test_tiled_kernels_at_multi_tile_sizes_match_torch_path(emulate, k, s, dtype):
+    # Several tiles each way with ragged last ones (a block is 64 output columns by 16 rows, 8
+    # for K=7), channels split over blocks, and window_dot_tiled forced (the launch code keeps the
+    # generic window_dot on a grid this small).
+    launches = emulate()
+    features = torch.randn(1, 20, 19, 37, dtype=torch.float64).to(dtype)
+    masks = torch.randn(1, k * k, 19 * s, 37 * s, dtype=torch.float64).to(dtype)
+    got = kernels.reassemble(features, masks, k, s, 1, path="tiled", stage_channels=3)
+    want = carafe(features.double(), masks.double(), k, s, backend="torch")
+    torch.testing.assert_close(got.double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1])
+    query = torch.randn(1, 20, 19 * s, 37 * s, dtype=torch.float64).to(dtype)
+    got = kernels.window_dot(query, features, k, s, 1, path="tiled", stage_channels=3)
+    want = local_similarity(query.double(), features.double(), k, s, backend="torch")
+    torch.testing.assert_close(got.double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1])
+    assert launches == [
+        kernels.tiled_name("reassemble_tiled", kernels.scalar_type(dtype), k),
+        kernels.tiled_name("window_dot_tiled", kernels.scalar_type(dtype), k),
+    ]
+
+
+# (width, elements the base lies past an aligned allocation): every copy width of the async
+# staging (fp32: 4, 8, 16, 16 bytes; 16-bit: element copies, 4, 8, 16 bytes) and, with the base
+# one element off, the fallbacks for a misaligned base (as in test_cuda_kernels.py).
+ASYNC_STAGING_WIDTHS = ((37, 0), (38, 0), (44, 0), (40, 0), (38, 1))
+
+
+def _at_offset(shape, offset, dtype):
+    storage = torch.randn(math.prod(shape) + offset, dtype=torch.float64).to(dtype)
+    tensor = storage[offset:].view(shape)
+    assert tensor.data_ptr() % 16 == (offset * tensor.element_size()) % 16
+    return tensor
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("k, s", [(3, 2), (5, 4), (7, 2)])
+def test_async_staging_equals_sync_staging_bit_for_bit(emulate, k, s, dtype):
+    # 9 channels staged 2 per buffer: a block that holds a whole group runs 5 chunks (groups=1)
+    # or 2 ragged ones (groups=3) through both buffers; the channel split runs shorter blocks.
+    emulate()
+    for groups in (1, 3):
+        for width, offset in ASYNC_STAGING_WIDTHS:
+            features = _at_offset((1, 9, 11, width), offset, dtype)
+            masks = torch.randn(1, groups * k * k, 11 * s, width * s).to(dtype)
+            case = f"groups={groups} width={width} offset={offset}"
+            sync = kernels.reassemble(features, masks, k, s, groups, path="tiled")
+            want = carafe(
+                features.double(), masks.double(), k, s, group_size=groups, backend="torch"
+            )
+            torch.testing.assert_close(sync.double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1])
+            for split_channels in (False, True):
+                got = kernels.reassemble(
+                    *(features, masks, k, s, groups),
+                    path="tiled",
+                    stage_channels=2,
+                    staging="async",
+                    split_channels=split_channels,
+                )
+                assert torch.equal(got, sync), (
+                    f"carafe async != sync: {case} split={split_channels}"
+                )
+            query = torch.randn(1, 9, 11 * s, width * s).to(dtype)
+            sync = kernels.window_dot(query, features, k, s, groups, path="tiled")
+            got = kernels.window_dot(
+                query, features, k, s, groups, path="tiled", stage_channels=2, staging="async"
+            )
+            assert torch.equal(got, sync), f"window_dot async != sync: {case}"
+
+
+@pytest.mark.parametrize("staging", kernels.STAGINGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_tiled_kernels_have_no_data_races(emulate, staging, dtype):
+    # ThreadSanitizer over the tiled kernels at several staged chunks per block (a missing barrier
+    # between staging and reading, or between reading and refilling, is a race); the async build
+    # with copies landing at issue (an early refill races with the readers of the last chunk) and
+    # at their wait.
+    k, s = 5, 2
+    features = torch.randn(1, 7, 11, 38).to(dtype)
+    masks = torch.randn(1, k * k, 22, 76).to(dtype)
+    query = torch.randn(1, 7, 22, 76).to(dtype)
+    lands = ("issue", "wait") if staging == "async" else ("wait",)
+    options = dict(path="tiled", stage_channels=2, staging=staging)
+    results = []
+    for mode in lands:
+        emulate("thread", {"CUDA_ON_CPU_ASYNC_LANDS": mode})
+        out = kernels.reassemble(features, masks, k, s, 1, split_channels=False, **options)
+        sim = kernels.window_dot(query, features, k, s, 1, **options)
+        results.append((out, sim))
+    for got in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(got, results[0], strict=True))
+    out, sim = results[0]
+    want = carafe(features.double(), masks.double(), k, s, backend="torch")
+    torch.testing.assert_close(out.double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1])
+    want = local_similarity(query.double(), features.double(), k, s, backend="torch")
+    torch.testing.assert_close(sim.double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1])
+
+
+def test_generic_kernels_have_no_data_races(emulate):
+    # reassemble stages its masks in shared memory behind one barrier; window_dot keeps running
+    # sums there without one (each thread touches only its own entries).
+    emulate("thread")
+    inputs, grad = _carafe_case(1, 6, 5, 7, 5, 3)
+    _check(
+        lambda f, m: cuda.carafe(f, m, 5, 3, 1),
+        lambda f, m: carafe(f, m, 5, 3, backend="torch"),
+        inputs,
+        grad,
+        torch.float32,
+    )
+
+
+def _faulty(builds, tmp_path, name, sanitizer, env=None):
+    """Run faulty kernel ``name`` on one block of 32 threads: (process, output)."""
+    n = 32
+    config = kernels.LaunchConfig((1, 1, 1), (n, 1, 1), 4 * n, 0)
+    values = torch.arange(1.0, n + 1)
+    out = torch.zeros(n)
+    exe = builds.exe("faulty", sanitizer)
+    env = {**SANITIZER_ENV, **(env or {})}
+    result = emulator_process(exe, name, config, (values, out), (n,), tmp_path, env)
+    return result, values, out
+
+
+def test_emulator_catches_a_missing_barrier(builds, tmp_path):
+    result, values, out = _faulty(builds, tmp_path, "neighbour_after_barrier", "address")
+    assert result.returncode == 0, result.stderr
+    assert torch.equal(out, values.roll(-1))
+    # Fibers in ascending order: each thread reads its neighbour's slot before the neighbour ran.
+    result, _, out = _faulty(builds, tmp_path, "neighbour_without_barrier", "address")
+    assert result.returncode == 0, result.stderr
+    assert out[:-1].isnan().all()
+    result, _, out = _faulty(builds, tmp_path, "neighbour_after_barrier", "thread")
+    assert result.returncode == 0, result.stderr
+    assert torch.equal(out, values.roll(-1))
+    result, _, _ = _faulty(builds, tmp_path, "neighbour_without_barrier", "thread")
+    assert result.returncode == 66 and "data race" in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", ["read_past_shared_memory", "read_past_input"])
+def test_emulator_catches_reads_past_a_buffer(builds, tmp_path, name):
+    result, _, _ = _faulty(builds, tmp_path, name, "address")
+    assert result.returncode != 0
+    assert "heap-buffer-overflow" in result.stderr, result.stderr[-2000:]
+
+
+def test_emulator_catches_cp_async_misuse(builds, tmp_path):
+    # Copies landing at their wait: the early read sees the NaN the shared memory starts with.
+    result, values, out = _faulty(builds, tmp_path, "read_before_async_wait", "address")
+    assert result.returncode == 0, result.stderr
+    assert out.isnan().all()
+    env = {"CUDA_ON_CPU_ASYNC_LANDS": "issue"}
+    result, values, out = _faulty(builds, tmp_path, "read_before_async_wait", "address", env)
+    assert result.returncode == 0 and torch.equal(out, values), result.stderr
+    result, _, _ = _faulty(builds, tmp_path, "misaligned_async_copy", "address")
+    assert result.returncode != 0
+    assert "cp.async source not aligned to the copy size" in result.stderr
