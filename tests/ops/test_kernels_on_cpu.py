@@ -373,6 +373,27 @@ def test_tiled_kernels_at_multi_tile_sizes_match_torch_path(emulate, k, s, dtype
     ]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("staging", kernels.STAGINGS)
+def test_tiled_launch_shapes_of_the_variant_benchmark_match_torch_path(emulate, staging, dtype):
+    # The block shapes scripts/bench_kernel_variants.py times (and one narrower), each with both
+    # halo stagings, so that a GPU session spends no time on a variant that is wrong.
+    emulate()
+    k, s = 5, 2
+    features = torch.randn(1, 12, 19, 37, dtype=torch.float64).to(dtype)
+    masks = torch.randn(1, k * k, 19 * s, 37 * s, dtype=torch.float64).to(dtype)
+    query = torch.randn(1, 12, 19 * s, 37 * s, dtype=torch.float64).to(dtype)
+    want_out = carafe(features.double(), masks.double(), k, s, backend="torch")
+    want_sim = local_similarity(query.double(), features.double(), k, s, backend="torch")
+    atol, rtol = TOL[dtype]
+    for block in ((32, 2), (32, 4), (32, 8), (16, 2)):
+        options = dict(path="tiled", block=block, stage_channels=5, staging=staging)
+        out = kernels.reassemble(features, masks, k, s, 1, **options)
+        torch.testing.assert_close(out.double(), want_out, atol=atol, rtol=rtol, msg=str(block))
+        sim = kernels.window_dot(query, features, k, s, 1, **options)
+        torch.testing.assert_close(sim.double(), want_sim, atol=atol, rtol=rtol, msg=str(block))
+
+
 # (width, elements the base lies past an aligned allocation): every copy width of the async
 # staging (fp32: 4, 8, 16, 16 bytes; 16-bit: element copies, 4, 8, 16 bytes) and, with the base
 # one element off, the fallbacks for a misaligned base (as in test_cuda_kernels.py).
