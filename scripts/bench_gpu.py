@@ -1,7 +1,8 @@
 """Benchmark the ops' implementations: CUDA kernels, PyTorch path, unfold-and-repeat formulation.
 
 For carafe and local_similarity at 1x256x120x120 -> 240^2 and 16x256x128x128 -> 256^2 (K=5, s=2),
-in float32 and bfloat16: forward and forward+backward time (CUDA events, warm-up, median),
+in float32 and bfloat16 (the kernels as shipped, ``cuda``, and with the tiled kernels' opt-in
+cp.async halo staging, ``cuda-async``): forward and forward+backward time (CUDA events, warm-up, median),
 achieved forward bandwidth (the bytes the op must move: inputs read once, output written once)
 against the device's measured device-to-device copy bandwidth (bytes read + written), and the peak
 ``torch.cuda.max_memory_allocated`` of forward+backward against the inputs, output, output gradient
@@ -15,6 +16,7 @@ as Markdown (``--out``; default ``$OUT/gpu_bench.md`` when ``OUT`` is set).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -31,7 +33,9 @@ KERNEL, SCALE = 5, 2
 SHAPES = {"1x256x120x120": (1, 256, 120, 120), "16x256x128x128": (16, 256, 128, 128)}
 DRY_SHAPES = {"1x8x12x10": (1, 8, 12, 10), "2x8x16x16": (2, 8, 16, 16)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-IMPLS = ("cuda", "torch", "unfold")
+# "cuda-async": the same ops with the tiled kernels' opt-in cp.async halo staging
+# (_cupy_kernels.TILED_STAGING = "async"), timed beside the shipped "cuda" until one is chosen.
+IMPLS = ("cuda", "cuda-async", "torch", "unfold")
 
 
 @dataclass
@@ -83,13 +87,27 @@ def copy_bandwidth(device, n_bytes: int) -> float:
 
 
 def _op_call(op: str, impl: str):
+    backend = "cuda" if impl.startswith("cuda") else impl
     if op == "carafe":
         if impl == "unfold":
             return lambda a, b: carafe_unfold(a, b, KERNEL, SCALE)
-        return lambda a, b: carafe(a, b, KERNEL, SCALE, backend=impl)
+        return lambda a, b: carafe(a, b, KERNEL, SCALE, backend=backend)
     if impl == "unfold":
         return lambda a, b: local_similarity_unfold(a, b, KERNEL, SCALE)
-    return lambda a, b: local_similarity(a, b, KERNEL, SCALE, backend=impl)
+    return lambda a, b: local_similarity(a, b, KERNEL, SCALE, backend=backend)
+
+
+@contextlib.contextmanager
+def _tiled_staging(impl: str):
+    """The tiled kernels' halo staging for ``impl``'s forward and backward launches."""
+    from uplab.ops import _cupy_kernels
+
+    shipped = _cupy_kernels.TILED_STAGING
+    _cupy_kernels.TILED_STAGING = "async" if impl == "cuda-async" else shipped
+    try:
+        yield
+    finally:
+        _cupy_kernels.TILED_STAGING = shipped
 
 
 def _inputs(op, shape, dtype, device):
@@ -111,36 +129,41 @@ def measure(op, shape_name, shape, dtype_name, impl, device, budget_s) -> Row:
     dtype = DTYPES[dtype_name]
     call = _op_call(op, impl)
     try:
-        a, b, grad = _inputs(op, shape, dtype, device)
-        nbytes = lambda *ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
-        row.forward_ms = time_ms(lambda: call(a, b), device, budget_s, 100)
-        row.bandwidth = nbytes(a, b, grad) / (row.forward_ms / 1e3)
-        a.requires_grad_(True)
-        b.requires_grad_(True)
-
-        def train_step():
-            a.grad = b.grad = None
-            call(a, b).backward(grad)
-
-        row.train_ms = time_ms(train_step, device, budget_s, 100)
-        a.grad = b.grad = None
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            train_step()
-            torch.cuda.synchronize(device)
-            row.peak = torch.cuda.max_memory_allocated(device)
-            # inputs, output, output gradient, input gradients
-            row.ideal = nbytes(a, b, grad) + nbytes(grad) + nbytes(a, b)
+        with _tiled_staging(impl):
+            _measure_into(row, call, op, shape, dtype, device, budget_s)
     except torch.cuda.OutOfMemoryError:
         row.note = "out of memory"
     except RuntimeError as exc:  # e.g. a backend that cannot run here
         row.note = str(exc).splitlines()[0][:80]
     finally:
-        a = b = grad = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return row
+
+
+def _measure_into(row, call, op, shape, dtype, device, budget_s) -> None:
+    """Forward and forward+backward times, forward bandwidth, peak memory, into ``row``."""
+    a, b, grad = _inputs(op, shape, dtype, device)
+    nbytes = lambda *ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+    row.forward_ms = time_ms(lambda: call(a, b), device, budget_s, 100)
+    row.bandwidth = nbytes(a, b, grad) / (row.forward_ms / 1e3)
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+
+    def train_step():
+        a.grad = b.grad = None
+        call(a, b).backward(grad)
+
+    row.train_ms = time_ms(train_step, device, budget_s, 100)
+    a.grad = b.grad = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        train_step()
+        torch.cuda.synchronize(device)
+        row.peak = torch.cuda.max_memory_allocated(device)
+        # inputs, output, output gradient, input gradients
+        row.ideal = nbytes(a, b, grad) + nbytes(grad) + nbytes(a, b)
 
 
 def _fmt(value, spec):
@@ -182,6 +205,13 @@ def targets(rows: list[Row], copy_bw: float, large: str) -> list[str]:
             f"- carafe {dtype} forward at {large}: {100 * fraction:.0f}% of copy bandwidth "
             f"(target >= 60%): {'met' if fraction >= 0.6 else 'MISSED'}"
         )
+        staged = by.get(("carafe", large, dtype, "cuda-async"))
+        if staged is not None and staged.bandwidth is not None:
+            lines.append(
+                f"  - with the opt-in cp.async staging: {100 * staged.bandwidth / copy_bw:.0f}% "
+                f"({staged.forward_ms:.3f} ms vs {kernel.forward_ms:.3f} ms shipped; fwd+bwd "
+                f"{_fmt(staged.train_ms, '.3f')} vs {kernel.train_ms:.3f} ms)"
+            )
         for impl, need in (("unfold", 5), ("torch", 2)):
             other = by[("carafe", large, dtype, impl)]
             if other.train_ms is None:

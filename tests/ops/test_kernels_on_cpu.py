@@ -244,7 +244,7 @@ def emulate(builds, monkeypatch, tmp_path):
     """Route the package's kernel launches to the emulator: ``emulate(sanitizer, env)`` sets the
     build and environment of the launches that follow (default: AddressSanitizer, cp.async copies
     landing at their wait)."""
-    state = {"sanitizer": "address", "env": {}, "launches": []}
+    state = {"sanitizer": "address", "env": {}, "launches": [], "stagings": []}
 
     def launch(
         kernel, file, config, tensors, ints, kernel_size=None, options=kernels.NVRTC_OPTIONS
@@ -261,13 +261,18 @@ def emulate(builds, monkeypatch, tmp_path):
         exe = builds.exe(staging, state["sanitizer"])
         run_emulator(exe, name, config, tensors, ints, tmp_path, env)
         state["launches"].append(name)
+        state["stagings"].append(staging)
 
     monkeypatch.setattr(kernels, "_launch", launch)
     monkeypatch.setattr(kernels, "_multiprocessors", lambda device_index: N_SM)
 
     def configure(sanitizer="address", env=None):
+        """The names of the kernels launched from now on are appended to the returned list (and
+        their builds' stagings to ``configure.stagings``)."""
         state["sanitizer"], state["env"] = sanitizer, env or {}
         return state["launches"]
+
+    configure.stagings = state["stagings"]
 
     return configure
 
@@ -392,6 +397,24 @@ def test_tiled_launch_shapes_of_the_variant_benchmark_match_torch_path(emulate, 
         torch.testing.assert_close(out.double(), want_out, atol=atol, rtol=rtol, msg=str(block))
         sim = kernels.window_dot(query, features, k, s, 1, **options)
         torch.testing.assert_close(sim.double(), want_sim, atol=atol, rtol=rtol, msg=str(block))
+
+
+def test_tiled_staging_default_reaches_forward_and_backward(emulate, monkeypatch):
+    # scripts/bench_gpu.py times whole ops with TILED_STAGING switched: every tiled launch of
+    # carafe's forward and backward must then take the async build, and still match.
+    monkeypatch.setattr(kernels, "TILED_STAGING", "async")
+    launches = emulate()
+    inputs, grad = _carafe_case(8, 6, 16, 20, 3, 2)
+    _check(
+        lambda f, m: cuda.carafe(f, m, 3, 2, 1),
+        lambda f, m: carafe(f, m, 3, 2, backend="torch"),
+        inputs,
+        grad,
+        torch.float32,
+    )
+    tiled = [i for i, name in enumerate(launches) if "tiled" in name]
+    assert {launches[i].split("<")[0] for i in tiled} == {"reassemble_tiled", "window_dot_tiled"}
+    assert all(emulate.stagings[i] == "async" for i in tiled)
 
 
 # (width, elements the base lies past an aligned allocation): every copy width of the async

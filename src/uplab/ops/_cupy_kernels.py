@@ -63,6 +63,7 @@ TILED_BLOCKS_PER_SM = 6
 # "async" (a double buffer filled with cp.async, kernels built with ASYNC_STAGING_OPTION; helpers
 # and rationale in kernels/uplab_scalar.cuh). "async" is opt-in (staging="async") until a GPU run
 # shows it correct and faster (docs/benchmarks.md); then TILED_STAGING is the one line to change.
+# Read at each launch, so a benchmark may switch it for whole ops (scripts/bench_gpu.py).
 STAGINGS = ("sync", "async")
 TILED_STAGING = "sync"
 ASYNC_STAGING_OPTION = "-DTILED_ASYNC_STAGING=1"
@@ -115,7 +116,7 @@ def tiled_applies(dtype: torch.dtype, kernel_size: int, scale: int) -> bool:
     )
 
 
-def build_options(staging: str = TILED_STAGING) -> tuple[str, ...]:
+def build_options(staging: str) -> tuple[str, ...]:
     """NVRTC options of a kernel file built for this halo staging of its tiled kernels."""
     if staging not in STAGINGS:
         raise ValueError(f"staging must be one of {STAGINGS}, got {staging!r}")
@@ -252,16 +253,17 @@ def tiled_config(
     block: tuple[int, int] = TILED_BLOCK,
     stage_channels: int = TILED_STAGE_CHANNELS,
     split_channels: bool = True,
-    staging: str = TILED_STAGING,
+    staging: str | None = None,
     itemsize: int = 4,
 ) -> LaunchConfig:
     """Launch of ``reassemble_tiled`` / ``window_dot_tiled``: one thread per 2x2 output quad
     (2x1 for K=7), the block's low-resolution tile plus halo staged in shared memory for
     ``stage`` channels at a time. ``split_channels`` (reassemble only; window_dot sums over the
     channels inside a block) spreads a group's channels over grid.y when the tiles alone leave the
-    GPU short of blocks. ``staging`` is the build's halo staging: "sync" stages float tiles,
-    "async" two buffers of the storage type (``itemsize`` bytes an element); ``stage`` shrinks
-    until the block's shared memory fits :data:`SHARED_MEMORY_LIMIT`."""
+    GPU short of blocks. ``staging`` is the build's halo staging (default :data:`TILED_STAGING`):
+    "sync" stages float tiles, "async" two buffers of the storage type (``itemsize`` bytes an
+    element); ``stage`` shrinks until the block's shared memory fits :data:`SHARED_MEMORY_LIMIT`."""
+    staging = staging or TILED_STAGING
     _check_batch_groups(batch, groups)
     if block[0] * block[1] > TILED_MAX_THREADS:
         raise ValueError(f"tiled kernels take at most {TILED_MAX_THREADS} threads, got {block}")
@@ -393,14 +395,15 @@ def reassemble(
     path: str = "auto",
     block: tuple[int, int] = TILED_BLOCK,
     stage_channels: int = TILED_STAGE_CHANNELS,
-    staging: str = TILED_STAGING,
+    staging: str | None = None,
     split_channels: bool = True,
 ) -> torch.Tensor:
     """``out[b,c,Y,X] = sum_k masks[b,g*K*K+k,Y,X] * features[b,c,Y//s-r+ky,X//s-r+kx]``.
 
     ``path`` picks the kernel (``"auto"``: the tiled one where :func:`tiled_applies`); ``block``,
-    ``stage_channels``, ``staging`` and ``split_channels`` shape the tiled launch (see
-    :func:`tiled_config`; for benchmarks and tests)."""
+    ``stage_channels``, ``staging`` (default :data:`TILED_STAGING`) and ``split_channels`` shape
+    the tiled launch (see :func:`tiled_config`; for benchmarks and tests)."""
+    staging = staging or TILED_STAGING
     b, c, h, w = features.shape
     out = features.new_empty(b, c, h * scale, w * scale)
     if out.numel() == 0:
@@ -468,14 +471,15 @@ def window_dot(
     path: str = "auto",
     block: tuple[int, int] = TILED_BLOCK,
     stage_channels: int = TILED_STAGE_CHANNELS,
-    staging: str = TILED_STAGING,
+    staging: str | None = None,
 ) -> torch.Tensor:
     """``out[b,g*K*K+k,Y,X] = sum_{c in g} query[b,c,Y,X] * key[b,c,Y//s-r+ky,X//s-r+kx]``.
 
     ``path`` picks the kernel (``"auto"``: the tiled one where :func:`tiled_applies` and its grid
     fills the GPU, since it cannot split the channel sum over blocks); ``block``,
-    ``stage_channels`` and ``staging`` shape the tiled launch (see :func:`tiled_config`; for
-    benchmarks and tests)."""
+    ``stage_channels`` and ``staging`` (default :data:`TILED_STAGING`) shape the tiled launch (see
+    :func:`tiled_config`; for benchmarks and tests)."""
+    staging = staging or TILED_STAGING
     b, c, h, w = key.shape
     out = query.new_empty(b, groups * kernel_size**2, h * scale, w * scale)
     if out.numel() == 0:

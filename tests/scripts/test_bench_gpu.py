@@ -1,0 +1,68 @@
+"""scripts/bench_gpu.py without a GPU: the staging switch of the ``cuda-async`` rows, the targets'
+verdicts from measured rows, and a dry run of the whole script on the CPU."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from uplab.ops import _cupy_kernels
+
+ROOT = Path(__file__).parents[2]
+spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "scripts" / "bench_gpu.py")
+bench_gpu = importlib.util.module_from_spec(spec)
+sys.modules["bench_gpu"] = bench_gpu
+spec.loader.exec_module(bench_gpu)
+
+LARGE = "16x256x128x128"
+
+
+def test_cuda_async_rows_switch_the_tiled_staging_and_restore_it():
+    shipped = _cupy_kernels.TILED_STAGING
+    with bench_gpu._tiled_staging("cuda-async"):
+        assert _cupy_kernels.TILED_STAGING == "async"
+    assert _cupy_kernels.TILED_STAGING == shipped
+    with pytest.raises(RuntimeError), bench_gpu._tiled_staging("cuda-async"):
+        raise RuntimeError("a failed measurement")
+    assert _cupy_kernels.TILED_STAGING == shipped
+    with bench_gpu._tiled_staging("cuda"):
+        assert _cupy_kernels.TILED_STAGING == shipped
+
+
+def _row(dtype, impl, forward_ms, train_ms, moved=1e9, peak=None, ideal=None):
+    return bench_gpu.Row(
+        "carafe", LARGE, dtype, impl, forward_ms, train_ms, moved / (forward_ms / 1e3), peak, ideal
+    )
+
+
+def test_targets_judge_the_shipped_kernels_and_report_the_async_staging():
+    copy_bw = 4e12  # bytes/s: 1 GB moved in 0.25 ms would be 100%
+    rows = []
+    for dtype in ("fp32", "bf16"):
+        rows += [
+            _row(dtype, "cuda", 1.0, 3.0, peak=105, ideal=100),  # 25% of copy
+            _row(dtype, "cuda-async", 0.4, 2.5),  # 62.5%
+            _row(dtype, "torch", 9.0, 7.0),
+            _row(dtype, "unfold", 20.0, 30.0),
+        ]
+    lines = bench_gpu.targets(rows, copy_bw, LARGE)
+    fp32 = [line for line in lines if "fp32" in line or line.startswith("  -")][:6]
+    assert fp32[0] == (
+        f"- carafe fp32 forward at {LARGE}: 25% of copy bandwidth (target >= 60%): MISSED"
+    )
+    assert fp32[1] == (
+        "  - with the opt-in cp.async staging: 62% (0.400 ms vs 1.000 ms shipped; fwd+bwd "
+        "2.500 vs 3.000 ms)"
+    )
+    assert "10.0x faster than unfold (target >= 5x): met" in fp32[2]
+    assert "2.3x faster than torch (target >= 2x): met" in fp32[3]
+    assert "peak memory 1.05x inputs+outputs+gradients (target <= 1.10x): met" in fp32[4]
+
+
+def test_dry_run_on_cpu_writes_the_table(tmp_path):
+    out = tmp_path / "bench.md"
+    assert bench_gpu.main(["--dry-run", "--device", "cpu", "--out", str(out)]) == 0
+    table = out.read_text()
+    assert "| carafe | 2x8x16x16 | bf16 | torch |" in table
+    assert "cuda" not in table.split("\n", 2)[2]  # no CUDA rows without a GPU
