@@ -173,7 +173,12 @@ __device__ __forceinline__ void stage_halo(const T* __restrict__ src, float* __r
 #ifndef TILED_ASYNC_STAGING
 #define TILED_ASYNC_STAGING 0
 #endif
-#if TILED_ASYNC_STAGING
+// Kernels that always stage with cp.async (carafe_mma.cu) define CP_ASYNC_HELPERS before the
+// include; so does the CPU emulation, which builds every file into one program.
+#ifndef CP_ASYNC_HELPERS
+#define CP_ASYNC_HELPERS 0
+#endif
+#if TILED_ASYNC_STAGING || CP_ASYNC_HELPERS
 // Elements per staged row: any start shift below one 16-byte copy, rounded up to whole 16-byte
 // copies (so every row, and the second buffer, starts 16-byte aligned).
 template <typename T>

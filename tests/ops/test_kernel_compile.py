@@ -17,6 +17,8 @@ from uplab.ops import _cupy_kernels as kernels
 
 ARCHS = (80, 90)
 FILES = sorted(kernels.KERNEL_FILES)
+# The files whose tiled kernels have both halo stagings (carafe_mma.cu always uses cp.async).
+STAGED_FILES = ("carafe.cu", "local_similarity.cu")
 NVCC = shutil.which("nvcc")
 HAS_NVRTC = importlib.util.find_spec("cuda") is not None and (
     importlib.util.find_spec("cuda.bindings") is not None
@@ -90,12 +92,22 @@ def test_compiles_with_nvrtc(file, arch):
     assert f".target sm_{arch}" in ptx
     entries = set(re.findall(r"\.entry\s+(\w+)", ptx))
     assert entries == set(lowered), "every name expression must become exactly one kernel entry"
-    assert "cp.async" not in ptx, "the shipped build stages synchronously (TILED_ASYNC_STAGING=0)"
+    if file in STAGED_FILES:
+        assert "cp.async" not in ptx, "the shipped build stages synchronously"
+    else:
+        # the tensor-core forward: both 16-bit types' mma, cp.async staging, no trap left in
+        for instruction in (
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+            "cp.async.wait_group 1",
+        ):
+            assert instruction in ptx
+        assert "trap;" not in ptx
 
 
 @pytest.mark.skipif(not HAS_NVRTC, reason="NVRTC (cuda.bindings) is not installed")
 @pytest.mark.parametrize("arch", (75, *ARCHS))
-@pytest.mark.parametrize("file", FILES)
+@pytest.mark.parametrize("file", STAGED_FILES)
 def test_async_staging_compiles_with_nvrtc(file, arch):
     expressions = ASYNC_EXPRESSIONS[file]
     ptx, lowered = _nvrtc_ptx(file, arch, expressions, (kernels.ASYNC_STAGING_OPTION,))
@@ -150,7 +162,7 @@ def test_compiles_with_nvcc(file, arch, tmp_path):
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("file", FILES)
+@pytest.mark.parametrize("file", STAGED_FILES)
 def test_async_staging_compiles_with_nvcc(file, arch, tmp_path):
     expressions = ASYNC_EXPRESSIONS[file]
     ptx = _nvcc_ptx(tmp_path, file, arch, expressions, (kernels.ASYNC_STAGING_OPTION,))
@@ -241,6 +253,37 @@ def test_tiled_kernels_take_even_scales_specialised_sizes_and_narrow_floats():
     assert not kernels.tiled_applies(torch.float16, 9, 2)
     assert "reassemble_tiled<half_t, 3>" in kernels.name_expressions("carafe.cu", "half_t")
     assert not any("tiled" in e for e in kernels.name_expressions("carafe.cu", "double"))
+
+
+def test_tensor_core_kernel_takes_16_bit_floats_scale_2_and_small_windows():
+    assert kernels.mma_applies(torch.bfloat16, 5, 2) and kernels.mma_applies(torch.float16, 3, 2)
+    assert not kernels.mma_applies(torch.float32, 5, 2)
+    assert not kernels.mma_applies(torch.bfloat16, 7, 2)
+    assert not kernels.mma_applies(torch.bfloat16, 5, 4)
+    assert kernels.name_expressions("carafe_mma.cu", "bfloat16_t") == (
+        "reassemble_mma<bfloat16_t, 3>",
+        "reassemble_mma<bfloat16_t, 5>",
+    )
+    assert kernels.name_expressions("carafe_mma.cu", "float") == ()
+    with pytest.raises(ValueError, match="tensor-core kernel takes dtype"):
+        kernels._choose_path("mma", torch.float32, 5, 2, mma=True)
+    with pytest.raises(ValueError, match="path must be one of"):
+        kernels._choose_path("mma", torch.bfloat16, 5, 2)  # window_dot has no tensor-core kernel
+    assert kernels._choose_path("auto", torch.bfloat16, 5, 2, mma=True) == "tiled"
+
+
+@pytest.mark.parametrize(
+    "shape", [(16, 256, 128, 128, 5, 1), (1, 1037, 9, 13, 3, 1), (2, 40, 11, 19, 5, 2)]
+)
+def test_tensor_core_launch_covers_every_output(shape):
+    batch, channels, h, w, k, groups = shape
+    cfg = kernels.mma_config(batch, channels, h, w, k, groups, 132, 2)
+    assert cfg.grid[0] == math.ceil(w / kernels.MMA_PARENTS_X) * math.ceil(h / kernels.MMA_WARPS)
+    assert cfg.grid[2] == batch * groups and cfg.block == (32 * kernels.MMA_WARPS, 1, 1)
+    group_channels = channels // groups
+    assert (cfg.grid[1] - 1) * cfg.per_block < group_channels <= cfg.grid[1] * cfg.per_block
+    assert cfg.per_block % kernels.MMA_CHANNELS == 0 or cfg.grid[1] == 1
+    assert cfg.shared_mem <= kernels.SHARED_MEMORY_LIMIT
 
 
 @pytest.mark.parametrize("tile, scale, radius", [(64, 2, 2), (8, 2, 3), (16, 4, 1), (64, 6, 2)])

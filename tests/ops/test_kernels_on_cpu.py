@@ -105,6 +105,7 @@ def compile_command(source: Path, exe: Path, sanitizer: str, defines=()) -> list
         "-g",
         "-pthread",
         "-DUPLAB_CUDA_ON_CPU=1",
+        "-DCP_ASYNC_HELPERS=1",  # carafe_mma.cu's cp.async helpers, whichever file comes first
         *defines,
         *SANITIZERS[sanitizer],
         f"-I{kernels.kernel_dir()}",
@@ -416,6 +417,56 @@ def test_tiled_staging_default_reaches_forward_and_backward(emulate, monkeypatch
     tiled = [i for i, name in enumerate(launches) if "tiled" in name]
     assert {launches[i].split("<")[0] for i in tiled} == {"reassemble_tiled", "window_dot_tiled"}
     assert all(emulate.stagings[i] == "async" for i in tiled)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
+def test_tensor_core_forward_matches_torch_path(emulate, k, dtype):
+    # reassemble_mma (mma.sync emulated lane by lane): ragged 8 x 8-parent tiles, 20 channels per
+    # group (a full and a ragged 16-channel chunk through both buffers), groups, the copy widths
+    # of its cp.async staging and a misaligned base.
+    launches = emulate()
+    s = 2
+    for groups, (width, offset) in ((1, (19, 0)), (2, (20, 0)), (1, (24, 0)), (2, (22, 1))):
+        features = _at_offset((2, 20 * groups, 11, width), offset, dtype)
+        masks = torch.randn(2, groups * k * k, 11 * s, width * s).to(dtype)
+        got = kernels.reassemble(features, masks, k, s, groups, path="mma")
+        want = carafe(features.double(), masks.double(), k, s, group_size=groups, backend="torch")
+        case = f"groups={groups} width={width} offset={offset}"
+        torch.testing.assert_close(
+            got.double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1], msg=case
+        )
+    assert set(launches) == {kernels.tiled_name("reassemble_mma", kernels.scalar_type(dtype), k)}
+
+
+def test_tensor_core_forward_keeps_non_finite_values_in_their_windows(emulate):
+    # An infinite feature reaches only the children whose window holds it, as in the PyTorch path
+    # (zero masks elsewhere must not turn it into NaN for other parents).
+    emulate()
+    features = torch.randn(1, 16, 9, 9).to(torch.bfloat16)
+    features[0, 3, 4, 4] = float("inf")
+    masks = torch.rand(1, 9, 18, 18).to(torch.bfloat16)
+    got = kernels.reassemble(features, masks, 3, 2, 1, path="mma")
+    want = carafe(features.double(), masks.double(), 3, 2, backend="torch")
+    assert torch.equal(got.isinf(), want.isinf()) and not got.isnan().any()
+    finite = want.isfinite()
+    torch.testing.assert_close(got.double()[finite], want[finite], atol=2e-2, rtol=1e-2)
+
+
+def test_tensor_core_forward_through_autograd_and_without_data_races(emulate, monkeypatch):
+    # TILED_MMA sends "auto" forwards of carafe to reassemble_mma (backward unchanged), here under
+    # ThreadSanitizer: warps meet at each mma and __syncwarp, blocks at each chunk.
+    monkeypatch.setattr(kernels, "TILED_MMA", True)
+    launches = emulate("thread")
+    inputs, grad = _carafe_case(1, 18, 10, 12, 5, 2)
+    _check(
+        lambda f, m: cuda.carafe(f, m, 5, 2, 1),
+        lambda f, m: carafe(f, m, 5, 2, backend="torch"),
+        inputs,
+        grad,
+        torch.bfloat16,
+    )
+    assert launches[0] == "reassemble_mma<bfloat16_t, 5>"
 
 
 # (width, elements the base lies past an aligned allocation): every copy width of the async

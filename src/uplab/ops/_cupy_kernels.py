@@ -28,6 +28,7 @@ import torch
 
 KERNEL_FILES = {
     "carafe.cu": ("reassemble", "reassemble_transpose", "reassemble_tiled"),
+    "carafe_mma.cu": ("reassemble_mma",),
     "local_similarity.cu": ("window_dot", "window_dot_tiled"),
 }
 TILED_KERNELS = ("reassemble_tiled", "window_dot_tiled")
@@ -35,6 +36,14 @@ TILED_KERNELS = ("reassemble_tiled", "window_dot_tiled")
 # they take (float64 would need twice the registers for its per-pixel operands).
 TILED_KERNEL_SIZES = (3, 5, 7)
 TILED_SCALARS = ("float", "half_t", "bfloat16_t")
+# The tensor-core forward (kernels/carafe_mma.cu): 16-bit floats, scale 2, K*K <= 32; sm_80+.
+# Opt-in (path="mma", or TILED_MMA = True for "auto") until a GPU run shows it correct and faster.
+MMA_KERNELS = ("reassemble_mma",)
+MMA_KERNEL_SIZES = (3, 5)
+MMA_SCALARS = ("half_t", "bfloat16_t")
+MMA_SCALE = 2
+MMA_WARPS, MMA_PARENTS_X, MMA_CHANNELS, MMA_OUT_PITCH = 8, 8, 16, 18  # as in carafe_mma.cu
+TILED_MMA = False
 HEADER = "uplab_scalar.cuh"
 SCALAR_TYPES = {
     torch.float32: "float",
@@ -96,7 +105,10 @@ def name_expressions(file: str, scalar: str) -> tuple[str, ...]:
     and ``reassemble_tiled<float, 5>``."""
     expressions = []
     for kernel in KERNEL_FILES[file]:
-        if kernel not in TILED_KERNELS:
+        if kernel in MMA_KERNELS:
+            if scalar in MMA_SCALARS:
+                expressions.extend(tiled_name(kernel, scalar, k) for k in MMA_KERNEL_SIZES)
+        elif kernel not in TILED_KERNELS:
             expressions.append(f"{kernel}<{scalar}>")
         elif scalar in TILED_SCALARS:
             expressions.extend(tiled_name(kernel, scalar, k) for k in TILED_KERNEL_SIZES)
@@ -121,6 +133,15 @@ def build_options(staging: str) -> tuple[str, ...]:
     if staging not in STAGINGS:
         raise ValueError(f"staging must be one of {STAGINGS}, got {staging!r}")
     return NVRTC_OPTIONS + ((ASYNC_STAGING_OPTION,) if staging == "async" else ())
+
+
+def mma_applies(dtype: torch.dtype, kernel_size: int, scale: int) -> bool:
+    """Whether the tensor-core forward (``reassemble_mma``) takes these arguments."""
+    return (
+        SCALAR_TYPES.get(dtype) in MMA_SCALARS
+        and kernel_size in MMA_KERNEL_SIZES
+        and scale == MMA_SCALE
+    )
 
 
 def scalar_type(dtype: torch.dtype) -> str:
@@ -304,6 +325,44 @@ def tiled_async_shared_mem(
     return 2 * stage_channels * halo_h * row_stride * itemsize
 
 
+def mma_shared_mem(kernel_size: int, itemsize: int) -> int:
+    """Dynamic shared memory of ``reassemble_mma``: two buffers of MMA_CHANNELS halo tiles (rows
+    padded as ``async_row_stride``) and each warp's staged outputs."""
+    radius = (kernel_size - 1) // 2
+    halo_w, halo_h = MMA_PARENTS_X + 2 * radius, MMA_WARPS + 2 * radius
+    per_copy = 16 // itemsize
+    row_stride = math.ceil((halo_w + per_copy - 1) / per_copy) * per_copy
+    features = 2 * MMA_CHANNELS * halo_h * row_stride
+    outputs = MMA_WARPS * 2 * MMA_CHANNELS * MMA_OUT_PITCH
+    return (features + outputs) * itemsize
+
+
+def mma_config(
+    batch: int,
+    channels: int,
+    height: int,
+    width: int,
+    kernel_size: int,
+    groups: int,
+    n_sm: int,
+    itemsize: int,
+) -> LaunchConfig:
+    """Launch of ``reassemble_mma``: 8 x 8-parent tiles of 8 warps, a group's channels split over
+    grid.y in multiples of MMA_CHANNELS until the GPU has TILED_BLOCKS_PER_SM blocks per SM."""
+    _check_batch_groups(batch, groups)
+    tiles = math.ceil(width / MMA_PARENTS_X) * math.ceil(height / MMA_WARPS)
+    group_channels = channels // groups
+    wanted = math.ceil(TILED_BLOCKS_PER_SM * n_sm / (tiles * batch * groups))
+    per_block = _split(group_channels, wanted, MMA_CHANNELS)
+    chunks = math.ceil(group_channels / per_block)
+    return LaunchConfig(
+        (tiles, chunks, batch * groups),
+        (32 * MMA_WARPS, 1, 1),
+        mma_shared_mem(kernel_size, itemsize),
+        per_block,
+    )
+
+
 def _acc_bytes(dtype: torch.dtype) -> int:
     return 8 if dtype == torch.float64 else 4
 
@@ -373,16 +432,29 @@ def _cupy_stream(device_index: int, handle: int):
         return cupy.cuda.ExternalStream(handle, device_index)
 
 
-def _choose_path(path: str, dtype: torch.dtype, kernel_size: int, scale: int) -> str:
-    if path not in ("auto", "generic", "tiled"):
-        raise ValueError(f"path must be 'auto', 'generic' or 'tiled', got {path!r}")
+def _choose_path(
+    path: str, dtype: torch.dtype, kernel_size: int, scale: int, mma: bool = False
+) -> str:
+    """The kernel family for ``path``; ``mma``: whether the caller has a tensor-core kernel."""
+    paths = ("auto", "generic", "tiled", "mma") if mma else ("auto", "generic", "tiled")
+    if path not in paths:
+        raise ValueError(f"path must be one of {paths}, got {path!r}")
+    if path == "mma" and not mma_applies(dtype, kernel_size, scale):
+        raise ValueError(
+            f"the tensor-core kernel takes dtype in {MMA_SCALARS}, kernel_size in "
+            f"{MMA_KERNEL_SIZES} and scale {MMA_SCALE}, got {dtype}, {kernel_size}, {scale}"
+        )
     fits = tiled_applies(dtype, kernel_size, scale)
     if path == "tiled" and not fits:
         raise ValueError(
             f"the tiled kernels take dtype in {TILED_SCALARS}, kernel_size in "
             f"{TILED_KERNEL_SIZES} and an even scale, got {dtype}, {kernel_size}, {scale}"
         )
-    return "tiled" if path == "auto" and fits else path if path != "auto" else "generic"
+    if path != "auto":
+        return path
+    if mma and TILED_MMA and mma_applies(dtype, kernel_size, scale):
+        return "mma"
+    return "tiled" if fits else "generic"
 
 
 def reassemble(
@@ -400,7 +472,8 @@ def reassemble(
 ) -> torch.Tensor:
     """``out[b,c,Y,X] = sum_k masks[b,g*K*K+k,Y,X] * features[b,c,Y//s-r+ky,X//s-r+kx]``.
 
-    ``path`` picks the kernel (``"auto"``: the tiled one where :func:`tiled_applies`); ``block``,
+    ``path`` picks the kernel (``"auto"``: the tensor-core one where :data:`TILED_MMA` and
+    :func:`mma_applies`, else the tiled one where :func:`tiled_applies`); ``block``,
     ``stage_channels``, ``staging`` (default :data:`TILED_STAGING`) and ``split_channels`` shape
     the tiled launch (see :func:`tiled_config`; for benchmarks and tests)."""
     staging = staging or TILED_STAGING
@@ -409,7 +482,21 @@ def reassemble(
     if out.numel() == 0:
         return out
     n_sm = _multiprocessors(features.device.index)
-    if _choose_path(path, features.dtype, kernel_size, scale) == "tiled":
+    chosen = _choose_path(path, features.dtype, kernel_size, scale, mma=True)
+    if chosen == "mma":
+        if features.is_cuda and torch.cuda.get_device_capability(features.device) < (8, 0):
+            raise ValueError("the tensor-core kernel (path='mma') needs compute capability 8.0+")
+        config = mma_config(b, c, h, w, kernel_size, groups, n_sm, features.element_size())
+        _launch(
+            "reassemble_mma",
+            "carafe_mma.cu",
+            config,
+            (features, masks, out),
+            (c, h, w, groups, config.per_block),
+            kernel_size,
+        )
+        return out
+    if chosen == "tiled":
         config = tiled_config(
             *(b, c, h, w, kernel_size, scale, groups, n_sm, block, stage_channels),
             split_channels=split_channels,

@@ -26,6 +26,7 @@
 //    arithmetic in uplab_scalar.cuh already.
 #pragma once
 
+#include <algorithm>
 #include <condition_variable>
 #include <memory>
 #include <cstdint>
@@ -135,6 +136,7 @@ struct AsyncCopy {
 // running thread's (a thread_local of the OS thread; the fiber scheduler sets it at each switch).
 struct ThreadState {
     dim3 idx;
+    int linear = 0;  // threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)
     std::vector<AsyncCopy> open_group;
     std::deque<std::vector<AsyncCopy>> committed_groups;
 };
@@ -240,6 +242,7 @@ class BlockBarrier {
 };
 
 inline BlockBarrier block_barrier;
+inline std::vector<std::unique_ptr<BlockBarrier>> warp_barriers;  // one per warp of the block
 
 // A counter one thread posts and another waits for, or stops.
 class Signal {
@@ -272,11 +275,13 @@ class Signal {
 #else
 // Fibers: the block's threads on the launching OS thread, each with its own stack. A fiber runs
 // until it reaches a barrier (it switches back to the scheduler) or returns.
+enum class Waits { nothing, block_barrier, warp_barrier, done };
+
 struct Fiber {
     ucontext_t context;
     std::unique_ptr<char[]> stack;
     ThreadState state;
-    bool done = false;
+    Waits waits = Waits::nothing;
     void* fake_stack = nullptr;  // AddressSanitizer's bookkeeping across switches
 };
 
@@ -304,10 +309,12 @@ inline void after_switch(void* fake_stack, const void** bottom, std::size_t* siz
 #endif
 }
 
-inline void yield_to_scheduler(bool finished) {
+// The running fiber stops until the scheduler releases what it waits for.
+inline void yield_to_scheduler(Waits waits) {
     Fiber* self = running;
+    self->waits = waits;
     // A finished fiber's stack is dead: nullptr tells AddressSanitizer to drop its fake stack.
-    before_switch(finished ? nullptr : &self->fake_stack, scheduler_stack_bottom,
+    before_switch(waits == Waits::done ? nullptr : &self->fake_stack, scheduler_stack_bottom,
                   scheduler_stack_size);
     swapcontext(&self->context, &scheduler);
     after_switch(self->fake_stack, &scheduler_stack_bottom, &scheduler_stack_size);
@@ -316,14 +323,44 @@ inline void yield_to_scheduler(bool finished) {
 inline void fiber_entry() {
     after_switch(nullptr, &scheduler_stack_bottom, &scheduler_stack_size);
     (*fiber_body)();
-    running->done = true;
-    yield_to_scheduler(true);  // never resumed
+    yield_to_scheduler(Waits::done);  // never resumed
+}
+
+// After a pass every live fiber waits at a barrier. Releases the warps whose live lanes all wait
+// at a warp barrier, else (none) the block if every live thread waits at __syncthreads. False
+// when nothing can be released: threads wait at different barriers (a divergent barrier).
+inline bool release(std::vector<Fiber>& fibers) {
+    bool released = false;
+    for (std::size_t warp = 0; warp * 32 < fibers.size(); ++warp) {
+        const std::size_t end = std::min(fibers.size(), warp * 32 + 32);
+        bool all = true, any = false;
+        for (std::size_t i = warp * 32; i < end; ++i) {
+            if (fibers[i].waits == Waits::done) continue;
+            any = true;
+            all = all && fibers[i].waits == Waits::warp_barrier;
+        }
+        if (!any || !all) continue;
+        for (std::size_t i = warp * 32; i < end; ++i) {
+            if (fibers[i].waits == Waits::warp_barrier) fibers[i].waits = Waits::nothing;
+        }
+        released = true;
+    }
+    if (released) return true;
+    bool all = true;
+    for (const Fiber& fiber : fibers) {
+        all = all && (fiber.waits == Waits::done || fiber.waits == Waits::block_barrier);
+    }
+    if (!all) return false;
+    for (Fiber& fiber : fibers) {
+        if (fiber.waits == Waits::block_barrier) fiber.waits = Waits::nothing;
+    }
+    return true;
 }
 
 inline void run_block_on_fibers(std::vector<Fiber>& fibers, const std::function<void()>& body) {
     fiber_body = &body;
     for (Fiber& fiber : fibers) {
-        fiber.done = false;
+        fiber.waits = Waits::nothing;
         getcontext(&fiber.context);
         fiber.context.uc_stack.ss_sp = fiber.stack.get();
         fiber.context.uc_stack.ss_size = kFiberStack;
@@ -335,17 +372,17 @@ inline void run_block_on_fibers(std::vector<Fiber>& fibers, const std::function<
         bool alive = false;
         for (int i = 0; i < n; ++i) {
             Fiber& fiber = fibers[phase % 2 == 0 ? i : n - 1 - i];
-            if (fiber.done) continue;
+            if (fiber.waits != Waits::nothing) continue;
             running = &fiber;
             current = &fiber.state;
             void* fake_stack = nullptr;
             before_switch(&fake_stack, fiber.stack.get(), kFiberStack);
             swapcontext(&scheduler, &fiber.context);
             after_switch(fake_stack, nullptr, nullptr);
-            alive = alive || !fiber.done;
         }
-        // Every fiber still alive now waits at the barrier: release them all.
+        for (const Fiber& fiber : fibers) alive = alive || fiber.waits != Waits::done;
         if (!alive) break;
+        if (!release(fibers)) fail("threads wait at different barriers (__syncthreads/__syncwarp)");
     }
     for (Fiber& fiber : fibers) check_no_copy_left(fiber.state);
     running = nullptr;
@@ -423,15 +460,21 @@ void launch(void (*kernel)(P...), const Launch& config) {
         std::thread thread;
     };
     std::vector<Worker> workers(n_threads);
+    warp_barriers.clear();
+    for (int warp = 0; warp * 32 < n_threads; ++warp) {
+        warp_barriers.push_back(std::make_unique<BlockBarrier>());
+    }
     for (int t = 0; t < n_threads; ++t) {
         workers[t].thread = std::thread([&, t] {
             ThreadState state;
             state.idx = thread_index(t, config.block);
+            state.linear = t;
             current = &state;
             for (unsigned long block = 1;; ++block) {
                 if (!workers[t].go.wait_for(block)) return;
                 body();
                 block_barrier.leave();
+                warp_barriers[t / 32]->leave();
                 check_no_copy_left(state);
                 workers[t].done.post(block);
             }
@@ -440,6 +483,9 @@ void launch(void (*kernel)(P...), const Launch& config) {
     unsigned long block_number = 0;
     for_each_block([&](dim3 index, unsigned char* shared) {
         block_barrier.reset(n_threads);
+        for (int warp = 0; warp * 32 < n_threads; ++warp) {
+            warp_barriers[warp]->reset(std::min(32, n_threads - 32 * warp));
+        }
         block_idx = index;
         shared_memory = shared;
         ++block_number;
@@ -454,6 +500,7 @@ void launch(void (*kernel)(P...), const Launch& config) {
     for (int t = 0; t < n_threads; ++t) {
         fibers[t].stack.reset(new char[kFiberStack]);
         fibers[t].state.idx = thread_index(t, config.block);
+        fibers[t].state.linear = t;
     }
     for_each_block([&](dim3 index, unsigned char* shared) {
         block_idx = index;
@@ -475,6 +522,66 @@ inline void __syncthreads() {
 #if CUDA_ON_CPU_OS_THREADS
     ::cuda_on_cpu::block_barrier.arrive_and_wait();
 #else
-    ::cuda_on_cpu::yield_to_scheduler(false);
+    ::cuda_on_cpu::yield_to_scheduler(::cuda_on_cpu::Waits::block_barrier);
 #endif
 }
+
+// Full-warp __syncwarp (the only mask these kernels use): a barrier over the warp's live lanes.
+inline void __syncwarp(unsigned int mask = 0xffffffffu) {
+    if (mask != 0xffffffffu) ::cuda_on_cpu::fail("__syncwarp: only the full mask is emulated");
+#if CUDA_ON_CPU_OS_THREADS
+    ::cuda_on_cpu::warp_barriers[::cuda_on_cpu::current->linear / 32]->arrive_and_wait();
+#else
+    ::cuda_on_cpu::yield_to_scheduler(::cuda_on_cpu::Waits::warp_barrier);
+#endif
+}
+
+namespace cuda_on_cpu {
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32, D = A B + C, as one warp: each
+// lane posts its fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point
+// type"), the warp meets, each lane computes its own four D elements (products exact in float,
+// summed in float in k order; a tensor core's order and rounding of the sum may differ in the
+// last bits), and the warp meets again before the fragments' slots are reused.
+struct WarpFragments {
+    unsigned int a[32][4], b[32][2];
+};
+
+inline std::vector<WarpFragments> warp_fragments(32);  // enough for 1024 threads
+
+template <bool kBf16>
+float mma_element(unsigned int packed, int half) {
+    const unsigned short bits = static_cast<unsigned short>(packed >> (16 * half));
+    if constexpr (kBf16) {
+        return __uint_as_float(static_cast<unsigned int>(bits) << 16);
+    } else {
+        return half_to_float(bits);
+    }
+}
+
+template <bool kBf16>
+void mma_m16n8k16(float (&d)[4], const unsigned int (&a)[4], const unsigned int (&b)[2],
+                  const float (&c)[4]) {
+    const int lane = current->linear % 32, group = lane / 4, in_group = lane % 4;
+    WarpFragments& warp = warp_fragments[current->linear / 32];
+    for (int i = 0; i < 4; ++i) warp.a[lane][i] = a[i];
+    for (int i = 0; i < 2; ++i) warp.b[lane][i] = b[i];
+    __syncwarp();
+    float out[4];
+    for (int i = 0; i < 4; ++i) {
+        const int row = group + 8 * (i / 2), col = 2 * in_group + i % 2;
+        float sum = 0.0f;
+        for (int k = 0; k < 16; ++k) {
+            // A(row, k): lane (row % 8) * 4 + (k % 8) / 2, register (row >= 8) + 2 (k >= 8).
+            const unsigned int a_reg = warp.a[(row % 8) * 4 + (k % 8) / 2][row / 8 + 2 * (k / 8)];
+            // B(k, col): lane col * 4 + (k % 8) / 2, register k >= 8.
+            const unsigned int b_reg = warp.b[col * 4 + (k % 8) / 2][k / 8];
+            sum += mma_element<kBf16>(a_reg, k % 2) * mma_element<kBf16>(b_reg, k % 2);
+        }
+        out[i] = c[i] + sum;
+    }
+    __syncwarp();
+    for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
+}  // namespace cuda_on_cpu
