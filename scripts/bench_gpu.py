@@ -1,8 +1,9 @@
 """Benchmark the ops' implementations: CUDA kernels, PyTorch path, unfold-and-repeat formulation.
 
 For carafe and local_similarity at 1x256x120x120 -> 240^2 and 16x256x128x128 -> 256^2 (K=5, s=2),
-in float32 and bfloat16 (the kernels as shipped, ``cuda``, and with the tiled kernels' opt-in
-cp.async halo staging, ``cuda-async``): forward and forward+backward time (CUDA events, warm-up, median),
+in float32 and bfloat16 (the kernels as shipped, ``cuda``; with the tiled kernels' opt-in
+cp.async halo staging, ``cuda-async``; with carafe's opt-in tensor-core forward, ``cuda-mma``,
+bfloat16): forward and forward+backward time (CUDA events, warm-up, median),
 achieved forward bandwidth (the bytes the op must move: inputs read once, output written once)
 against the device's measured device-to-device copy bandwidth (bytes read + written), and the peak
 ``torch.cuda.max_memory_allocated`` of forward+backward against the inputs, output, output gradient
@@ -33,9 +34,10 @@ KERNEL, SCALE = 5, 2
 SHAPES = {"1x256x120x120": (1, 256, 120, 120), "16x256x128x128": (16, 256, 128, 128)}
 DRY_SHAPES = {"1x8x12x10": (1, 8, 12, 10), "2x8x16x16": (2, 8, 16, 16)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# "cuda-async": the same ops with the tiled kernels' opt-in cp.async halo staging
-# (_cupy_kernels.TILED_STAGING = "async"), timed beside the shipped "cuda" until one is chosen.
-IMPLS = ("cuda", "cuda-async", "torch", "unfold")
+# Opt-in kernels timed beside the shipped "cuda" until one is chosen: "cuda-async", the tiled
+# kernels' cp.async halo staging (_cupy_kernels.TILED_STAGING = "async"); "cuda-mma", carafe's
+# tensor-core forward (TILED_MMA = True; bfloat16 only, the forward it changes).
+IMPLS = ("cuda", "cuda-async", "cuda-mma", "torch", "unfold")
 
 
 @dataclass
@@ -97,17 +99,24 @@ def _op_call(op: str, impl: str):
     return lambda a, b: local_similarity(a, b, KERNEL, SCALE, backend=backend)
 
 
+def _applies(op: str, dtype_name: str, impl: str) -> bool:
+    return impl != "cuda-mma" or (op == "carafe" and dtype_name == "bf16")
+
+
 @contextlib.contextmanager
-def _tiled_staging(impl: str):
-    """The tiled kernels' halo staging for ``impl``'s forward and backward launches."""
+def _kernel_choice(impl: str):
+    """The opt-in kernels of ``impl`` for its forward and backward launches (see IMPLS)."""
     from uplab.ops import _cupy_kernels
 
-    shipped = _cupy_kernels.TILED_STAGING
-    _cupy_kernels.TILED_STAGING = "async" if impl == "cuda-async" else shipped
+    shipped = _cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA
+    if impl == "cuda-async":
+        _cupy_kernels.TILED_STAGING = "async"
+    if impl == "cuda-mma":
+        _cupy_kernels.TILED_MMA = True
     try:
         yield
     finally:
-        _cupy_kernels.TILED_STAGING = shipped
+        _cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA = shipped
 
 
 def _inputs(op, shape, dtype, device):
@@ -129,7 +138,7 @@ def measure(op, shape_name, shape, dtype_name, impl, device, budget_s) -> Row:
     dtype = DTYPES[dtype_name]
     call = _op_call(op, impl)
     try:
-        with _tiled_staging(impl):
+        with _kernel_choice(impl):
             _measure_into(row, call, op, shape, dtype, device, budget_s)
     except torch.cuda.OutOfMemoryError:
         row.note = "out of memory"
@@ -205,12 +214,14 @@ def targets(rows: list[Row], copy_bw: float, large: str) -> list[str]:
             f"- carafe {dtype} forward at {large}: {100 * fraction:.0f}% of copy bandwidth "
             f"(target >= 60%): {'met' if fraction >= 0.6 else 'MISSED'}"
         )
-        staged = by.get(("carafe", large, dtype, "cuda-async"))
-        if staged is not None and staged.bandwidth is not None:
+        for impl, what in (("cuda-async", "cp.async staging"), ("cuda-mma", "tensor-core forward")):
+            opt_in = by.get(("carafe", large, dtype, impl))
+            if opt_in is None or opt_in.bandwidth is None:
+                continue
             lines.append(
-                f"  - with the opt-in cp.async staging: {100 * staged.bandwidth / copy_bw:.0f}% "
-                f"({staged.forward_ms:.3f} ms vs {kernel.forward_ms:.3f} ms shipped; fwd+bwd "
-                f"{_fmt(staged.train_ms, '.3f')} vs {kernel.train_ms:.3f} ms)"
+                f"  - with the opt-in {what}: {100 * opt_in.bandwidth / copy_bw:.0f}% "
+                f"({opt_in.forward_ms:.3f} ms vs {kernel.forward_ms:.3f} ms shipped; fwd+bwd "
+                f"{_fmt(opt_in.train_ms, '.3f')} vs {kernel.train_ms:.3f} ms)"
             )
         for impl, need in (("unfold", 5), ("torch", 2)):
             other = by[("carafe", large, dtype, impl)]
@@ -261,7 +272,7 @@ def main(argv=None) -> int:
     for op in ("carafe", "local_similarity"):
         for shape_name, shape in shapes.items():
             for dtype_name in DTYPES:
-                for impl in impls:
+                for impl in (i for i in impls if _applies(op, dtype_name, i)):
                     row = measure(op, shape_name, shape, dtype_name, impl, device, budget)
                     rows.append(row)
                     print(

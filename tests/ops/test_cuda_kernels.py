@@ -3,7 +3,8 @@ local_similarity for every dtype, odd and non-square sizes, k in {1,3,5,7}, s in
 the golden cases at 1e-10 in float64; bit-identical gradients across runs; streams, autocast,
 non-contiguous inputs; whole SAPA-G and FADE modules through ``backend="cuda"`` vs ``"torch"``;
 the opt-in cp.async staging of ``reassemble_tiled`` and ``window_dot_tiled``
-(``-DTILED_ASYNC_STAGING=1``) vs the shipped tiled kernels, bit for bit, and vs the PyTorch path.
+(``-DTILED_ASYNC_STAGING=1``) vs the shipped tiled kernels, bit for bit, and vs the PyTorch path;
+the opt-in tensor-core forward (``reassemble_mma``, float16/bfloat16) vs the PyTorch path.
 
 Tolerances: float64 1e-10 absolute (the golden standard); float32 1e-4; float16 and bfloat16
 compare with the float64 PyTorch path on the same (rounded) inputs at the output dtype's
@@ -311,3 +312,29 @@ def test_window_dot_async_staging_matches_sync_tiled_kernel_and_torch_path(k, s,
             case = f"groups={groups} width={width} offset={offset}"
             assert torch.equal(got, sync), f"async staging differs from the sync kernel: {case}"
             torch.testing.assert_close(got.double(), want, atol=atol, rtol=rtol, msg=case)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("k", _cupy_kernels.MMA_KERNEL_SIZES)
+def test_tensor_core_forward_matches_torch_path(k, dtype):
+    # reassemble_mma on the real mma.sync (the CPU emulation checks the same cases against its
+    # lane-by-lane model, tests/ops/test_kernels_on_cpu.py): ragged 8 x 8-parent tiles, a full
+    # and a ragged 16-channel chunk per group, groups, every cp.async copy width, misaligned base.
+    torch.manual_seed(0)
+    atol, rtol = TOL[dtype]
+    for groups, (width, offset) in ((1, (19, 0)), (2, (20, 0)), (1, (24, 0)), (2, (22, 1))):
+        features = _randn_at_offset((3, 20 * groups, 37, width), offset, dtype)
+        masks = torch.randn(3, groups * k * k, 74, 2 * width, device="cuda").to(dtype)
+        want = carafe(features.double(), masks.double(), k, 2, group_size=groups, backend="torch")
+        _leave_nan_block(want.shape, dtype)
+        got = _cupy_kernels.reassemble(features, masks, k, 2, groups, path="mma")
+        case = f"groups={groups} width={width} offset={offset}"
+        torch.testing.assert_close(got.double(), want, atol=atol, rtol=rtol, msg=case)
+
+
+def test_tensor_core_forward_through_autograd(monkeypatch):
+    # TILED_MMA: carafe's "auto" forward takes reassemble_mma (the backward is unchanged).
+    monkeypatch.setattr(_cupy_kernels, "TILED_MMA", True)
+    inputs, grad = _carafe_inputs(4, 48, 33, 40, 5, 2)
+    op = lambda f, m, backend: carafe(f, m, 5, 2, backend=backend)  # noqa: E731
+    _compare(op, inputs, grad, torch.bfloat16)
