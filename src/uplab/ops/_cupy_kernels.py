@@ -10,7 +10,9 @@ Three operations serve both ops (see the header comments of the ``.cu`` files):
 ``reassemble`` and ``window_dot`` each have a generic kernel (any K and scale, every dtype) and a
 tiled one (``*_tiled<T, K>``: K in :data:`TILED_KERNEL_SIZES`, even scales, 32- and 16-bit
 floats) that stages the low-resolution tile in shared memory and keeps the per-pixel operands in
-registers; :func:`tiled_applies` says which runs. Sources are compiled once per (file, storage
+registers; :func:`tiled_applies` says which runs. Two opt-ins wait for a GPU measurement: the
+tiled kernels' cp.async staging (:data:`TILED_STAGING`) and ``reassemble``'s tensor-core kernel
+(``reassemble_mma<T, K>``, :data:`TILED_MMA`, :func:`mma_applies`). Sources are compiled once per (file, storage
 type, device) and memoized; every size is a kernel argument, so new shapes never recompile. Launches go to PyTorch's current stream on the tensor's
 device. CuPy is imported lazily, so this module imports (and its launch arithmetic is testable)
 without it. Callers pass contiguous tensors of one dtype on one CUDA device.
