@@ -298,6 +298,17 @@ def _check(emulated_op, torch_op, inputs, grad, dtype):
         torch.testing.assert_close(g.double(), w, atol=atol, rtol=rtol, msg=name)
 
 
+def _check_carafe(inputs, grad, k, s, groups, dtype):
+    """carafe through the CUDA path's autograd Function (emulated) vs the PyTorch path."""
+    _check(
+        lambda f, m: cuda.carafe(f, m, k, s, groups),
+        lambda f, m: carafe(f, m, k, s, group_size=groups, backend="torch"),
+        inputs,
+        grad,
+        dtype,
+    )
+
+
 def _carafe_case(b, c, h, w, k, s, groups=1):
     inputs = [torch.randn(b, c, h, w, dtype=torch.float64)]
     inputs.append(torch.randn(b, groups * k * k, s * h, s * w, dtype=torch.float64))
@@ -318,13 +329,7 @@ def test_carafe_kernels_match_torch_path(emulate, k, s, dtype):
     # kernels and the GPU tests' range: the generic kernels' smaller blocks for larger windows.
     launches = emulate()
     inputs, grad = _carafe_case(2, 10, 7, 9, k, s)
-    _check(
-        lambda f, m: cuda.carafe(f, m, k, s, 1),
-        lambda f, m: carafe(f, m, k, s, backend="torch"),
-        inputs,
-        grad,
-        dtype,
-    )
+    _check_carafe(inputs, grad, k, s, 1, dtype)
     tiled = kernels.tiled_applies(dtype, k, s)
     assert launches[0].startswith("reassemble_tiled" if tiled else "reassemble<"), launches
     assert launches[1].startswith("reassemble_transpose<")
@@ -349,13 +354,7 @@ def test_local_similarity_kernels_match_torch_path(emulate, k, s, dtype):
 def test_carafe_groups_match_torch_path(emulate, k, s, dtype):
     emulate()
     inputs, grad = _carafe_case(2, 12, 6, 11, k, s, groups=3)
-    _check(
-        lambda f, m: cuda.carafe(f, m, k, s, 3),
-        lambda f, m: carafe(f, m, k, s, group_size=3, backend="torch"),
-        inputs,
-        grad,
-        dtype,
-    )
+    _check_carafe(inputs, grad, k, s, 3, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
@@ -407,13 +406,7 @@ def test_tiled_staging_default_reaches_forward_and_backward(emulate, monkeypatch
     monkeypatch.setattr(kernels, "TILED_STAGING", "async")
     launches = emulate()
     inputs, grad = _carafe_case(8, 6, 16, 20, 3, 2)
-    _check(
-        lambda f, m: cuda.carafe(f, m, 3, 2, 1),
-        lambda f, m: carafe(f, m, 3, 2, backend="torch"),
-        inputs,
-        grad,
-        torch.float32,
-    )
+    _check_carafe(inputs, grad, 3, 2, 1, torch.float32)
     tiled = [i for i, name in enumerate(launches) if "tiled" in name]
     assert {launches[i].split("<")[0] for i in tiled} == {"reassemble_tiled", "window_dot_tiled"}
     assert all(emulate.stagings[i] == "async" for i in tiled)
@@ -459,13 +452,7 @@ def test_tensor_core_forward_through_autograd_and_without_data_races(emulate, mo
     monkeypatch.setattr(kernels, "TILED_MMA", True)
     launches = emulate("thread")
     inputs, grad = _carafe_case(1, 18, 10, 12, 5, 2)
-    _check(
-        lambda f, m: cuda.carafe(f, m, 5, 2, 1),
-        lambda f, m: carafe(f, m, 5, 2, backend="torch"),
-        inputs,
-        grad,
-        torch.bfloat16,
-    )
+    _check_carafe(inputs, grad, 5, 2, 1, torch.bfloat16)
     assert launches[0] == "reassemble_mma<bfloat16_t, 5>"
 
 
@@ -550,13 +537,7 @@ def test_generic_kernels_have_no_data_races(emulate):
     # sums there without one (each thread touches only its own entries).
     emulate("thread")
     inputs, grad = _carafe_case(1, 6, 5, 7, 5, 3)
-    _check(
-        lambda f, m: cuda.carafe(f, m, 5, 3, 1),
-        lambda f, m: carafe(f, m, 5, 3, backend="torch"),
-        inputs,
-        grad,
-        torch.float32,
-    )
+    _check_carafe(inputs, grad, 5, 3, 1, torch.float32)
 
 
 def _faulty(builds, tmp_path, name, sanitizer, env=None):
