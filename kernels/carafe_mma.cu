@@ -12,21 +12,26 @@
 // parent's window in the same A, and a zero mask times an infinite feature would then leak NaN
 // into the first parent's outputs.
 //
-// Why this shape (the FFMA kernels, reassemble_tiled, issue about 155 instructions per channel
-// and parent, which bounds bfloat16 near 0.3 ms at the benchmark shape even with perfect
-// overlap):
+// Why this shape. The FFMA kernel (reassemble_tiled) spends 100 FMA and 25 shared loads per
+// channel and parent; for bfloat16 at the benchmark shape that issue alone is about the 60%
+// target's time. Here the FMAs go to the tensor cores, and what remains is feeding them:
 //  - Block: 8 warps; warp w owns parent row w of an 8 x 8-parent tile (16 x 16 outputs), one
 //    parent at a time along x. B fragments (the masks) are loaded once per block into registers
 //    (8 parents x k-steps x 2 registers) and reused for every channel.
 //  - Features: the tile plus halo, 16 channels (one mma M) per chunk, double-buffered with
 //    cp.async exactly as reassemble_tiled's async build (stage_halo_async_any, uplab_scalar.cuh).
-//    A fragments are read from shared memory element by element: a window's offsets are not
-//    contiguous, so ldmatrix does not apply.
+//    A fragments are read from shared memory element by element (a window's offsets are not
+//    contiguous, so ldmatrix does not apply), at lane-constant offsets; offsets past K*K read a
+//    zero tail after the buffer instead of being predicated.
 //  - Outputs: D holds (channel, child) pairs, which would reach global memory as 4-byte pieces
 //    of 16 different rows. Each warp stages its 16 channels x 2 rows x 16 outputs in shared memory
 //    (rows padded to 18 elements against bank conflicts) and writes them as whole 32-byte rows.
+// By PTX count (nvcc -ptx, sm_90, bfloat16, K=5) a warp spends about 466 instructions per chunk
+// of 16 channels x 8 parents, 3.6 per (channel, parent), against about 4.5 in reassemble_tiled
+// (144 per channel for 32 parents, plus stores): fewer, but the element-wise A loads and their
+// packing are now the bulk. Only a GPU run can say whether this beats the FFMA kernel.
 // Grid: x = tiles of 8 x 8 parents, y = chunks of channels_per_block channels (a multiple of 16),
-// z = batch * groups. Dynamic shared memory: reassemble_mma_shared_mem() in _cupy_kernels.py.
+// z = batch * groups. Dynamic shared memory: mma_shared_mem() in _cupy_kernels.py.
 #define CP_ASYNC_HELPERS 1
 #include "uplab_scalar.cuh"
 
@@ -34,6 +39,7 @@
 #define MMA_PARENTS_X 8
 #define MMA_CHANNELS 16
 #define MMA_OUT_PITCH 18  // elements per staged output row (16 outputs + 2 of padding)
+#define MMA_ZEROS 16      // zero elements after each staged buffer (>= MMA_PARENTS_X, 16 bytes)
 
 template <typename T>
 struct IsBfloat16 {
@@ -72,6 +78,23 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned int (&a)
 
 __device__ __forceinline__ unsigned int pack_pair(unsigned short lo, unsigned short hi) {
     return static_cast<unsigned int>(lo) | (static_cast<unsigned int>(hi) << 16);
+}
+
+// Two accumulators as one packed pair of T, lo in the low half (one cvt on sm_80+: round to
+// nearest even, as from_acc).
+template <typename T>
+__device__ __forceinline__ unsigned int pack_outputs(float lo, float hi) {
+#if !defined(UPLAB_CUDA_ON_CPU) && __CUDA_ARCH__ >= 800
+    unsigned int packed;
+    if constexpr (IsBfloat16<T>::value) {
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(hi), "f"(lo));
+    } else {
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(hi), "f"(lo));
+    }
+    return packed;
+#else
+    return pack_pair(from_acc<T>(lo).bits, from_acc<T>(hi).bits);
+#endif
 }
 
 template <typename T, int KS>
@@ -126,17 +149,21 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
     // columns from px0 - R rounded down to the copy width.
     const int halo_w = MMA_PARENTS_X + 2 * R, halo_h = MMA_WARPS + 2 * R;
     const int row_stride = async_row_stride<T>(halo_w), chunk_plane = halo_h * row_stride;
-    const int buffer = MMA_CHANNELS * chunk_plane;
-    const long long first_channel = (long long)b * channels + (long long)g * group_channels + c_begin;
+    // Each buffer: MMA_CHANNELS staged planes, then MMA_ZEROS zeros that the window offsets past
+    // K*K read instead (no predicate in the loop; a zero times a zero mask stays zero).
+    const int zeros = MMA_CHANNELS * chunk_plane, buffer = zeros + MMA_ZEROS;
+    const long long first_channel =
+        (long long)b * channels + (long long)g * group_channels + c_begin;
     const T* feat = features + first_channel * in_plane;
     const int copy_elems = async_copy_elems(features, width);
     const int step_elems = copy_elems > 0 ? copy_elems : 1;
     const int x0 = px0 - R, xa = x0 & -step_elems;
     const int n_copies = (x0 - xa + halo_w + step_elems - 1) / step_elems;
-    // A fragments: rows (channels) group_id and group_id + 8, window offsets k as for B; a
-    // lane's four offsets per k-step are fixed, so their shared-memory displacements are too.
-    int koff[STEPS][2][2];  // [step][r][h]: offset k = 16 * step + 2 * in_group + 8 * r + h
-    bool kvalid[STEPS][2][2];
+    // A fragments: rows (channels) group_id and group_id + 8, window offsets k as for B. A lane's
+    // offsets are fixed, so are their positions in a buffer: the window of this warp's parent p
+    // starts at staged row `warp`, column p + (x0 - xa); offsets past K*K read the zeros.
+    const int window0 = warp * row_stride + (x0 - xa);
+    int a_lo[STEPS][2][2], a_hi[STEPS][2][2];  // [step][r][h]: k = 16 step + 2 in_group + 8 r + h
 #pragma unroll
     for (int step = 0; step < STEPS; ++step) {
 #pragma unroll
@@ -144,15 +171,24 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int k = 16 * step + 2 * in_group + 8 * r + h;
-                koff[step][r][h] = (k / KS) * row_stride + k % KS;
-                kvalid[step][r][h] = k < KK;
+                const int at = window0 + (k / KS) * row_stride + k % KS;
+                a_lo[step][r][h] = k < KK ? group_id * chunk_plane + at : zeros;
+                a_hi[step][r][h] = k < KK ? (group_id + 8) * chunk_plane + at : zeros;
             }
         }
     }
-    // The window of this warp's parent p starts at staged row `warp`, column p + (x0 - xa).
-    const int window0 = warp * row_stride + (x0 - xa);
+    if (threadIdx.x < 2 * MMA_ZEROS) {
+        sbuf[(threadIdx.x / MMA_ZEROS) * buffer + zeros + threadIdx.x % MMA_ZEROS] =
+            from_acc<T>(0.0f);  // ordered before any read by the first chunk's barrier
+    }
     T* ostage = sbuf + 2 * buffer + warp * (2 * MMA_CHANNELS * MMA_OUT_PITCH);
-    T* out_bg = out + first_channel * out_plane;
+    // Output pass: lane -> staged row 4 pass + lane / 8 (channel 2 pass + lane / 16, child row
+    // lane / 8 % 2), two outputs at column 2 (lane % 8).
+    const int out_row = lane / 8, out_col = 2 * (lane % 8);
+    const int out_y = 2 * prow + out_row % 2, out_x = 2 * px0 + out_col;
+    const bool out_inside = out_y < out_h && out_x < out_w;
+    const T* out_from = ostage + out_row * MMA_OUT_PITCH + out_col;
+    T* out_to = out + (first_channel + out_row / 2) * out_plane + (long long)out_y * out_w + out_x;
 
     const int n_chunks = (n_channels + MMA_CHANNELS - 1) / MMA_CHANNELS;
     stage_halo_async_any(copy_elems, feat, sbuf, min(MMA_CHANNELS, n_channels), in_plane, height,
@@ -170,9 +206,7 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
         async_wait_all_but_newest();
         __syncthreads();
         // Channels past nc hold stale values; their D rows are computed and never stored.
-        const T* chunk = sbuf + (i & 1) * buffer + window0;
-        const T* row_lo = chunk + group_id * chunk_plane;        // A rows group_id
-        const T* row_hi = chunk + (group_id + 8) * chunk_plane;  // and group_id + 8
+        const T* chunk = sbuf + (i & 1) * buffer;
 #pragma unroll
         for (int p = 0; p < MMA_PARENTS_X; ++p) {
             float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -181,13 +215,9 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
                 unsigned int a[4];
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    const int o0 = p + koff[step][r][0], o1 = p + koff[step][r][1];
-                    const unsigned short lo0 = kvalid[step][r][0] ? row_lo[o0].bits : 0;
-                    const unsigned short lo1 = kvalid[step][r][1] ? row_lo[o1].bits : 0;
-                    const unsigned short hi0 = kvalid[step][r][0] ? row_hi[o0].bits : 0;
-                    const unsigned short hi1 = kvalid[step][r][1] ? row_hi[o1].bits : 0;
-                    a[2 * r] = pack_pair(lo0, lo1);      // row group_id, k and k + 1
-                    a[2 * r + 1] = pack_pair(hi0, hi1);  // row group_id + 8
+                    const T* lo = chunk + p;
+                    a[2 * r] = pack_pair(lo[a_lo[step][r][0]].bits, lo[a_lo[step][r][1]].bits);
+                    a[2 * r + 1] = pack_pair(lo[a_hi[step][r][0]].bits, lo[a_hi[step][r][1]].bits);
                 }
                 mma_16816<T>(d, a, bfrag[p][step]);
             }
@@ -195,20 +225,19 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
             // 2 * in_group and + 1: child row dy = in_group, columns dx = 0, 1 (in_group < 2).
             if (in_group < 2) {
                 T* s = ostage + (2 * group_id + in_group) * MMA_OUT_PITCH + 2 * p;
-                store_pair(s, d[0], d[1]);
-                store_pair(s + 2 * 8 * MMA_OUT_PITCH, d[2], d[3]);
+                *reinterpret_cast<unsigned int*>(s) = pack_outputs<T>(d[0], d[1]);
+                *reinterpret_cast<unsigned int*>(s + 2 * 8 * MMA_OUT_PITCH) =
+                    pack_outputs<T>(d[2], d[3]);
             }
         }
         __syncwarp();
         // The warp's 16 channels x 2 rows x 16 outputs, one 4-byte pair per lane and pass.
+        T* to = out_to + c0 * out_plane;
 #pragma unroll
-        for (int pass = 0; pass < 2 * MMA_CHANNELS * 8 / 32; ++pass) {
-            const int word = pass * 32 + lane, row = word / 8, col = 2 * (word % 8);
-            const int c = row / 2, y = 2 * prow + row % 2, x = 2 * px0 + col;
-            if (c < nc && y < out_h && x < out_w) {
-                const T* s = ostage + row * MMA_OUT_PITCH + col;
-                T* o = out_bg + (long long)(c0 + c) * out_plane + (long long)y * out_w + x;
-                *reinterpret_cast<unsigned int*>(o) = *reinterpret_cast<const unsigned int*>(s);
+        for (int pass = 0; pass < MMA_CHANNELS / 2; ++pass, to += 2 * out_plane) {
+            if (out_inside && 2 * pass + out_row / 2 < nc) {
+                *reinterpret_cast<unsigned int*>(to) =
+                    *reinterpret_cast<const unsigned int*>(out_from + 4 * pass * MMA_OUT_PITCH);
             }
         }
         __syncwarp();

@@ -44,7 +44,7 @@ MMA_KERNELS = ("reassemble_mma",)
 MMA_KERNEL_SIZES = (3, 5)
 MMA_SCALARS = ("half_t", "bfloat16_t")
 MMA_SCALE = 2
-MMA_WARPS, MMA_PARENTS_X, MMA_CHANNELS, MMA_OUT_PITCH = 8, 8, 16, 18  # as in carafe_mma.cu
+MMA_WARPS, MMA_PARENTS_X, MMA_CHANNELS, MMA_OUT_PITCH, MMA_ZEROS = 8, 8, 16, 18, 16  # as .cu
 TILED_MMA = False
 HEADER = "uplab_scalar.cuh"
 SCALAR_TYPES = {
@@ -329,12 +329,12 @@ def tiled_async_shared_mem(
 
 def mma_shared_mem(kernel_size: int, itemsize: int) -> int:
     """Dynamic shared memory of ``reassemble_mma``: two buffers of MMA_CHANNELS halo tiles (rows
-    padded as ``async_row_stride``) and each warp's staged outputs."""
+    padded as ``async_row_stride``) and MMA_ZEROS zeros each, then each warp's staged outputs."""
     radius = (kernel_size - 1) // 2
     halo_w, halo_h = MMA_PARENTS_X + 2 * radius, MMA_WARPS + 2 * radius
     per_copy = 16 // itemsize
     row_stride = math.ceil((halo_w + per_copy - 1) / per_copy) * per_copy
-    features = 2 * MMA_CHANNELS * halo_h * row_stride
+    features = 2 * (MMA_CHANNELS * halo_h * row_stride + MMA_ZEROS)
     outputs = MMA_WARPS * 2 * MMA_CHANNELS * MMA_OUT_PITCH
     return (features + outputs) * itemsize
 
