@@ -215,9 +215,9 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
                 unsigned int a[4];
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    const T* lo = chunk + p;
-                    a[2 * r] = pack_pair(lo[a_lo[step][r][0]].bits, lo[a_lo[step][r][1]].bits);
-                    a[2 * r + 1] = pack_pair(lo[a_hi[step][r][0]].bits, lo[a_hi[step][r][1]].bits);
+                    const T* at = chunk + p;  // + a lane offset: parent p's window element
+                    a[2 * r] = pack_pair(at[a_lo[step][r][0]].bits, at[a_lo[step][r][1]].bits);
+                    a[2 * r + 1] = pack_pair(at[a_hi[step][r][0]].bits, at[a_hi[step][r][1]].bits);
                 }
                 mma_16816<T>(d, a, bfrag[p][step]);
             }
