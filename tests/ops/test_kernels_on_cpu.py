@@ -456,6 +456,22 @@ def test_tensor_core_forward_through_autograd_and_without_data_races(emulate, mo
     assert launches[0] == "reassemble_mma<bfloat16_t, 5>"
 
 
+def test_tensor_core_forward_falls_back_below_sm_80(emulate, monkeypatch):
+    # TILED_MMA on a GPU without mma.sync for 16-bit floats: "auto" keeps the tiled kernel, an
+    # explicit path="mma" is refused with the reason.
+    monkeypatch.setattr(kernels, "TILED_MMA", True)
+    monkeypatch.setattr(kernels, "_has_mma_sync", lambda tensor: False)
+    launches = emulate()
+    features = torch.randn(1, 16, 6, 7).to(torch.bfloat16)
+    masks = torch.randn(1, 25, 12, 14).to(torch.bfloat16)
+    got = kernels.reassemble(features, masks, 5, 2, 1)
+    want = carafe(features.double(), masks.double(), 5, 2, backend="torch")
+    torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=1e-2)
+    assert launches == ["reassemble_tiled<bfloat16_t, 5>"]
+    with pytest.raises(ValueError, match="needs compute capability 8.0"):
+        kernels.reassemble(features, masks, 5, 2, 1, path="mma")
+
+
 # (width, elements the base lies past an aligned allocation): every copy width of the async
 # staging (fp32: 4, 8, 16, 16 bytes; 16-bit: element copies, 4, 8, 16 bytes) and, with the base
 # one element off, the fallbacks for a misaligned base (as in test_cuda_kernels.py).

@@ -434,6 +434,12 @@ def _cupy_stream(device_index: int, handle: int):
         return cupy.cuda.ExternalStream(handle, device_index)
 
 
+def _has_mma_sync(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor``'s device runs mma.sync on 16-bit floats (sm_80+); CPU tensors reach the
+    kernels only under the test suite's emulation, which has it."""
+    return not tensor.is_cuda or torch.cuda.get_device_capability(tensor.device) >= (8, 0)
+
+
 def _choose_path(
     path: str, dtype: torch.dtype, kernel_size: int, scale: int, mma: bool = False
 ) -> str:
@@ -485,9 +491,11 @@ def reassemble(
         return out
     n_sm = _multiprocessors(features.device.index)
     chosen = _choose_path(path, features.dtype, kernel_size, scale, mma=True)
-    if chosen == "mma":
-        if features.is_cuda and torch.cuda.get_device_capability(features.device) < (8, 0):
+    if chosen == "mma" and not _has_mma_sync(features):
+        if path == "mma":
             raise ValueError("the tensor-core kernel (path='mma') needs compute capability 8.0+")
+        chosen = _choose_path("auto", features.dtype, kernel_size, scale)
+    if chosen == "mma":
         config = mma_config(b, c, h, w, kernel_size, groups, n_sm, features.element_size())
         _launch(
             "reassemble_mma",
