@@ -202,8 +202,9 @@ inline dim3 thread_index(int t, dim3 block) {
 }
 
 #if CUDA_ON_CPU_OS_THREADS
-// __syncthreads over the (OS) threads of one block still inside the kernel.
-class BlockBarrier {
+// A barrier over the (OS) threads of a block, or of a warp, still inside the kernel: the block's
+// serves __syncthreads, each warp's __syncwarp.
+class Barrier {
   public:
     void reset(int threads) {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -241,8 +242,8 @@ class BlockBarrier {
     unsigned long generation_ = 0;
 };
 
-inline BlockBarrier block_barrier;
-inline std::vector<std::unique_ptr<BlockBarrier>> warp_barriers;  // one per warp of the block
+inline Barrier block_barrier;
+inline std::vector<std::unique_ptr<Barrier>> warp_barriers;  // one per warp of the block
 
 // A counter one thread posts and another waits for, or stops.
 class Signal {
@@ -462,7 +463,7 @@ void launch(void (*kernel)(P...), const Launch& config) {
     std::vector<Worker> workers(n_threads);
     warp_barriers.clear();
     for (int warp = 0; warp * 32 < n_threads; ++warp) {
-        warp_barriers.push_back(std::make_unique<BlockBarrier>());
+        warp_barriers.push_back(std::make_unique<Barrier>());
     }
     for (int t = 0; t < n_threads; ++t) {
         workers[t].thread = std::thread([&, t] {
