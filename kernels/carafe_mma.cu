@@ -19,17 +19,28 @@
 //    parent at a time along x. B fragments (the masks) are loaded once per block into registers
 //    (8 parents x k-steps x 2 registers) and reused for every channel.
 //  - Features: the tile plus halo, 16 channels (one mma M) per chunk, double-buffered with
-//    cp.async exactly as reassemble_tiled's async build (stage_halo_async_any, uplab_scalar.cuh).
-//    A fragments are read from shared memory element by element (a window's offsets are not
-//    contiguous, so ldmatrix does not apply), at lane-constant offsets; offsets past K*K read a
-//    zero tail after the buffer instead of being predicated.
+//    cp.async as reassemble_tiled's async build (stage_halo_async_any, uplab_scalar.cuh), in
+//    4-byte copies (element copies for an odd width or a misaligned base).
+//  - A fragments, one 32-bit shared load per register: a register holds window offsets k = 2P and
+//    2P + 1, so the window is numbered in pairs of horizontally adjacent elements ("pair slots"
+//    P = ky * PAIRS + j, PAIRS = (K + 1) / 2 per row, row-major), and a pair is one aligned word.
+//    A window starting at an odd column begins its pairs one column early (kx = -1), one starting
+//    at an even column ends them one column late (kx = K); that extra element, and the slots past
+//    K * PAIRS, are zeroed in the register (an AND with a per-lane mask) and get zero masks in B,
+//    so a non-finite feature outside the window cannot reach the sum. Slots past K * PAIRS
+//    re-read the last real slot's word.
+//  - Bank conflicts: a warp's A load has 8 channels (group_id) x 4 pair slots (in_group). With
+//    row-major slots and rows of halo_w + 2 elements (MMA_ROW_STRIDE, the staged width of the
+//    4-byte copies) each load touches 32 distinct banks, one wavefront (checked for K = 3 and 5
+//    by enumeration and by the emulator's bank trace, tests/ops/test_kernels_on_cpu.py). The first
+//    version loaded A element by element from rows padded to 16-byte copies: 16 loads per parent
+//    and step, at 3.6 (K = 5) and 2.8 (K = 3) wavefronts each by the same trace.
 //  - Outputs: D holds (channel, child) pairs, which would reach global memory as 4-byte pieces
 //    of 16 different rows. Each warp stages its 16 channels x 2 rows x 16 outputs in shared memory
 //    (rows padded to 18 elements against bank conflicts) and writes them as whole 32-byte rows.
-// By PTX count (nvcc -ptx, sm_90, bfloat16, K=5) a warp spends about 466 instructions per chunk
-// of 16 channels x 8 parents, 3.6 per (channel, parent), against about 4.5 in reassemble_tiled
-// (144 per channel for 32 parents, plus stores): fewer, but the element-wise A loads and their
-// packing are now the bulk. Only a GPU run can say whether this beats the FFMA kernel.
+// Shared-memory wavefronts per parent and 16 channels (the pipe this kernel is bound by): 8 A
+// loads (K = 5; 4 for K = 3), 2 staged-output stores and one 2-wavefront output load: 12 where the
+// first version needed about 62. Not yet measured on a GPU.
 // Grid: x = tiles of 8 x 8 parents, y = chunks of channels_per_block channels (a multiple of 16),
 // z = batch * groups. Dynamic shared memory: mma_shared_mem() in _cupy_kernels.py.
 #define CP_ASYNC_HELPERS 1
@@ -39,7 +50,9 @@
 #define MMA_PARENTS_X 8
 #define MMA_CHANNELS 16
 #define MMA_OUT_PITCH 18  // elements per staged output row (16 outputs + 2 of padding)
-#define MMA_ZEROS 16      // zero elements after each staged buffer (>= MMA_PARENTS_X, 16 bytes)
+// Elements per staged feature row: halo_w = MMA_PARENTS_X + K - 1, one element of start shift
+// (4-byte copies) and one of a pair's overhang; also what makes the A loads conflict-free (above).
+#define MMA_ROW_STRIDE(K) (MMA_PARENTS_X + (K) + 1)
 
 template <typename T>
 struct IsBfloat16 {
@@ -80,6 +93,10 @@ __device__ __forceinline__ unsigned int pack_pair(unsigned short lo, unsigned sh
     return static_cast<unsigned int>(lo) | (static_cast<unsigned int>(hi) << 16);
 }
 
+// Window column of element h (0: low half, 1: high) of pair j in a window that starts at an odd
+// (odd = 1) or even staged column; outside [0, K) the element is not the window's.
+__device__ __forceinline__ int pair_column(int j, int h, int odd) { return 2 * j + h - odd; }
+
 // Two accumulators as one packed pair of T, lo in the low half (one cvt on sm_80+: round to
 // nearest even, as from_acc).
 template <typename T>
@@ -97,13 +114,56 @@ __device__ __forceinline__ unsigned int pack_outputs(float lo, float hi) {
 #endif
 }
 
+// This warp's 8 parents for one staged chunk, their outputs left in `ostage` as [channel][child
+// row][16 outputs]. `row` is the chunk's first element of the warp's first window row (4-byte
+// aligned); S0 = 1 when parent 0's window starts at an odd column of it (then the windows of the
+// even parents do). a_word: the lane's pair slots as word offsets (channel group_id); keep: their
+// masks for windows at even [0] and odd [1] columns.
+template <typename T, int KS, int S0, int STEPS>
+__device__ __forceinline__ void parents_to_stage(const T* row, const int (&a_word)[STEPS][2],
+                                                 const unsigned int (&keep)[2][STEPS][2],
+                                                 const unsigned int (&bfrag)[MMA_PARENTS_X][STEPS][2],
+                                                 T* ostage, int group_id, int in_group) {
+    constexpr int kPlaneWords = (MMA_WARPS + KS - 1) * MMA_ROW_STRIDE(KS) / 2;
+    const unsigned int* words = reinterpret_cast<const unsigned int*>(row);
+#pragma unroll
+    for (int p = 0; p < MMA_PARENTS_X; ++p) {
+        const int odd = (S0 + p) % 2;                          // compile-time once unrolled
+        const unsigned int* window = words + (S0 + p) / 2;  // parent p's first pair
+        float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int step = 0; step < STEPS; ++step) {
+            unsigned int a[4];
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {  // channels group_id (a[2r]) and group_id + 8
+                const unsigned int* at = window + a_word[step][r];
+                a[2 * r] = shared_load(at) & keep[odd][step][r];
+                a[2 * r + 1] = shared_load(at + 8 * kPlaneWords) & keep[odd][step][r];
+            }
+            mma_16816<T>(d, a, bfrag[p][step]);
+        }
+        // D: rows group_id (d[0], d[1]) and group_id + 8 (d[2], d[3]), columns (children)
+        // 2 * in_group and + 1: child row dy = in_group, columns dx = 0, 1 (in_group < 2).
+        if (in_group < 2) {
+            T* s = ostage + (2 * group_id + in_group) * MMA_OUT_PITCH + 2 * p;
+            *reinterpret_cast<unsigned int*>(s) = pack_outputs<T>(d[0], d[1]);
+            *reinterpret_cast<unsigned int*>(s + 2 * 8 * MMA_OUT_PITCH) =
+                pack_outputs<T>(d[2], d[3]);
+        }
+    }
+}
+
 template <typename T, int KS>
 __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
     const T* __restrict__ features, const T* __restrict__ masks, T* __restrict__ out,
     int channels, int height, int width, int groups, int channels_per_block) {
     constexpr int R = (KS - 1) / 2, KK = KS * KS;
-    constexpr int STEPS = (KK + 15) / 16;  // mma k-steps of 16 window offsets: 1 for K=3, 2 for K=5
-    static_assert(STEPS <= 2, "K*K <= 32");
+    constexpr int PAIRS = (KS + 1) / 2, SLOTS = KS * PAIRS;  // pair slots of a window
+    constexpr int STEPS = (2 * SLOTS + 15) / 16;  // mma k-steps: 1 for K=3, 2 for K=5
+    static_assert(STEPS <= 2, "a window of at most 16 pair slots");
+    constexpr int kRowStride = MMA_ROW_STRIDE(KS);
+    constexpr int kHaloW = MMA_PARENTS_X + 2 * R, kHaloH = MMA_WARPS + 2 * R;
+    constexpr int kChunkPlane = kHaloH * kRowStride, kBuffer = MMA_CHANNELS * kChunkPlane;
     DYNAMIC_SHARED_MEMORY(smem_raw);
     T* sbuf = reinterpret_cast<T*>(smem_raw);
 
@@ -122,8 +182,42 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
     if (n_channels <= 0) return;  // uniform over the block, before any barrier
     const int prow = py0 + warp;  // this warp's parent row
 
+    // Feature staging, as reassemble_tiled's async build, in 4-byte copies: rows py0 - R ..
+    // py0 + MMA_WARPS + R, columns from px0 - R rounded down to even (x_shift = 1 when rounded).
+    const long long first_channel =
+        (long long)b * channels + (long long)g * group_channels + c_begin;
+    const T* feat = features + first_channel * in_plane;
+    const int copy_elems = async_copy_elems(features, width) > 0 ? 2 : 0;
+    const int step_elems = copy_elems > 0 ? copy_elems : 1;
+    const int x0 = px0 - R, xa = x0 & -step_elems, x_shift = x0 - xa;
+    const int n_copies = (x_shift + kHaloW + step_elems - 1) / step_elems;
+
+    // This lane's pair slots P = 8 step + 4 r + in_group: A and B registers [step][r] hold window
+    // offsets k = 2P, 2P + 1 (PTX ISA fragments of m16n8k16: rows/columns group_id, k = 2 in_group
+    // + 8 r + 16 step + {0, 1}). Slot P is row ky = P / PAIRS, pair j = P % PAIRS.
+    int a_word[STEPS][2];
+    unsigned int keep[2][STEPS][2];
+#pragma unroll
+    for (int step = 0; step < STEPS; ++step) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int slot = 8 * step + 4 * r + in_group, real = min(slot, SLOTS - 1);
+            const int ky = real / PAIRS, j = real % PAIRS;
+            a_word[step][r] = (group_id * kChunkPlane + ky * kRowStride) / 2 + j;
+#pragma unroll
+            for (int odd = 0; odd < 2; ++odd) {
+                unsigned int k = 0;
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    if (slot < SLOTS && inside(pair_column(j, h, odd), KS)) k |= 0xffffu << (16 * h);
+                }
+                keep[odd][step][r] = k;
+            }
+        }
+    }
+
     // B fragments: column n = group_id is child n of the parent (n < 4: dy = n / 2, dx = n % 2),
-    // rows k = 16 * step + 2 * in_group + {0, 1} (register 0) and + 8 (register 1).
+    // rows as A's; zero outside the window, past the slots and for columns 4..7.
     unsigned int bfrag[MMA_PARENTS_X][STEPS][2];
     const T* mask_bg = masks + ((long long)b * groups + g) * KK * out_plane;
     const int dy = group_id / 2, dx = group_id % 2;
@@ -131,57 +225,26 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
     for (int p = 0; p < MMA_PARENTS_X; ++p) {
         const bool child = group_id < 4 && prow < height && px0 + p < width;
         const long long pixel = (long long)(2 * prow + dy) * out_w + 2 * (px0 + p) + dx;
+        const int odd = (x_shift + p) % 2;
 #pragma unroll
         for (int step = 0; step < STEPS; ++step) {
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
-                const int k = 16 * step + 2 * in_group + 8 * r;
-                const unsigned short lo =
-                    child && k < KK ? mask_bg[k * out_plane + pixel].bits : 0;
-                const unsigned short hi =
-                    child && k + 1 < KK ? mask_bg[(k + 1) * out_plane + pixel].bits : 0;
-                bfrag[p][step][r] = pack_pair(lo, hi);
+                const int slot = 8 * step + 4 * r + in_group;
+                const int ky = slot / PAIRS, j = slot % PAIRS;
+                unsigned short bits[2];
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int kx = pair_column(j, h, odd);
+                    const bool used = child && slot < SLOTS && inside(kx, KS);
+                    bits[h] = used ? mask_bg[(ky * KS + kx) * out_plane + pixel].bits : 0;
+                }
+                bfrag[p][step][r] = pack_pair(bits[0], bits[1]);
             }
         }
     }
 
-    // Feature staging, as reassemble_tiled's async build: rows py0 - R .. py0 + MMA_WARPS + R,
-    // columns from px0 - R rounded down to the copy width.
-    const int halo_w = MMA_PARENTS_X + 2 * R, halo_h = MMA_WARPS + 2 * R;
-    const int row_stride = async_row_stride<T>(halo_w), chunk_plane = halo_h * row_stride;
-    // Each buffer: MMA_CHANNELS staged planes, then MMA_ZEROS zeros that the window offsets past
-    // K*K read instead (no predicate in the loop; a zero times a zero mask stays zero).
-    const int zeros = MMA_CHANNELS * chunk_plane, buffer = zeros + MMA_ZEROS;
-    const long long first_channel =
-        (long long)b * channels + (long long)g * group_channels + c_begin;
-    const T* feat = features + first_channel * in_plane;
-    const int copy_elems = async_copy_elems(features, width);
-    const int step_elems = copy_elems > 0 ? copy_elems : 1;
-    const int x0 = px0 - R, xa = x0 & -step_elems;
-    const int n_copies = (x0 - xa + halo_w + step_elems - 1) / step_elems;
-    // A fragments: rows (channels) group_id and group_id + 8, window offsets k as for B. A lane's
-    // offsets are fixed, so are their positions in a buffer: the window of this warp's parent p
-    // starts at staged row `warp`, column p + (x0 - xa); offsets past K*K read the zeros.
-    const int window0 = warp * row_stride + (x0 - xa);
-    int a_lo[STEPS][2][2], a_hi[STEPS][2][2];  // [step][r][h]: k = 16 step + 2 in_group + 8 r + h
-#pragma unroll
-    for (int step = 0; step < STEPS; ++step) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int k = 16 * step + 2 * in_group + 8 * r + h;
-                const int at = window0 + (k / KS) * row_stride + k % KS;
-                a_lo[step][r][h] = k < KK ? group_id * chunk_plane + at : zeros;
-                a_hi[step][r][h] = k < KK ? (group_id + 8) * chunk_plane + at : zeros;
-            }
-        }
-    }
-    if (threadIdx.x < 2 * MMA_ZEROS) {
-        sbuf[(threadIdx.x / MMA_ZEROS) * buffer + zeros + threadIdx.x % MMA_ZEROS] =
-            from_acc<T>(0.0f);  // ordered before any read by the first chunk's barrier
-    }
-    T* ostage = sbuf + 2 * buffer + warp * (2 * MMA_CHANNELS * MMA_OUT_PITCH);
+    T* ostage = sbuf + 2 * kBuffer + warp * (2 * MMA_CHANNELS * MMA_OUT_PITCH);
     // Output pass: lane -> staged row 4 pass + lane / 8 (channel 2 pass + lane / 16, child row
     // lane / 8 % 2), two outputs at column 2 (lane % 8).
     const int out_row = lane / 8, out_col = 2 * (lane % 8);
@@ -192,43 +255,25 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
 
     const int n_chunks = (n_channels + MMA_CHANNELS - 1) / MMA_CHANNELS;
     stage_halo_async_any(copy_elems, feat, sbuf, min(MMA_CHANNELS, n_channels), in_plane, height,
-                         width, py0 - R, xa, halo_h, n_copies, row_stride);
+                         width, py0 - R, xa, kHaloH, n_copies, kRowStride);
     async_commit();
     for (int i = 0; i < n_chunks; ++i) {
         const int c0 = i * MMA_CHANNELS, nc = min(MMA_CHANNELS, n_channels - c0);
         if (i + 1 < n_chunks) {
             const int c1 = c0 + MMA_CHANNELS;
-            stage_halo_async_any(copy_elems, feat + c1 * in_plane, sbuf + ((i + 1) & 1) * buffer,
+            stage_halo_async_any(copy_elems, feat + c1 * in_plane, sbuf + ((i + 1) & 1) * kBuffer,
                                  min(MMA_CHANNELS, n_channels - c1), in_plane, height, width,
-                                 py0 - R, xa, halo_h, n_copies, row_stride);
+                                 py0 - R, xa, kHaloH, n_copies, kRowStride);
         }
         async_commit();  // empty after the last chunk, so that "all but the newest" is chunk i
         async_wait_all_but_newest();
         __syncthreads();
         // Channels past nc hold stale values; their D rows are computed and never stored.
-        const T* chunk = sbuf + (i & 1) * buffer;
-#pragma unroll
-        for (int p = 0; p < MMA_PARENTS_X; ++p) {
-            float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-            for (int step = 0; step < STEPS; ++step) {
-                unsigned int a[4];
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const T* at = chunk + p;  // + a lane offset: parent p's window element
-                    a[2 * r] = pack_pair(at[a_lo[step][r][0]].bits, at[a_lo[step][r][1]].bits);
-                    a[2 * r + 1] = pack_pair(at[a_hi[step][r][0]].bits, at[a_hi[step][r][1]].bits);
-                }
-                mma_16816<T>(d, a, bfrag[p][step]);
-            }
-            // D: rows group_id (d[0], d[1]) and group_id + 8 (d[2], d[3]), columns (children)
-            // 2 * in_group and + 1: child row dy = in_group, columns dx = 0, 1 (in_group < 2).
-            if (in_group < 2) {
-                T* s = ostage + (2 * group_id + in_group) * MMA_OUT_PITCH + 2 * p;
-                *reinterpret_cast<unsigned int*>(s) = pack_outputs<T>(d[0], d[1]);
-                *reinterpret_cast<unsigned int*>(s + 2 * 8 * MMA_OUT_PITCH) =
-                    pack_outputs<T>(d[2], d[3]);
-            }
+        const T* row = sbuf + (i & 1) * kBuffer + warp * kRowStride;
+        if (x_shift) {
+            parents_to_stage<T, KS, 1>(row, a_word, keep, bfrag, ostage, group_id, in_group);
+        } else {
+            parents_to_stage<T, KS, 0>(row, a_word, keep, bfrag, ostage, group_id, in_group);
         }
         __syncwarp();
         // The warp's 16 channels x 2 rows x 16 outputs, one 4-byte pair per lane and pass.

@@ -106,6 +106,16 @@ __device__ __forceinline__ void store_pair(T* p, float a, float b) {
 
 __device__ __forceinline__ bool inside(int i, int n) { return 0 <= i && i < n; }
 
+// A shared-memory load of at most 4 bytes that the CPU emulation can trace for bank conflicts
+// (CUDA_ON_CPU_BANKS, tests/ops/cuda_on_cpu); on a GPU it is the plain load.
+template <typename W>
+__device__ __forceinline__ W shared_load(const W* p) {
+#ifdef UPLAB_CUDA_ON_CPU
+    cuda_on_cpu::note_shared_load(p, sizeof(W));
+#endif
+    return *p;
+}
+
 // Tiled kernels (reassemble_tiled, window_dot_tiled) for an even scale and K in {3, 5, 7}: one
 // thread owns TILED_QUAD_ROWS(K) x 2 output pixels of one low-resolution parent (a 2x2 quad for
 // K <= 5, a horizontal pair for K = 7, so that the per-pixel K*K operands fit in registers).

@@ -124,7 +124,31 @@ FAULTY_KERNELS = (
     "read_past_input",
     "read_before_async_wait",
     "misaligned_async_copy",
+    "bank_patterns",
 )
+
+
+def test_emulator_counts_bank_conflicts(builds, tmp_path):
+    n = 32
+    config = kernels.LaunchConfig((1, 1, 1), (n, 1, 1), 4 * n * n, 0)
+    report = tmp_path / "banks.txt"
+    env = {**SANITIZER_ENV, "CUDA_ON_CPU_BANKS": str(report)}
+    values, out = torch.arange(1.0, n + 1), torch.zeros(n)
+    exe = builds.exe("faulty", "address")
+    result = emulator_process(exe, "bank_patterns", config, (values, out), (n,), tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    assert torch.equal(out, values + values[5] + values[0])
+    assert report.read_text().split() == ["3", "34", "32"]
+    result = emulator_process(
+        exe,
+        "bank_patterns",
+        config,
+        (values, out),
+        (n,),
+        tmp_path,
+        {**env, "CUDA_ON_CPU_BANKS": str(tmp_path)},
+    )
+    assert result.returncode != 0 and "cannot open CUDA_ON_CPU_BANKS" in result.stderr
 
 
 def faulty_translation_unit() -> str:
@@ -430,6 +454,28 @@ def test_tensor_core_forward_matches_torch_path(emulate, k, dtype):
             got.double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1], msg=case
         )
     assert set(launches) == {kernels.tiled_name("reassemble_mma", kernels.scalar_type(dtype), k)}
+
+
+@pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
+def test_tensor_core_forward_a_loads_are_free_of_bank_conflicts(emulate, tmp_path, k):
+    # The emulator's bank trace (CUDA_ON_CPU_BANKS) of reassemble_mma's A-fragment loads, the
+    # shared loads it routes through shared_load(): one wavefront each, with 4-byte staging copies
+    # (K=3: windows at odd columns) and element copies (odd width). The first version of the
+    # kernel, 16-bit loads from rows padded to 16-byte copies, measured 3.6 (K=5) and 2.8 (K=3).
+    steps = (2 * k * (k + 1) // 2 + 15) // 16
+    for width in (24, 19):
+        report = tmp_path / f"banks_{width}.txt"
+        emulate("address", {"CUDA_ON_CPU_BANKS": str(report)})
+        features = torch.randn(1, 32, 8, width).to(torch.bfloat16)
+        masks = torch.randn(1, k * k, 16, 2 * width).to(torch.bfloat16)
+        got = kernels.reassemble(features, masks, k, 2, 1, path="mma")
+        want = carafe(features.double(), masks.double(), k, 2, backend="torch")
+        torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=1e-2)
+        config = kernels.mma_config(1, 32, 8, width, k, 1, N_SM, 2)
+        chunks = math.ceil(config.per_block / kernels.MMA_CHANNELS)
+        loads = math.prod(config.grid) * kernels.MMA_WARPS * chunks * kernels.MMA_PARENTS_X
+        loads *= steps * 4  # a k-step loads 4 A registers
+        assert report.read_text().split() == [str(loads), str(loads), "1"], f"width={width}"
 
 
 def test_tensor_core_forward_keeps_non_finite_values_in_their_windows(emulate):

@@ -44,7 +44,7 @@ MMA_KERNELS = ("reassemble_mma",)
 MMA_KERNEL_SIZES = (3, 5)
 MMA_SCALARS = ("half_t", "bfloat16_t")
 MMA_SCALE = 2
-MMA_WARPS, MMA_PARENTS_X, MMA_CHANNELS, MMA_OUT_PITCH, MMA_ZEROS = 8, 8, 16, 18, 16  # as .cu
+MMA_WARPS, MMA_PARENTS_X, MMA_CHANNELS, MMA_OUT_PITCH = 8, 8, 16, 18  # as .cu
 TILED_MMA = False
 HEADER = "uplab_scalar.cuh"
 SCALAR_TYPES = {
@@ -327,14 +327,18 @@ def tiled_async_shared_mem(
     return 2 * stage_channels * halo_h * row_stride * itemsize
 
 
+def mma_row_stride(kernel_size: int) -> int:
+    """Elements per staged feature row of ``reassemble_mma`` (MMA_ROW_STRIDE in carafe_mma.cu):
+    the halo, one element of start shift and one of a pair's overhang; the width that makes its
+    32-bit A-fragment loads free of bank conflicts."""
+    return MMA_PARENTS_X + kernel_size + 1
+
+
 def mma_shared_mem(kernel_size: int, itemsize: int) -> int:
     """Dynamic shared memory of ``reassemble_mma``: two buffers of MMA_CHANNELS halo tiles (rows
-    padded as ``async_row_stride``) and MMA_ZEROS zeros each, then each warp's staged outputs."""
-    radius = (kernel_size - 1) // 2
-    halo_w, halo_h = MMA_PARENTS_X + 2 * radius, MMA_WARPS + 2 * radius
-    per_copy = 16 // itemsize
-    row_stride = math.ceil((halo_w + per_copy - 1) / per_copy) * per_copy
-    features = 2 * (MMA_CHANNELS * halo_h * row_stride + MMA_ZEROS)
+    of :func:`mma_row_stride` elements), then each warp's staged outputs."""
+    halo_h = MMA_WARPS + kernel_size - 1
+    features = 2 * MMA_CHANNELS * halo_h * mma_row_stride(kernel_size)
     outputs = MMA_WARPS * 2 * MMA_CHANNELS * MMA_OUT_PITCH
     return (features + outputs) * itemsize
 

@@ -22,6 +22,14 @@
 //    wait, default wait). A copy read before its wait then reads stale data; one that lands at
 //    issue into a buffer others still read is a data race for ThreadSanitizer. A copy never
 //    waited for aborts the run.
+//  - Bank conflicts (fiber build only): with CUDA_ON_CPU_BANKS=PATH, every thread logs the
+//    shared-memory loads that the kernels route through shared_load() (uplab_scalar.cuh). After
+//    each block, the n-th logged load of every lane of a warp is taken as one warp instruction (the
+//    traced loads sit in loops where a warp does not diverge; lanes logging different numbers of
+//    loads abort the run) and costs as many wavefronts as the hardware needs for it: 32 banks of 4
+//    bytes, each delivering one distinct word per wavefront, lanes reading the same word served
+//    together. The launch appends "LOADS WAVEFRONTS WORST" (warp loads, their wavefronts, the most
+//    of one load) to PATH.
 //  - half: _Float16 (round to nearest even, like cvt.rn.f16.f32); bfloat16 is plain bit
 //    arithmetic in uplab_scalar.cuh already.
 #pragma once
@@ -139,9 +147,62 @@ struct ThreadState {
     int linear = 0;  // threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)
     std::vector<AsyncCopy> open_group;
     std::deque<std::vector<AsyncCopy>> committed_groups;
+    std::vector<std::uint32_t> shared_loads;  // byte offsets, under CUDA_ON_CPU_BANKS
 };
 
 inline thread_local ThreadState* current = nullptr;
+
+inline const char* banks_report() {
+    static const char* const path = std::getenv("CUDA_ON_CPU_BANKS");
+    return path;
+}
+
+inline void note_shared_load(const void* p, std::size_t bytes) {
+    if (banks_report() == nullptr) return;
+    const std::ptrdiff_t offset = static_cast<const unsigned char*>(p) - shared_memory;
+    if (offset < 0 || offset % 4 + static_cast<std::ptrdiff_t>(bytes) > 4) {
+        fail("a traced shared load is outside shared memory or straddles a 4-byte word");
+    }
+    current->shared_loads.push_back(static_cast<std::uint32_t>(offset));
+}
+
+struct BankTally {
+    unsigned long loads = 0, wavefronts = 0, worst = 0;
+};
+inline BankTally bank_tally;
+
+// Wavefronts of the warp loads logged by `lanes` (one warp's threads), then clears their logs.
+inline void tally_banks(ThreadState* const* lanes, std::size_t n_lanes) {
+    const std::size_t n = lanes[0]->shared_loads.size();
+    for (std::size_t i = 0; i < n_lanes; ++i) {
+        if (lanes[i]->shared_loads.size() != n) {
+            fail("lanes of a warp logged different numbers of shared loads (a divergent trace)");
+        }
+    }
+    for (std::size_t k = 0; k < n; ++k) {
+        std::uint32_t words[32][32];
+        unsigned long distinct[32] = {};
+        for (std::size_t i = 0; i < n_lanes; ++i) {
+            const std::uint32_t word = lanes[i]->shared_loads[k] / 4, bank = word % 32;
+            if (std::find(words[bank], words[bank] + distinct[bank], word) ==
+                words[bank] + distinct[bank]) {
+                words[bank][distinct[bank]++] = word;
+            }
+        }
+        const unsigned long wavefronts = *std::max_element(distinct, distinct + 32);
+        ++bank_tally.loads;
+        bank_tally.wavefronts += wavefronts;
+        bank_tally.worst = std::max(bank_tally.worst, wavefronts);
+    }
+    for (std::size_t i = 0; i < n_lanes; ++i) lanes[i]->shared_loads.clear();
+}
+
+inline void write_bank_report() {
+    std::FILE* file = std::fopen(banks_report(), "a");
+    if (file == nullptr) fail("cannot open CUDA_ON_CPU_BANKS for appending");
+    std::fprintf(file, "%lu %lu %lu\n", bank_tally.loads, bank_tally.wavefronts, bank_tally.worst);
+    if (std::fclose(file) != 0) fail("cannot write CUDA_ON_CPU_BANKS");
+}
 
 inline void land(const AsyncCopy& copy) {
     if (copy.valid) {
@@ -386,6 +447,14 @@ inline void run_block_on_fibers(std::vector<Fiber>& fibers, const std::function<
         if (!release(fibers)) fail("threads wait at different barriers (__syncthreads/__syncwarp)");
     }
     for (Fiber& fiber : fibers) check_no_copy_left(fiber.state);
+    if (banks_report() != nullptr) {
+        for (std::size_t warp = 0; warp * 32 < fibers.size(); ++warp) {
+            ThreadState* lanes[32];
+            const std::size_t n_lanes = std::min<std::size_t>(32, fibers.size() - warp * 32);
+            for (std::size_t i = 0; i < n_lanes; ++i) lanes[i] = &fibers[warp * 32 + i].state;
+            tally_banks(lanes, n_lanes);
+        }
+    }
     running = nullptr;
     current = nullptr;
 }
@@ -460,6 +529,7 @@ void launch(void (*kernel)(P...), const Launch& config) {
         Signal go, done;
         std::thread thread;
     };
+    if (banks_report() != nullptr) fail("CUDA_ON_CPU_BANKS needs the fiber build");
     std::vector<Worker> workers(n_threads);
     warp_barriers.clear();
     for (int warp = 0; warp * 32 < n_threads; ++warp) {
@@ -509,6 +579,7 @@ void launch(void (*kernel)(P...), const Launch& config) {
         run_block_on_fibers(fibers, body);
         shared_memory = nullptr;
     });
+    if (banks_report() != nullptr) write_bank_report();
 #endif
 }
 

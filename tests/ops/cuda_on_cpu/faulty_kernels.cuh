@@ -60,3 +60,15 @@ __global__ void misaligned_async_copy(const float* in, float* out, int n) {
     __syncthreads();
     out[t] = staged[0];
 }
+
+// Not a bug: shared loads for the bank trace (CUDA_ON_CPU_BANKS), with 32 x 32 floats of shared
+// memory and one warp. Consecutive words (1 wavefront), one word for every lane (a broadcast, 1)
+// and a column of the tile (32 lanes on one bank: 32): 3 warp loads, 34 wavefronts, worst 32.
+__global__ void bank_patterns(const float* in, float* out, int n) {
+    DYNAMIC_SHARED_MEMORY(smem_raw);
+    float* tile = reinterpret_cast<float*>(smem_raw);
+    const int t = threadIdx.x;
+    for (int row = 0; row < 32; ++row) tile[row * 32 + t] = in[t];
+    __syncthreads();
+    out[t] = shared_load(tile + t) + shared_load(tile + 5) + shared_load(tile + 32 * t);
+}
