@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from uplab.analysis.cost import _segformer_b1, upsampler_factory
+from uplab.analysis.run_record import write_text_atomic
 
 UPSAMPLERS = ("bilinear", "carafe", "indexnet", "a2u", "sapa_b", "sapa_g", "fade", "fade_lite", "dysample")
 
@@ -61,6 +62,36 @@ def step_stats(
             times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if cuda else float("nan")
     return {"upsampler": name, "step_ms": 1e3 * statistics.median(times), "peak_gb": peak}
+
+
+def guarded_step_stats(name: str, args) -> dict:
+    """:func:`step_stats`, or a row saying "out of memory" when the device runs out of it (the
+    other upsamplers still run)."""
+    try:
+        row = step_stats(name, args.device, args.batch, args.size, args.steps, args.warmup,
+                         args.recompute)
+    except torch.cuda.OutOfMemoryError:
+        row = None
+    if row is None:  # outside the except block, whose traceback still holds the model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return {"upsampler": name, "step_ms": float("nan"), "peak_gb": float("nan"),
+                "note": "out of memory"}
+    return {**row, "note": ""}
+
+
+def render(rows: list[dict], args) -> str:
+    """The Markdown table of ``rows``, with peak memory relative to bilinear when it is there."""
+    table = pd.DataFrame(rows)
+    base = table.loc[table.upsampler == "bilinear", "peak_gb"]
+    if len(base) and base.notna().all():
+        table["memory_vs_bilinear"] = table.peak_gb / float(base.iloc[0])
+    header = (
+        f"SegFormer-B1 training step, batch {args.batch}, {args.size}x{args.size}, "
+        f"{'upsamplers recomputed in backward, ' if args.recompute else ''}"
+        f"{args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'})"
+    )
+    return f"{header}\n\n{table.to_markdown(index=False, floatfmt='.2f')}\n"
 
 
 def saved_activation_bytes(name: str, size: int, recompute: bool = False) -> int:
@@ -123,29 +154,23 @@ def main(argv=None) -> int:
         )
         print(text)
         if args.output:
-            args.output.write_text(text)
+            write_text_atomic(args.output, text)
         return 0
     if args.smoke:
         args.device, args.batch, args.size, args.steps, args.warmup = "cpu", 1, 64, 1, 0
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA device; use --device cpu or --smoke")
-    rows = [
-        step_stats(n, args.device, args.batch, args.size, args.steps, args.warmup, args.recompute)
-        for n in args.upsamplers.split(",")
-    ]
-    table = pd.DataFrame(rows)
-    base = table.loc[table.upsampler == "bilinear", "peak_gb"]
-    if len(base) and base.notna().all():
-        table["memory_vs_bilinear"] = table.peak_gb / float(base.iloc[0])
-    header = (
-        f"SegFormer-B1 training step, batch {args.batch}, {args.size}x{args.size}, "
-        f"{'upsamplers recomputed in backward, ' if args.recompute else ''}"
-        f"{args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'})"
-    )
-    text = f"{header}\n\n{table.to_markdown(index=False, floatfmt='.2f')}\n"
+    rows, text = [], ""
+    for name in args.upsamplers.split(","):
+        row = guarded_step_stats(name, args)
+        rows.append(row)
+        print(f"{name}: {row['step_ms']:.1f} ms, peak {row['peak_gb']:.2f} GB {row['note']}",
+              flush=True)
+        # the table so far, so that a run stopped by a time limit keeps what it measured
+        text = render(rows, args)
+        if args.output:
+            write_text_atomic(args.output, text)
     print(text)
-    if args.output:
-        args.output.write_text(text)
     return 0
 
 

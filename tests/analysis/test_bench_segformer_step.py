@@ -41,3 +41,29 @@ def test_saved_activations_count_what_backward_keeps(tmp_path):
                        "--upsamplers", "bilinear,carafe", "--output", str(out)]) == 0
     text = out.read_text()
     assert "batch 2" in text and "| carafe" in text
+
+
+def test_each_upsampler_is_written_as_measured_and_out_of_memory_is_a_row(tmp_path, monkeypatch):
+    # A run stopped part way (gpu_check.sh's time limit, here an interrupt on the third upsampler)
+    # keeps the rows measured so far; running out of device memory costs one row, not the run.
+    bench = _load()
+    measured = []
+
+    def fake_step_stats(name, *args):
+        measured.append(name)
+        if name == "fade":
+            raise bench.torch.cuda.OutOfMemoryError("CUDA out of memory")
+        if name == "sapa_g":
+            raise KeyboardInterrupt
+        return {"upsampler": name, "step_ms": 12.5, "peak_gb": 1.25}
+
+    monkeypatch.setattr(bench, "step_stats", fake_step_stats)
+    out = tmp_path / "bench.md"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--smoke", "--upsamplers", "bilinear,fade,sapa_g", "--output", str(out)])
+    assert measured == ["bilinear", "fade", "sapa_g"]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 2
+    assert rows[0].split("|")[1].strip() == "bilinear" and "12.50" in rows[0]
+    assert rows[1].split("|")[1].strip() == "fade" and "out of memory" in rows[1]
+    assert list(tmp_path.iterdir()) == [out]  # no temporary file left behind

@@ -45,21 +45,25 @@ def peak_memory_mb() -> dict[str, float | None]:
     return {"cpu_rss": round(rss_mb, 1), "cuda_allocated": None if cuda is None else round(cuda, 1)}
 
 
-def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> Path:
-    """Write ``data`` as JSON to ``path`` through a temporary file in the same directory and
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and
     ``os.replace``, so a reader never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, allow_nan=True)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (:func:`write_text_atomic`)."""
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
 
 
 def write_run_record(
