@@ -86,3 +86,27 @@ def test_targets_report_the_tensor_core_forward_for_bfloat16():
         "  - with the opt-in tensor-core forward: 83% (0.300 ms vs 1.000 ms shipped"
         in "\n".join(lines)
     )
+
+
+def test_unfold_out_of_memory_is_measured_again_in_batch_chunks(monkeypatch):
+    # fp32 unfold at 16x256x128x128 needs about 78 GiB, more than an H100 has: the row is then
+    # measured in batch chunks (same gradients, summed times) and says so; other impls are not.
+    batches = []
+
+    def fake_call(op, impl):
+        def call(a, b):
+            batches.append(a.shape[0])
+            if a.shape[0] > 1:
+                raise bench_gpu.torch.cuda.OutOfMemoryError("CUDA out of memory")
+            return (a.sum() * b.sum()).expand(a.shape[0], a.shape[1], 6, 6)
+
+        return call
+
+    monkeypatch.setattr(bench_gpu, "_op_call", fake_call)
+    cpu = bench_gpu.torch.device("cpu")
+    row = bench_gpu.measure("carafe", "4x2x3x3", (4, 2, 3, 3), "fp32", "unfold", cpu, 0.0)
+    assert row.note == "whole batch out of memory: run in 4 chunks"
+    assert row.forward_ms is not None and row.train_ms is not None
+    assert batches[:3] == [4, 2, 1] and set(batches[3:]) == {1}
+    row = bench_gpu.measure("carafe", "4x2x3x3", (4, 2, 3, 3), "fp32", "torch", cpu, 0.0)
+    assert row.note == "out of memory" and row.forward_ms is None
