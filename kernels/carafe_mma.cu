@@ -40,7 +40,7 @@
 //    (rows padded to 18 elements against bank conflicts) and writes them as whole 32-byte rows.
 // Shared-memory wavefronts per parent and 16 channels (the pipe this kernel is bound by): 8 A
 // loads (K = 5; 4 for K = 3), 2 staged-output stores and one 2-wavefront output load: 12 where the
-// first version needed about 62. Not yet measured on a GPU.
+// first version needed about 58. Not yet measured on a GPU.
 // Grid: x = tiles of 8 x 8 parents, y = chunks of channels_per_block channels (a multiple of 16),
 // z = batch * groups. Dynamic shared memory: mma_shared_mem() in _cupy_kernels.py.
 #define CP_ASYNC_HELPERS 1
@@ -120,10 +120,9 @@ __device__ __forceinline__ unsigned int pack_outputs(float lo, float hi) {
 // even parents do). a_word: the lane's pair slots as word offsets (channel group_id); keep: their
 // masks for windows at even [0] and odd [1] columns.
 template <typename T, int KS, int S0, int STEPS>
-__device__ __forceinline__ void parents_to_stage(const T* row, const int (&a_word)[STEPS][2],
-                                                 const unsigned int (&keep)[2][STEPS][2],
-                                                 const unsigned int (&bfrag)[MMA_PARENTS_X][STEPS][2],
-                                                 T* ostage, int group_id, int in_group) {
+__device__ __forceinline__ void parents_to_stage(
+    const T* row, const int (&a_word)[STEPS][2], const unsigned int (&keep)[2][STEPS][2],
+    const unsigned int (&bfrag)[MMA_PARENTS_X][STEPS][2], T* ostage, int group_id, int in_group) {
     constexpr int kPlaneWords = (MMA_WARPS + KS - 1) * MMA_ROW_STRIDE(KS) / 2;
     const unsigned int* words = reinterpret_cast<const unsigned int*>(row);
 #pragma unroll
@@ -209,7 +208,8 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
                 unsigned int k = 0;
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    if (slot < SLOTS && inside(pair_column(j, h, odd), KS)) k |= 0xffffu << (16 * h);
+                    const bool in_window = slot < SLOTS && inside(pair_column(j, h, odd), KS);
+                    if (in_window) k |= 0xffffu << (16 * h);
                 }
                 keep[odd][step][r] = k;
             }
