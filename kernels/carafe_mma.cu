@@ -35,12 +35,17 @@
 //    by enumeration and by the emulator's bank trace, tests/ops/test_kernels_on_cpu.py). The first
 //    version loaded A element by element from rows padded to 16-byte copies: 16 loads per parent
 //    and step, at 3.6 (K = 5) and 2.8 (K = 3) wavefronts each by the same trace.
-//  - Outputs: D holds (channel, child) pairs, which would reach global memory as 4-byte pieces
-//    of 16 different rows. Each warp stages its 16 channels x 2 rows x 16 outputs in shared memory
-//    (rows padded to 18 elements against bank conflicts) and writes them as whole 32-byte rows.
-// Shared-memory wavefronts per parent and 16 channels (the pipe this kernel is bound by): 8 A
-// loads (K = 5; 4 for K = 3), 2 staged-output stores and one 2-wavefront output load: 12 where the
-// first version needed about 58. Not yet measured on a GPU.
+//  - Outputs straight from the D fragments: lane (group_id, in_group < 2) holds, after a warp's 8
+//    parents, 16 consecutive outputs (32 bytes) of child row in_group for channels group_id and
+//    group_id + 8. It hands the second half of each row to lane in_group + 2 (whose D columns are
+//    the unused children 4..7), and each lane writes 16 bytes: a store instruction covers 16 rows'
+//    32 contiguous bytes (whole sectors when the width is a multiple of 8), with no shared-memory
+//    round trip. Tiles at the right edge, or rows not 16-byte aligned, store 4 bytes per parent.
+// Shared-memory wavefronts per parent and 16 channels: 8 A loads in the source for K = 5 (4 for
+// K = 3), about 5 after the compiler merges the loads of parents p and p + 1, which read the same
+// words with different masks. The first version needed about 58 (16-bit A loads at 3.6
+// wavefronts, outputs staged through shared memory). Not yet measured on a GPU
+// (docs/benchmarks.md has the static counts and a prediction).
 // Grid: x = tiles of 8 x 8 parents, y = chunks of channels_per_block channels (a multiple of 16),
 // z = batch * groups. Dynamic shared memory: mma_shared_mem() in _cupy_kernels.py.
 #define CP_ASYNC_HELPERS 1
@@ -49,7 +54,6 @@
 #define MMA_WARPS 8
 #define MMA_PARENTS_X 8
 #define MMA_CHANNELS 16
-#define MMA_OUT_PITCH 18  // elements per staged output row (16 outputs + 2 of padding)
 // Elements per staged feature row: halo_w = MMA_PARENTS_X + K - 1, one element of start shift
 // (4-byte copies) and one of a pair's overhang; also what makes the A loads conflict-free (above).
 #define MMA_ROW_STRIDE(K) (MMA_PARENTS_X + (K) + 1)
@@ -114,20 +118,22 @@ __device__ __forceinline__ unsigned int pack_outputs(float lo, float hi) {
 #endif
 }
 
-// This warp's 8 parents for one staged chunk, their outputs left in `ostage` as [channel][child
-// row][16 outputs]. `row` is the chunk's first element of the warp's first window row (4-byte
+// This warp's 8 parents for one staged chunk: out[h][p] packs parent p's two outputs of child
+// row in_group (children 2 in_group, 2 in_group + 1) for channel group_id + 8 h (meaningful in
+// lanes in_group < 2). `row` is the chunk's first element of the warp's first window row (4-byte
 // aligned); S0 = 1 when parent 0's window starts at an odd column of it (then the windows of the
 // even parents do). a_word: the lane's pair slots as word offsets (channel group_id); keep: their
 // masks for windows at even [0] and odd [1] columns.
 template <typename T, int KS, int S0, int STEPS>
-__device__ __forceinline__ void parents_to_stage(
-    const T* row, const int (&a_word)[STEPS][2], const unsigned int (&keep)[2][STEPS][2],
-    const unsigned int (&bfrag)[MMA_PARENTS_X][STEPS][2], T* ostage, int group_id, int in_group) {
+__device__ __forceinline__ void parents_mma(const T* row, const int (&a_word)[STEPS][2],
+                                            const unsigned int (&keep)[2][STEPS][2],
+                                            const unsigned int (&bfrag)[MMA_PARENTS_X][STEPS][2],
+                                            unsigned int (&out)[2][MMA_PARENTS_X]) {
     constexpr int kPlaneWords = (MMA_WARPS + KS - 1) * MMA_ROW_STRIDE(KS) / 2;
     const unsigned int* words = reinterpret_cast<const unsigned int*>(row);
 #pragma unroll
     for (int p = 0; p < MMA_PARENTS_X; ++p) {
-        const int odd = (S0 + p) % 2;                          // compile-time once unrolled
+        const int odd = (S0 + p) % 2;                       // compile-time once unrolled
         const unsigned int* window = words + (S0 + p) / 2;  // parent p's first pair
         float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
@@ -141,13 +147,46 @@ __device__ __forceinline__ void parents_to_stage(
             }
             mma_16816<T>(d, a, bfrag[p][step]);
         }
-        // D: rows group_id (d[0], d[1]) and group_id + 8 (d[2], d[3]), columns (children)
-        // 2 * in_group and + 1: child row dy = in_group, columns dx = 0, 1 (in_group < 2).
-        if (in_group < 2) {
-            T* s = ostage + (2 * group_id + in_group) * MMA_OUT_PITCH + 2 * p;
-            *reinterpret_cast<unsigned int*>(s) = pack_outputs<T>(d[0], d[1]);
-            *reinterpret_cast<unsigned int*>(s + 2 * 8 * MMA_OUT_PITCH) =
-                pack_outputs<T>(d[2], d[3]);
+        // D: rows (channels) group_id (d[0], d[1]) and group_id + 8 (d[2], d[3]), columns
+        // (children) 2 in_group and 2 in_group + 1.
+        out[0][p] = pack_outputs<T>(d[0], d[1]);
+        out[1][p] = pack_outputs<T>(d[2], d[3]);
+    }
+}
+
+// Writes a warp's packed outputs (parents_mma) for one chunk: channel group_id + 8 h (h < 2) of
+// the nc staged ones, at `to` + 8 h planes (the lane's output row, first parent of the tile);
+// parents below n_parents are inside the map. whole_rows (uniform over the warp): all 8 parents
+// inside and rows 16-byte aligned, so the 16 outputs of a row go as two 16-byte halves, the second
+// from lane in_group + 2 after a shuffle.
+template <typename T>
+__device__ __forceinline__ void store_rows(const unsigned int (&packed)[2][MMA_PARENTS_X], T* to,
+                                           long long out_plane, bool whole_rows, int nc,
+                                           int n_parents, int group_id, int in_group) {
+    if (whole_rows) {
+        const int half = in_group / 2;  // parents 4 half .. 4 half + 3
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            unsigned int words[4];
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const unsigned int theirs = __shfl_xor_sync(0xffffffffu, packed[h][4 + q], 2);
+                words[q] = half ? theirs : packed[h][q];
+            }
+            if (group_id + 8 * h < nc) {
+                *reinterpret_cast<uint4*>(to + h * 8 * out_plane + 8 * half) =
+                    make_uint4(words[0], words[1], words[2], words[3]);
+            }
+        }
+    } else if (in_group < 2) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+            for (int p = 0; p < MMA_PARENTS_X; ++p) {
+                if (group_id + 8 * h < nc && p < n_parents) {
+                    *reinterpret_cast<unsigned int*>(to + h * 8 * out_plane + 2 * p) = packed[h][p];
+                }
+            }
         }
     }
 }
@@ -244,14 +283,14 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
         }
     }
 
-    T* ostage = sbuf + 2 * kBuffer + warp * (2 * MMA_CHANNELS * MMA_OUT_PITCH);
-    // Output pass: lane -> staged row 4 pass + lane / 8 (channel 2 pass + lane / 16, child row
-    // lane / 8 % 2), two outputs at column 2 (lane % 8).
-    const int out_row = lane / 8, out_col = 2 * (lane % 8);
-    const int out_y = 2 * prow + out_row % 2, out_x = 2 * px0 + out_col;
-    const bool out_inside = out_y < out_h && out_x < out_w;
-    const T* out_from = ostage + out_row * MMA_OUT_PITCH + out_col;
-    T* out_to = out + (first_channel + out_row / 2) * out_plane + (long long)out_y * out_w + out_x;
+    // Output rows of this lane: child row dy = in_group % 2 of channels group_id + 8 h; lanes
+    // in_group < 2 own outputs 0..7 of the warp's 16 per row (parents 0..3), lanes in_group >= 2
+    // outputs 8..15 (parents 4..7), 16 bytes each, when whole_rows; else lanes in_group < 2 store
+    // 4 bytes per parent inside the map.
+    const int out_y = 2 * prow + in_group % 2;
+    const bool whole_rows = px0 + MMA_PARENTS_X <= width && width % 4 == 0 &&
+                            reinterpret_cast<unsigned long long>(out) % 16 == 0;
+    T* out_row = out + (first_channel + group_id) * out_plane + (long long)out_y * out_w + 2 * px0;
 
     const int n_chunks = (n_channels + MMA_CHANNELS - 1) / MMA_CHANNELS;
     stage_halo_async_any(copy_elems, feat, sbuf, min(MMA_CHANNELS, n_channels), in_plane, height,
@@ -270,22 +309,14 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
         __syncthreads();
         // Channels past nc hold stale values; their D rows are computed and never stored.
         const T* row = sbuf + (i & 1) * kBuffer + warp * kRowStride;
+        unsigned int packed[2][MMA_PARENTS_X];
         if (x_shift) {
-            parents_to_stage<T, KS, 1>(row, a_word, keep, bfrag, ostage, group_id, in_group);
+            parents_mma<T, KS, 1>(row, a_word, keep, bfrag, packed);
         } else {
-            parents_to_stage<T, KS, 0>(row, a_word, keep, bfrag, ostage, group_id, in_group);
+            parents_mma<T, KS, 0>(row, a_word, keep, bfrag, packed);
         }
-        __syncwarp();
-        // The warp's 16 channels x 2 rows x 16 outputs, one 4-byte pair per lane and pass.
-        T* to = out_to + c0 * out_plane;
-#pragma unroll
-        for (int pass = 0; pass < MMA_CHANNELS / 2; ++pass, to += 2 * out_plane) {
-            if (out_inside && 2 * pass + out_row / 2 < nc) {
-                *reinterpret_cast<unsigned int*>(to) =
-                    *reinterpret_cast<const unsigned int*>(out_from + 4 * pass * MMA_OUT_PITCH);
-            }
-        }
-        __syncwarp();
+        store_rows(packed, out_row + c0 * out_plane, out_plane, whole_rows,
+                   out_y < out_h ? nc : 0, width - px0, group_id, in_group);
         __syncthreads();
     }
 }

@@ -44,7 +44,7 @@ MMA_KERNELS = ("reassemble_mma",)
 MMA_KERNEL_SIZES = (3, 5)
 MMA_SCALARS = ("half_t", "bfloat16_t")
 MMA_SCALE = 2
-MMA_WARPS, MMA_PARENTS_X, MMA_CHANNELS, MMA_OUT_PITCH = 8, 8, 16, 18  # as .cu
+MMA_WARPS, MMA_PARENTS_X, MMA_CHANNELS = 8, 8, 16  # as .cu
 TILED_MMA = False
 HEADER = "uplab_scalar.cuh"
 SCALAR_TYPES = {
@@ -335,12 +335,10 @@ def mma_row_stride(kernel_size: int) -> int:
 
 
 def mma_shared_mem(kernel_size: int, itemsize: int) -> int:
-    """Dynamic shared memory of ``reassemble_mma``: two buffers of MMA_CHANNELS halo tiles (rows
-    of :func:`mma_row_stride` elements), then each warp's staged outputs."""
+    """Dynamic shared memory of ``reassemble_mma``: two buffers of MMA_CHANNELS halo tiles, rows
+    of :func:`mma_row_stride` elements."""
     halo_h = MMA_WARPS + kernel_size - 1
-    features = 2 * MMA_CHANNELS * halo_h * mma_row_stride(kernel_size)
-    outputs = MMA_WARPS * 2 * MMA_CHANNELS * MMA_OUT_PITCH
-    return (features + outputs) * itemsize
+    return 2 * MMA_CHANNELS * halo_h * mma_row_stride(kernel_size) * itemsize
 
 
 def mma_config(

@@ -2,8 +2,9 @@
 // machines without a GPU (tests/ops/test_kernels_on_cpu.py). Compiled with g++ -DUPLAB_CUDA_ON_CPU
 // before the kernel sources, which then take their host branches (uplab_scalar.cuh).
 //
-// What it models, and why that is enough for these kernels (they use no warp-level intrinsics,
-// no atomics and no static shared memory):
+// What it models, and why that is enough for these kernels (their only warp-level operations are
+// __syncwarp, __shfl_xor_sync and mma.sync, at the end of this file; no atomics, no static shared
+// memory):
 //  - A launch runs its blocks one after another. __syncthreads() is a barrier over the block's
 //    threads still in the kernel (a thread that returns leaves it, as on sm_70+). The threads of
 //    a block are either
@@ -35,6 +36,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <condition_variable>
 #include <memory>
 #include <cstdint>
@@ -606,6 +608,23 @@ inline void __syncwarp(unsigned int mask = 0xffffffffu) {
 #else
     ::cuda_on_cpu::yield_to_scheduler(::cuda_on_cpu::Waits::warp_barrier);
 #endif
+}
+
+namespace cuda_on_cpu {
+inline std::vector<std::array<unsigned int, 32>> warp_shuffles(32);  // enough for 1024 threads
+}
+
+// Full-warp __shfl_xor_sync: each lane posts its value, the warp meets, each lane reads its
+// partner's (lane ^ lane_mask), and the warp meets again before the slots are reused.
+inline unsigned int __shfl_xor_sync(unsigned int mask, unsigned int value, int lane_mask) {
+    if (mask != 0xffffffffu) ::cuda_on_cpu::fail("__shfl_xor_sync: only the full mask is emulated");
+    const int lane = ::cuda_on_cpu::current->linear % 32;
+    auto& slots = ::cuda_on_cpu::warp_shuffles[::cuda_on_cpu::current->linear / 32];
+    slots[lane] = value;
+    __syncwarp();
+    const unsigned int theirs = slots[lane ^ lane_mask];
+    __syncwarp();
+    return theirs;
 }
 
 namespace cuda_on_cpu {
