@@ -32,6 +32,7 @@ from uplab.ops.reference import carafe_unfold, local_similarity_unfold
 
 KERNEL, SCALE = 5, 2
 SHAPES = {"1x256x120x120": (1, 256, 120, 120), "16x256x128x128": (16, 256, 128, 128)}
+LARGE = "16x256x128x128"  # the shape of the issue's targets
 DRY_SHAPES = {"1x8x12x10": (1, 8, 12, 10), "2x8x16x16": (2, 8, 16, 16)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Opt-in kernels timed beside the shipped "cuda" until one is chosen: "cuda-async", the tiled
@@ -198,6 +199,16 @@ def _measure_into(row, call, op, shape, dtype, device, budget_s, chunks=1) -> No
         row.ideal = nbytes(a, b, grad) + nbytes(grad) + nbytes(a, b)
 
 
+def forward_once(op, shape, dtype_name, impl, device, runs: int = 3) -> None:
+    """``runs`` forwards of one op and impl, synchronised: what ``--once`` hands a profiler."""
+    a, b, _ = _inputs(op, shape, DTYPES[dtype_name], device)
+    call = _op_call(op, impl)
+    with _kernel_choice(impl), torch.no_grad():
+        for _ in range(runs):
+            call(a, b)
+    _sync(device)
+
+
 def _fmt(value, spec):
     return "—" if value is None else format(value, spec)
 
@@ -273,10 +284,31 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes, short timings")
     parser.add_argument("--out", type=Path, default=None, help="Markdown file for the table")
     parser.add_argument("--budget", type=float, default=0.4, help="seconds per timing (>= 3 runs)")
+    parser.add_argument(
+        "--once",
+        metavar="OP:DTYPE:IMPL",
+        help="run only this forward, 3 times, at the large shape (for a profiler: the third "
+        "launch is warm), e.g. carafe:bf16:cuda-mma",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device; use --device cpu (with --dry-run)")
+    if args.once:
+        try:
+            op, dtype_name, impl = args.once.split(":")
+            if op not in ("carafe", "local_similarity") or dtype_name not in DTYPES:
+                raise ValueError
+            if impl not in IMPLS or not _applies(op, dtype_name, impl):
+                raise ValueError
+        except ValueError:
+            parser.error(
+                f"--once takes OP:DTYPE:IMPL with OP carafe or local_similarity, DTYPE in "
+                f"{list(DTYPES)}, IMPL in {list(IMPLS)} (cuda-mma: carafe bf16), got {args.once!r}"
+            )
+        shape = (DRY_SHAPES if args.dry_run else SHAPES)["2x8x16x16" if args.dry_run else LARGE]
+        forward_once(op, shape, dtype_name, impl, device)
+        return 0
     shapes = DRY_SHAPES if args.dry_run else SHAPES
     budget = 0.01 if args.dry_run else args.budget
     impls = IMPLS if device.type == "cuda" else ("torch", "unfold")

@@ -16,9 +16,14 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #       hydra-core==1.3.8 omegaconf==2.3.1
 #   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
-# KERNEL_VARIANTS=1 also runs scripts/bench_kernel_variants.py (at most $VARIANTS_TIMEOUT s, default
-# 180; informative, not part of the exit status).
-# Logs and tables go to $OUT when it is set (else /tmp/uplab_gpu_check).
+# Opt-in extras, after the budgeted part, informative (not part of the exit status):
+#   KERNEL_VARIANTS=1  scripts/bench_kernel_variants.py (at most $VARIANTS_TIMEOUT s, default 180);
+#   PROFILE=1          Nsight Compute on one warm carafe forward per kernel at the large shape
+#                      (speed of light, memory, warp stalls, shared-memory bank conflicts,
+#                      instructions); about 20 s per kernel.
+# Files, in $OUT when it is set (else /tmp/uplab_gpu_check), at most six (a device call returns at
+# most eight): gpu_check.log (everything printed), gpu_bench.md, segformer_step.md,
+# segformer_step_recompute.md, and with the extras variants.md and ncu.txt.
 # Usage: bash scripts/gpu_check.sh [extra arguments for scripts/bench_gpu.py]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +31,7 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 OUT_DIR="${OUT:-${TMPDIR:-/tmp}/uplab_gpu_check}"
 mkdir -p "$OUT_DIR"
+exec > >(tee "$OUT_DIR/gpu_check.log") 2>&1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export WANDB_MODE=offline HF_HUB_OFFLINE=1
 
@@ -33,7 +39,6 @@ BUDGET="${GPU_CHECK_BUDGET:-290}"
 start=$SECONDS
 section() { echo "== $1 (at $((SECONDS - start)) s)"; }
 seconds_left() { echo $((BUDGET - (SECONDS - start))); }
-# min(a, b)
 smaller() { if [ "$1" -lt "$2" ]; then echo "$1"; else echo "$2"; fi; }
 
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -57,28 +62,27 @@ PY
 
 section "GPU tests"
 # Other engineers' test files may import what this machine lacks; collect past such errors.
-"$PYTHON" -m pytest -m gpu tests/ops -q -p no:cacheprovider --continue-on-collection-errors \
-    2>&1 | tee "$OUT_DIR/gpu_tests.log"
-tests_status=${PIPESTATUS[0]}
+"$PYTHON" -m pytest -m gpu tests/ops -q -p no:cacheprovider --continue-on-collection-errors
+tests_status=$?
 
 section "benchmark"
-"$PYTHON" scripts/bench_gpu.py --out "$OUT_DIR/gpu_bench.md" "$@" 2>&1 | tee "$OUT_DIR/gpu_bench.log"
-bench_status=${PIPESTATUS[0]}
+"$PYTHON" scripts/bench_gpu.py --out "$OUT_DIR/gpu_bench.md" "$@"
+bench_status=$?
 
 section "SegFormer-B1 training step"
 # what the budget leaves, less 45 s for the recompute pass
 step_limit=$(smaller "${SEGFORMER_TIMEOUT:-150}" $(( $(seconds_left) - 45 )))
-if ! "$PYTHON" -c "import uplab.analysis.cost" 2>"$OUT_DIR/segformer_step.log"; then
-    echo "skipped: uplab.analysis.cost does not import here: $(tail -1 "$OUT_DIR/segformer_step.log")"
+if ! import_error="$("$PYTHON" -c "import uplab.analysis.cost" 2>&1)"; then
+    echo "skipped: uplab.analysis.cost does not import here: $(echo "$import_error" | tail -1)"
     step_status=1
 elif [ "$step_limit" -lt 30 ]; then
     echo "skipped: $(seconds_left) s of the ${BUDGET} s budget left (GPU_CHECK_BUDGET)"
     step_status=0
 else
     echo "limit ${step_limit} s"
-    timeout "$step_limit" "$PYTHON" scripts/bench_segformer_step.py --device cuda --steps 3 --warmup 1 \
-        --output "$OUT_DIR/segformer_step.md" 2>&1 | tee "$OUT_DIR/segformer_step.log"
-    step_status=${PIPESTATUS[0]}
+    timeout "$step_limit" "$PYTHON" scripts/bench_segformer_step.py --device cuda --steps 3 \
+        --warmup 1 --output "$OUT_DIR/segformer_step.md"
+    step_status=$?
     if [ "$step_status" -eq 124 ]; then
         echo "stopped at its ${step_limit} s limit; the rows above are kept in segformer_step.md"
         step_status=0
@@ -89,7 +93,7 @@ else
         section "SegFormer-B1 training step, recompute=True (limit ${recompute_limit} s)"
         timeout "$recompute_limit" "$PYTHON" scripts/bench_segformer_step.py --device cuda \
             --steps 3 --warmup 1 --recompute --upsamplers bilinear,indexnet,sapa_g,fade \
-            --output "$OUT_DIR/segformer_step_recompute.md" 2>&1 | tee "$OUT_DIR/segformer_step_recompute.log"
+            --output "$OUT_DIR/segformer_step_recompute.md"
     else
         echo "recompute pass skipped: $(seconds_left) s of the ${BUDGET} s budget left"
     fi
@@ -99,7 +103,27 @@ if [ "${KERNEL_VARIANTS:-0}" = 1 ]; then
     # informative: launch variants and the opt-in cp.async staging of the tiled carafe forward
     section "kernel variants"
     timeout "${VARIANTS_TIMEOUT:-180}" "$PYTHON" scripts/bench_kernel_variants.py \
-        --out "$OUT_DIR/variants.md" 2>&1 | tee "$OUT_DIR/variants.log"
+        --out "$OUT_DIR/variants.md"
+fi
+
+if [ "${PROFILE:-0}" = 1 ]; then
+    section "Nsight Compute: one warm carafe forward per kernel, 16x256x128x128"
+    NCU="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)"
+    if [ -z "$NCU" ]; then
+        echo "skipped: ncu not found"
+    else
+        for spec in fp32:cuda fp32:cuda-async bf16:cuda bf16:cuda-async bf16:cuda-mma; do
+            # the third launch of the forward kernel (reassemble*) is warm; clocks as ncu sets them
+            echo "=== carafe $spec" >>"$OUT_DIR/ncu.txt"
+            timeout 120 "$NCU" --kernel-name regex:reassemble --launch-skip 2 --launch-count 1 \
+                --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+                --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,smsp__inst_executed.sum \
+                "$PYTHON" scripts/bench_gpu.py --once "carafe:$spec" >>"$OUT_DIR/ncu.txt" 2>&1
+            echo "carafe $spec: ncu exit $?"
+        done
+        grep -E "^=== |Duration|DRAM Throughput|Memory Throughput|bank_conflicts|inst_executed" \
+            "$OUT_DIR/ncu.txt"
+    fi
 fi
 
 echo "== done after $((SECONDS - start)) s: tests exit $tests_status, benchmark exit $bench_status, SegFormer step exit $step_status"

@@ -110,3 +110,13 @@ def test_unfold_out_of_memory_is_measured_again_in_batch_chunks(monkeypatch):
     assert batches[:3] == [4, 2, 1] and set(batches[3:]) == {1}
     row = bench_gpu.measure("carafe", "4x2x3x3", (4, 2, 3, 3), "fp32", "torch", cpu, 0.0)
     assert row.note == "out of memory" and row.forward_ms is None
+
+
+def test_once_runs_one_forward_for_a_profiler_and_refuses_unknown_specs(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench_gpu, "_op_call", lambda op, impl: lambda a, b: calls.append(impl))
+    assert bench_gpu.main(["--device", "cpu", "--dry-run", "--once", "carafe:fp32:torch"]) == 0
+    assert calls == ["torch"] * 3
+    for spec in ("carafe:fp32", "carafe:fp64:torch", "carafe:fp32:cuda-mma", "conv:fp32:torch"):
+        with pytest.raises(SystemExit):
+            bench_gpu.main(["--device", "cpu", "--dry-run", "--once", spec])
