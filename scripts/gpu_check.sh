@@ -18,9 +18,8 @@
 #   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
 # Opt-in extras, after the budgeted part, informative (not part of the exit status):
 #   KERNEL_VARIANTS=1  scripts/bench_kernel_variants.py (at most $VARIANTS_TIMEOUT s, default 180);
-#   PROFILE=1          Nsight Compute on one warm carafe forward per kernel at the large shape
-#                      (speed of light, memory, warp stalls, shared-memory bank conflicts,
-#                      instructions); about 20 s per kernel.
+#   PROFILE=1          scripts/profile_kernels.sh: Nsight Compute on one warm carafe forward per
+#                      kernel at the large shape; about 20 s per kernel.
 # Files, in $OUT when it is set (else /tmp/uplab_gpu_check), at most six (a device call returns at
 # most eight): gpu_check.log (everything printed), gpu_bench.md, segformer_step.md,
 # segformer_step_recompute.md, and with the extras variants.md and ncu.txt.
@@ -107,23 +106,8 @@ if [ "${KERNEL_VARIANTS:-0}" = 1 ]; then
 fi
 
 if [ "${PROFILE:-0}" = 1 ]; then
-    section "Nsight Compute: one warm carafe forward per kernel, 16x256x128x128"
-    NCU="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)"
-    if [ -z "$NCU" ]; then
-        echo "skipped: ncu not found"
-    else
-        for spec in fp32:cuda fp32:cuda-async bf16:cuda bf16:cuda-async bf16:cuda-mma; do
-            # the third launch of the forward kernel (reassemble*) is warm; clocks as ncu sets them
-            echo "=== carafe $spec" >>"$OUT_DIR/ncu.txt"
-            timeout 120 "$NCU" --kernel-name regex:reassemble --launch-skip 2 --launch-count 1 \
-                --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
-                --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,smsp__inst_executed.sum \
-                "$PYTHON" scripts/bench_gpu.py --once "carafe:$spec" >>"$OUT_DIR/ncu.txt" 2>&1
-            echo "carafe $spec: ncu exit $?"
-        done
-        grep -E "^=== |Duration|DRAM Throughput|Memory Throughput|bank_conflicts|inst_executed" \
-            "$OUT_DIR/ncu.txt"
-    fi
+    section "Nsight Compute: one warm carafe forward per kernel (scripts/profile_kernels.sh)"
+    PYTHON="$PYTHON" OUT="$OUT_DIR" bash scripts/profile_kernels.sh
 fi
 
 echo "== done after $((SECONDS - start)) s: tests exit $tests_status, benchmark exit $bench_status, SegFormer step exit $step_status"

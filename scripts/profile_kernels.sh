@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Nsight Compute on one warm carafe forward per kernel at 16x256x128x128 (the shape of issue 4's
+# bandwidth target): fp32 and bf16, shipped tiled kernels (cuda), their cp.async staging
+# (cuda-async) and the tensor-core forward (cuda-mma, bf16). Sections: speed of light, memory
+# workload, warp stall reasons; metrics: shared-memory bank conflicts and instructions executed.
+# About 20 s per kernel on an H100. Report in $OUT/ncu.txt (else /tmp/uplab_gpu_check/ncu.txt),
+# the headline lines printed at the end. ncu runs with its default clock control (base clocks), so
+# its durations are for comparing kernels, not for the benchmark table.
+# Usage: bash scripts/profile_kernels.sh      (also: PROFILE=1 bash scripts/gpu_check.sh)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+OUT_DIR="${OUT:-${TMPDIR:-/tmp}/uplab_gpu_check}"
+mkdir -p "$OUT_DIR"
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+NCU="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)"
+if [ -z "$NCU" ]; then
+    echo "skipped: ncu not found"
+    exit 0
+fi
+report="$OUT_DIR/ncu.txt"
+: >"$report"
+for spec in fp32:cuda fp32:cuda-async bf16:cuda bf16:cuda-async bf16:cuda-mma; do
+    # the third launch of the forward kernel (reassemble*) is warm
+    echo "=== carafe $spec" >>"$report"
+    timeout 120 "$NCU" --kernel-name regex:reassemble --launch-skip 2 --launch-count 1 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+        --metrics l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,smsp__inst_executed.sum \
+        "$PYTHON" scripts/bench_gpu.py --once "carafe:$spec" >>"$report" 2>&1
+    echo "carafe $spec: ncu exit $?"
+done
+grep -E "^=== |Duration|DRAM Throughput|Memory Throughput|bank_conflicts|inst_executed" "$report"
