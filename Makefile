@@ -9,7 +9,7 @@ TABLE  ?= toy
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test lint reproduce-table sweep bench gpu-check cost clean
+.PHONY: setup test lint reproduce-table sweep bench gpu-check gpu-profile cost clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,9 @@ bench: setup
 
 gpu-check:
 	bash scripts/gpu_check.sh
+
+gpu-profile:
+	bash scripts/profile_kernels.sh
 
 cost: setup
 	$(VENV)/bin/uplab-cost
