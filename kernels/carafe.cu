@@ -175,7 +175,7 @@ __device__ __forceinline__ void reassemble_staged(const S* w, int row_stride, in
         for (int ky = 0; ky < KS; ++ky) {
 #pragma unroll
             for (int kx = 0; kx < KS; ++kx) {
-                const float v = to_acc(w[ky * row_stride + kx]);
+                const float v = to_acc(shared_load(w + ky * row_stride + kx));
 #pragma unroll
                 for (int j = 0; j < NP; ++j) acc[j] += m[ky * KS + kx][j] * v;
             }

@@ -186,7 +186,7 @@ __device__ __forceinline__ void window_fma(const S* w, int row_stride, const flo
     for (int ky = 0; ky < KS; ++ky) {
 #pragma unroll
         for (int kx = 0; kx < KS; ++kx) {
-            const float v = to_acc(w[ky * row_stride + kx]);
+            const float v = to_acc(shared_load(w + ky * row_stride + kx));
 #pragma unroll
             for (int j = 0; j < 2 * QR; ++j) acc[ky * KS + kx][j] += q[j] * v;
         }

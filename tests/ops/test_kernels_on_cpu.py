@@ -478,6 +478,28 @@ def test_tensor_core_forward_a_loads_are_free_of_bank_conflicts(emulate, tmp_pat
         assert report.read_text().split() == [str(loads), str(loads), "1"], f"width={width}"
 
 
+@pytest.mark.parametrize("staging", kernels.STAGINGS)
+def test_tiled_kernels_window_loads_are_free_of_bank_conflicts(emulate, tmp_path, staging):
+    # reassemble_tiled and window_dot_tiled read each thread's window from the staged tile with
+    # lanes along x: consecutive words (float tiles) or halfwords (the async build's 16-bit
+    # tiles), one wavefront per load. Whole tiles only: the trace needs every lane of a warp.
+    for k, dtype in ((3, torch.float32), (5, torch.bfloat16), (7, torch.float32)):
+        rows = kernels.tiled_quad_rows(k) * kernels.TILED_BLOCK[1] // 2
+        features = torch.randn(1, 16, rows, kernels.TILED_BLOCK[0]).to(dtype)
+        masks = torch.randn(1, k * k, 2 * rows, 2 * kernels.TILED_BLOCK[0]).to(dtype)
+        query = torch.randn(1, 16, 2 * rows, 2 * kernels.TILED_BLOCK[0]).to(dtype)
+        for name, op, inputs in (
+            ("reassemble", kernels.reassemble, (features, masks)),
+            ("window_dot", kernels.window_dot, (query, features)),
+        ):
+            report = tmp_path / f"banks_{name}_{k}.txt"
+            emulate("address", {"CUDA_ON_CPU_BANKS": str(report)})
+            op(*inputs, k, 2, 1, path="tiled", staging=staging)
+            threads = kernels.TILED_BLOCK[0] * kernels.TILED_BLOCK[1]
+            loads = threads // 32 * 16 * k * k  # one tile: per warp, K*K per channel
+            assert report.read_text().split() == [str(loads), str(loads), "1"], f"{name} K={k}"
+
+
 def test_tensor_core_forward_keeps_non_finite_values_in_their_windows(emulate):
     # An infinite feature reaches only the children whose window holds it, as in the PyTorch path
     # (zero masks elsewhere must not turn it into NaN for other parents).
