@@ -292,6 +292,8 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
                             reinterpret_cast<unsigned long long>(out) % 16 == 0;
     T* out_row = out + (first_channel + group_id) * out_plane + (long long)out_y * out_w + 2 * px0;
 
+    // The double-buffered chunk loop of reassemble_tiled's async build (why it is not a shared
+    // helper: window_dot_tiled in local_similarity.cu).
     const int n_chunks = (n_channels + MMA_CHANNELS - 1) / MMA_CHANNELS;
     stage_halo_async_any(copy_elems, feat, sbuf, min(MMA_CHANNELS, n_channels), in_plane, height,
                          width, py0 - R, xa, kHaloH, n_copies, kRowStride);
