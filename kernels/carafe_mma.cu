@@ -1,5 +1,5 @@
 // CARAFE forward on tensor cores, for float16 and bfloat16 at scale 2 and K in {3, 5} (opt-in:
-// _cupy_kernels.reassemble(path="mma"), or TILED_MMA; not yet measured on a GPU):
+// _cupy_kernels.reassemble(path="mma"), or TILED_MMA):
 //
 //   out[b, c, 2y + dy, 2x + dx] = sum_k masks[b, g*K*K + k, 2y + dy, 2x + dx]
 //                                       * features[b, c, y + ky - r, x + kx - r]
@@ -18,9 +18,10 @@
 //  - Block: 8 warps; warp w owns parent row w of an 8 x 8-parent tile (16 x 16 outputs), one
 //    parent at a time along x. B fragments (the masks) are loaded once per block into registers
 //    (8 parents x k-steps x 2 registers) and reused for every channel.
-//  - Features: the tile plus halo, 16 channels (one mma M) per chunk, double-buffered with
-//    cp.async as reassemble_tiled's async build (stage_halo_async_any, uplab_scalar.cuh), in
-//    4-byte copies (element copies for an odd width or a misaligned base).
+//  - Features: the tile plus halo, 16 channels (one mma M) per chunk, in a three-stage cp.async
+//    pipeline (MMA_STAGES buffers, one barrier per chunk), in 4-byte copies (element copies for
+//    an odd width or a misaligned base); each thread owns one (row, copy) position of the halo
+//    for the whole kernel (stage_chunk).
 //  - A fragments, one 32-bit shared load per register: a register holds window offsets k = 2P and
 //    2P + 1, so the window is numbered in pairs of horizontally adjacent elements ("pair slots"
 //    P = ky * PAIRS + j, PAIRS = (K + 1) / 2 per row, row-major), and a pair is one aligned word.
@@ -41,11 +42,11 @@
 //    the unused children 4..7), and each lane writes 16 bytes: a store instruction covers 16 rows'
 //    32 contiguous bytes (whole sectors when the width is a multiple of 8), with no shared-memory
 //    round trip. Tiles at the right edge, or rows not 16-byte aligned, store 4 bytes per parent.
+//    The 16-byte store is PTX (store_16_bytes): the compilers split the C++ one into four.
 // Shared-memory wavefronts per parent and 16 channels: 8 A loads in the source for K = 5 (4 for
 // K = 3), about 5 after the compiler merges the loads of parents p and p + 1, which read the same
 // words with different masks. The first version needed about 58 (16-bit A loads at 3.6
-// wavefronts, outputs staged through shared memory). Not yet measured on a GPU
-// (docs/benchmarks.md has the static counts and a prediction).
+// wavefronts, outputs staged through shared memory). Measured on an H100: docs/benchmarks.md.
 // Grid: x = tiles of 8 x 8 parents, y = chunks of channels_per_block channels (a multiple of 16),
 // z = batch * groups. Dynamic shared memory: mma_shared_mem() in _cupy_kernels.py.
 #define CP_ASYNC_HELPERS 1
@@ -54,6 +55,7 @@
 #define MMA_WARPS 8
 #define MMA_PARENTS_X 8
 #define MMA_CHANNELS 16
+#define MMA_STAGES 3  // feature buffers (chunks of MMA_CHANNELS channels)
 // Elements per staged feature row: halo_w = MMA_PARENTS_X + K - 1, one element of start shift
 // (4-byte copies) and one of a pair's overhang; also what makes the A loads conflict-free (above).
 #define MMA_ROW_STRIDE(K) (MMA_PARENTS_X + (K) + 1)
@@ -154,6 +156,23 @@ __device__ __forceinline__ void parents_mma(const T* row, const int (&a_word)[ST
     }
 }
 
+// Four words to 16-byte-aligned global memory in one instruction. Written in PTX because nvcc
+// and NVRTC (CUDA 13) split the equivalent uint4 store here into four 4-byte stores: each output
+// sector then took four L2 write requests (Nsight Compute on an H100: 3.5x the output's sectors,
+// L2 at 78% of its peak, DRAM at 17%).
+__device__ __forceinline__ void store_16_bytes(void* to, const unsigned int (&words)[4]) {
+#if defined(UPLAB_CUDA_ON_CPU)
+    if (reinterpret_cast<unsigned long long>(to) % 16 != 0) {
+        cuda_on_cpu::fail("16-byte global store not aligned to 16 bytes");
+    }
+    *static_cast<uint4*>(to) = make_uint4(words[0], words[1], words[2], words[3]);
+#else
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(to), "r"(words[0]),
+                 "r"(words[1]), "r"(words[2]), "r"(words[3])
+                 : "memory");
+#endif
+}
+
 // Writes a warp's packed outputs (parents_mma) for one chunk: channel group_id + 8 h (h < 2) of
 // the nc staged ones, at `to` + 8 h planes (the lane's output row, first parent of the tile);
 // parents below n_parents are inside the map. whole_rows (uniform over the warp): all 8 parents
@@ -173,10 +192,7 @@ __device__ __forceinline__ void store_rows(const unsigned int (&packed)[2][MMA_P
                 const unsigned int theirs = __shfl_xor_sync(0xffffffffu, packed[h][4 + q], 2);
                 words[q] = half ? theirs : packed[h][q];
             }
-            if (group_id + 8 * h < nc) {
-                *reinterpret_cast<uint4*>(to + h * 8 * out_plane + 8 * half) =
-                    make_uint4(words[0], words[1], words[2], words[3]);
-            }
+            if (group_id + 8 * h < nc) store_16_bytes(to + h * 8 * out_plane + 8 * half, words);
         }
     } else if (in_group < 2) {
 #pragma unroll
@@ -187,6 +203,58 @@ __device__ __forceinline__ void store_rows(const unsigned int (&packed)[2][MMA_P
                     *reinterpret_cast<unsigned int*>(to + h * 8 * out_plane + 2 * p) = packed[h][p];
                 }
             }
+        }
+    }
+}
+
+// This thread's share of staging any chunk: one (row, copy) position of the halo, fixed for the
+// whole kernel, for channels first, first + step, ... of the chunk (n_positions = halo rows x
+// copies per row <= the block's 256 threads; step = 256 / n_positions threads share a position). Fixing it once replaces the flattened-index walk of
+// stage_halo_async, whose carries and 64-bit address arithmetic took about 48 instructions per
+// 4-byte copy (sm_90 SASS), most of this kernel's instructions at 5 to 6 copies per thread and
+// chunk; the loop below takes about 7.
+struct StagingPosition {
+    long long src;  // element offset in a channel plane (0, still a valid address, outside the map)
+    int dst;        // element offset in a staged channel
+    int first, step;
+    bool valid;
+};
+
+__device__ __forceinline__ StagingPosition staging_position(int n_positions, int n_copies,
+                                                            int step_elems, int row_stride,
+                                                            int y0, int xa, int height,
+                                                            int width) {
+    const int position = threadIdx.x % n_positions, hy = position / n_copies;
+    const int copy = position - hy * n_copies;
+    const int y = y0 + hy, x = xa + copy * step_elems;
+    StagingPosition at;
+    at.valid = inside(y, height) && inside(x, width);
+    at.src = at.valid ? (long long)y * width + x : 0;
+    at.dst = hy * row_stride + copy * step_elems;
+    at.step = blockDim.x / n_positions;
+    // the threads past step * n_positions stage nothing (they would repeat positions of the first)
+    at.first = threadIdx.x < at.step * n_positions ? threadIdx.x / n_positions : MMA_CHANNELS;
+    return at;
+}
+
+// Stages channels [0, nc) of the chunk at `src` into `buffer` ([c][row][row_stride], zeros outside
+// the map): 4-byte cp.async copies (zero-filled with src-size 0), or, for an odd width or a
+// 2-byte-aligned base, element by element with plain loads.
+template <typename T>
+__device__ __forceinline__ void stage_chunk(bool four_bytes, const StagingPosition& at,
+                                            const T* src, T* buffer, int nc, long long plane,
+                                            int chunk_plane) {
+    const T* from = src + at.first * plane + at.src;
+    T* to = buffer + at.first * chunk_plane + at.dst;
+    const long long from_step = at.step * plane;
+    const int to_step = at.step * chunk_plane;
+    if (four_bytes) {
+        for (int c = at.first; c < nc; c += at.step, from += from_step, to += to_step) {
+            copy_or_zero<4>(to, from, at.valid);
+        }
+    } else {
+        for (int c = at.first; c < nc; c += at.step, from += from_step, to += to_step) {
+            *to = at.valid ? *from : from_acc<T>(0.0f);
         }
     }
 }
@@ -202,6 +270,7 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
     constexpr int kRowStride = MMA_ROW_STRIDE(KS);
     constexpr int kHaloW = MMA_PARENTS_X + 2 * R, kHaloH = MMA_WARPS + 2 * R;
     constexpr int kChunkPlane = kHaloH * kRowStride, kBuffer = MMA_CHANNELS * kChunkPlane;
+    static_assert(kHaloH * kHaloW <= MMA_WARPS * 32, "a staging position per thread (element copies)");
     DYNAMIC_SHARED_MEMORY(smem_raw);
     T* sbuf = reinterpret_cast<T*>(smem_raw);
 
@@ -229,6 +298,9 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
     const int step_elems = copy_elems > 0 ? copy_elems : 1;
     const int x0 = px0 - R, xa = x0 & -step_elems, x_shift = x0 - xa;
     const int n_copies = (x_shift + kHaloW + step_elems - 1) / step_elems;
+    const StagingPosition staging =
+        staging_position(kHaloH * n_copies, n_copies, step_elems, kRowStride, py0 - R, xa,
+                         height, width);
 
     // This lane's pair slots P = 8 step + 4 r + in_group: A and B registers [step][r] hold window
     // offsets k = 2P, 2P + 1 (PTX ISA fragments of m16n8k16: rows/columns group_id, k = 2 in_group
@@ -292,25 +364,34 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
                             reinterpret_cast<unsigned long long>(out) % 16 == 0;
     T* out_row = out + (first_channel + group_id) * out_plane + (long long)out_y * out_w + 2 * px0;
 
-    // The double-buffered chunk loop of reassemble_tiled's async build (why it is not a shared
-    // helper: window_dot_tiled in local_similarity.cu).
+    // The chunk pipeline: MMA_STAGES buffers, chunks i + 1 .. i + MMA_STAGES - 2 in flight while
+    // chunk i is computed; one barrier per chunk, which also frees the buffer of chunk i - 1 for
+    // chunk i + MMA_STAGES - 1. A commit every iteration (empty past the last chunk) keeps "all
+    // but the newest MMA_STAGES - 2 groups" equal to "chunks up to i".
+    static_assert(MMA_STAGES == 3, "async_wait_all_but_newest waits for all groups but one");
     const int n_chunks = (n_channels + MMA_CHANNELS - 1) / MMA_CHANNELS;
-    stage_halo_async_any(copy_elems, feat, sbuf, min(MMA_CHANNELS, n_channels), in_plane, height,
-                         width, py0 - R, xa, kHaloH, n_copies, kRowStride);
-    async_commit();
-    for (int i = 0; i < n_chunks; ++i) {
-        const int c0 = i * MMA_CHANNELS, nc = min(MMA_CHANNELS, n_channels - c0);
-        if (i + 1 < n_chunks) {
-            const int c1 = c0 + MMA_CHANNELS;
-            stage_halo_async_any(copy_elems, feat + c1 * in_plane, sbuf + ((i + 1) & 1) * kBuffer,
-                                 min(MMA_CHANNELS, n_channels - c1), in_plane, height, width,
-                                 py0 - R, xa, kHaloH, n_copies, kRowStride);
+    const long long chunk_step = MMA_CHANNELS * in_plane;
+#pragma unroll
+    for (int i = 0; i < MMA_STAGES - 1; ++i) {
+        if (i < n_chunks) {
+            stage_chunk(copy_elems > 0, staging, feat + i * chunk_step, sbuf + i * kBuffer,
+                        min(MMA_CHANNELS, n_channels - i * MMA_CHANNELS), in_plane, kChunkPlane);
         }
-        async_commit();  // empty after the last chunk, so that "all but the newest" is chunk i
+        async_commit();
+    }
+    for (int i = 0; i < n_chunks; ++i) {
         async_wait_all_but_newest();
         __syncthreads();
+        const int next = i + MMA_STAGES - 1;
+        if (next < n_chunks) {
+            stage_chunk(copy_elems > 0, staging, feat + next * chunk_step,
+                        sbuf + (next % MMA_STAGES) * kBuffer,
+                        min(MMA_CHANNELS, n_channels - next * MMA_CHANNELS), in_plane, kChunkPlane);
+        }
+        async_commit();
         // Channels past nc hold stale values; their D rows are computed and never stored.
-        const T* row = sbuf + (i & 1) * kBuffer + warp * kRowStride;
+        const int c0 = i * MMA_CHANNELS, nc = min(MMA_CHANNELS, n_channels - c0);
+        const T* row = sbuf + (i % MMA_STAGES) * kBuffer + warp * kRowStride;
         unsigned int packed[2][MMA_PARENTS_X];
         if (x_shift) {
             parents_mma<T, KS, 1>(row, a_word, keep, bfrag, packed);
@@ -319,6 +400,5 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
         }
         store_rows(packed, out_row + c0 * out_plane, out_plane, whole_rows,
                    out_y < out_h ? nc : 0, width - px0, group_id, in_group);
-        __syncthreads();
     }
 }

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Nsight Compute on one warm carafe forward per kernel at 16x256x128x128 (the shape of issue 4's
-# bandwidth target): fp32 and bf16, shipped tiled kernels (cuda), their cp.async staging
-# (cuda-async) and the tensor-core forward (cuda-mma, bf16). Sections: speed of light, memory
-# workload, warp stall reasons; metrics: shared-memory bank conflicts and instructions executed.
+# bandwidth target). Kernels: $PROFILE_SPECS, DTYPE:IMPL pairs of scripts/bench_gpu.py --once
+# (default: fp32:cuda bf16:cuda-async bf16:cuda-mma, i.e. the tiled FFMA kernel with cp.async
+# staging in both dtypes and the tensor-core forward). Sections: speed of light, memory workload,
+# warp state (cycles per issued instruction); metrics: shared-memory bank conflicts and
+# instructions executed ("L2 Compression Input Sectors" counted the sectors written, on an H100).
 # About 20 s per kernel on an H100. Report in $OUT/ncu.txt (else /tmp/uplab_gpu_check/ncu.txt),
 # the headline lines printed at the end. ncu runs with its default clock control (base clocks), so
 # its durations are for comparing kernels, not for the benchmark table.
@@ -22,7 +24,7 @@ if [ -z "$NCU" ]; then
 fi
 report="$OUT_DIR/ncu.txt"
 : >"$report"
-for spec in fp32:cuda fp32:cuda-async bf16:cuda bf16:cuda-async bf16:cuda-mma; do
+for spec in ${PROFILE_SPECS:-fp32:cuda bf16:cuda-async bf16:cuda-mma}; do
     # the third launch of the forward kernel (reassemble*) is warm
     echo "=== carafe $spec" >>"$report"
     timeout 120 "$NCU" --kernel-name regex:reassemble --launch-skip 2 --launch-count 1 \
@@ -31,4 +33,4 @@ for spec in fp32:cuda fp32:cuda-async bf16:cuda bf16:cuda-async bf16:cuda-mma; d
         "$PYTHON" scripts/bench_gpu.py --once "carafe:$spec" >>"$report" 2>&1
     echo "carafe $spec: ncu exit $?"
 done
-grep -E "^=== |Duration|DRAM Throughput|Memory Throughput|bank_conflicts|inst_executed" "$report"
+grep -E "^=== |Duration|DRAM Throughput|L2 Cache Throughput|bank_conflicts|inst_executed|Compression Input|Issued Instruction" "$report"

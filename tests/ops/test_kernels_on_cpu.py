@@ -440,16 +440,20 @@ def test_tiled_staging_default_reaches_forward_and_backward(emulate, monkeypatch
 @pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
 def test_tensor_core_forward_matches_torch_path(emulate, k, dtype):
     # reassemble_mma (mma.sync emulated lane by lane): ragged 8 x 8-parent tiles, 20 channels per
-    # group (a full and a ragged 16-channel chunk through both buffers), groups, the copy widths
-    # of its cp.async staging and a misaligned base.
+    # group (a full and a ragged 16-channel chunk), 70 (five chunks, every buffer of the
+    # three-stage pipeline refilled), groups, the copy widths of its cp.async staging and a
+    # misaligned base.
     launches = emulate()
     s = 2
-    for groups, (width, offset) in ((1, (19, 0)), (2, (20, 0)), (1, (24, 0)), (2, (22, 1))):
-        features = _at_offset((2, 20 * groups, 11, width), offset, dtype)
+    cases = ((1, 19, 0, 20), (2, 20, 0, 20), (1, 24, 0, 70), (2, 22, 1, 20), (1, 21, 0, 70))
+    for groups, width, offset, per_group in cases:
+        config = kernels.mma_config(2, per_group * groups, 11, width, k, groups, N_SM, 2)
+        assert config.per_block >= per_group, "all chunks of a group in one block"
+        features = _at_offset((2, per_group * groups, 11, width), offset, dtype)
         masks = torch.randn(2, groups * k * k, 11 * s, width * s).to(dtype)
         got = kernels.reassemble(features, masks, k, s, groups, path="mma")
         want = carafe(features.double(), masks.double(), k, s, group_size=groups, backend="torch")
-        case = f"groups={groups} width={width} offset={offset}"
+        case = f"groups={groups} width={width} offset={offset} channels={per_group}"
         torch.testing.assert_close(
             got.double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1], msg=case
         )

@@ -10,12 +10,12 @@ Three operations serve both ops (see the header comments of the ``.cu`` files):
 ``reassemble`` and ``window_dot`` each have a generic kernel (any K and scale, every dtype) and a
 tiled one (``*_tiled<T, K>``: K in :data:`TILED_KERNEL_SIZES`, even scales, 32- and 16-bit
 floats) that stages the low-resolution tile in shared memory and keeps the per-pixel operands in
-registers; :func:`tiled_applies` says which runs. Two opt-ins wait for a GPU measurement: the
-tiled kernels' cp.async staging (:data:`TILED_STAGING`) and ``reassemble``'s tensor-core kernel
-(``reassemble_mma<T, K>``, :data:`TILED_MMA`, :func:`mma_applies`). Sources are compiled once per (file, storage
-type, device) and memoized; every size is a kernel argument, so new shapes never recompile. Launches go to PyTorch's current stream on the tensor's
-device. CuPy is imported lazily, so this module imports (and its launch arithmetic is testable)
-without it. Callers pass contiguous tensors of one dtype on one CUDA device.
+registers; :func:`tiled_applies` says which runs. The tiled kernels stage their halo with
+cp.async by default (:data:`TILED_STAGING`); ``reassemble`` has a tensor-core kernel for 16-bit
+floats (``reassemble_mma<T, K>``, :data:`TILED_MMA`, :func:`mma_applies`). Sources are compiled
+once per (file, storage type, device) and memoized; every size is a kernel argument, so new shapes
+never recompile. Launches go to PyTorch's current stream on the tensor's device. CuPy is imported
+lazily, so this module imports (and its launch arithmetic is testable) without it. Callers pass contiguous tensors of one dtype on one CUDA device.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ MMA_KERNELS = ("reassemble_mma",)
 MMA_KERNEL_SIZES = (3, 5)
 MMA_SCALARS = ("half_t", "bfloat16_t")
 MMA_SCALE = 2
-MMA_WARPS, MMA_PARENTS_X, MMA_CHANNELS = 8, 8, 16  # as .cu
+MMA_WARPS, MMA_PARENTS_X, MMA_CHANNELS, MMA_STAGES = 8, 8, 16, 3  # as .cu
 TILED_MMA = False
 HEADER = "uplab_scalar.cuh"
 SCALAR_TYPES = {
@@ -70,13 +70,14 @@ TILED_MAX_THREADS = 256
 TILED_BLOCK = (32, 8)
 TILED_STAGE_CHANNELS = 16
 TILED_BLOCKS_PER_SM = 6
-# Halo staging of the tiled kernels: "sync" (plain loads into a float tile, the shipped default) or
-# "async" (a double buffer filled with cp.async, kernels built with ASYNC_STAGING_OPTION; helpers
-# and rationale in kernels/uplab_scalar.cuh). "async" is opt-in (staging="async") until a GPU run
-# shows it correct and faster (docs/benchmarks.md); then TILED_STAGING is the one line to change.
-# Read at each launch, so a benchmark may switch it for whole ops (scripts/bench_gpu.py).
+# Halo staging of the tiled kernels: "async" (the default: a double buffer filled with cp.async,
+# kernels built with ASYNC_STAGING_OPTION; helpers and rationale in kernels/uplab_scalar.cuh) or
+# "sync" (plain loads into a float tile, the first tiled build). Measured on an H100 at
+# 16x256x128x128 (docs/benchmarks.md): carafe's forward 1.87 -> 0.70 ms (fp32) and 1.75 -> 0.76 ms
+# (bf16), bit for bit the same outputs. Read at each launch, so a benchmark may switch it for
+# whole ops (scripts/bench_gpu.py).
 STAGINGS = ("sync", "async")
-TILED_STAGING = "sync"
+TILED_STAGING = "async"
 ASYNC_STAGING_OPTION = "-DTILED_ASYNC_STAGING=1"
 
 
@@ -335,10 +336,10 @@ def mma_row_stride(kernel_size: int) -> int:
 
 
 def mma_shared_mem(kernel_size: int, itemsize: int) -> int:
-    """Dynamic shared memory of ``reassemble_mma``: two buffers of MMA_CHANNELS halo tiles, rows
-    of :func:`mma_row_stride` elements."""
+    """Dynamic shared memory of ``reassemble_mma``: MMA_STAGES buffers of MMA_CHANNELS halo tiles,
+    rows of :func:`mma_row_stride` elements."""
     halo_h = MMA_WARPS + kernel_size - 1
-    return 2 * MMA_CHANNELS * halo_h * mma_row_stride(kernel_size) * itemsize
+    return MMA_STAGES * MMA_CHANNELS * halo_h * mma_row_stride(kernel_size) * itemsize
 
 
 def mma_config(
