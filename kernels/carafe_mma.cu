@@ -18,8 +18,8 @@
 //  - Block: 8 warps; warp w owns parent row w of an 8 x 8-parent tile (16 x 16 outputs), one
 //    parent at a time along x. B fragments (the masks) are loaded once per block into registers
 //    (8 parents x k-steps x 2 registers) and reused for every channel.
-//  - Features: the tile plus halo, 16 channels (one mma M) per chunk, in a three-stage cp.async
-//    pipeline (MMA_STAGES buffers, one barrier per chunk), in 4-byte copies (element copies for
+//  - Features: the tile plus halo, 16 channels (one mma M) per slab, in a cp.async pipeline of
+//    MMA_STAGES buffers of MMA_SLABS slabs (one barrier per buffer), in 4-byte copies (element copies for
 //    an odd width or a misaligned base); each thread owns one (row, copy) position of the halo
 //    for the whole kernel (stage_chunk).
 //  - A fragments, one 32-bit shared load per register: a register holds window offsets k = 2P and
@@ -55,7 +55,15 @@
 #define MMA_WARPS 8
 #define MMA_PARENTS_X 8
 #define MMA_CHANNELS 16
-#define MMA_STAGES 3  // feature buffers (chunks of MMA_CHANNELS channels)
+// The feature pipeline (_cupy_kernels.MmaPipeline builds others with -D): MMA_STAGES buffers of
+// MMA_SLABS 16-channel slabs, staged together and computed one after another.
+#ifndef MMA_STAGES
+#define MMA_STAGES 3
+#endif
+#ifndef MMA_SLABS
+#define MMA_SLABS 1
+#endif
+#define MMA_STAGE_CHANNELS (MMA_CHANNELS * MMA_SLABS)
 // Elements per staged feature row: halo_w = MMA_PARENTS_X + K - 1, one element of start shift
 // (4-byte copies) and one of a pair's overhang; also what makes the A loads conflict-free (above).
 #define MMA_ROW_STRIDE(K) (MMA_PARENTS_X + (K) + 1)
@@ -233,7 +241,8 @@ __device__ __forceinline__ StagingPosition staging_position(int n_positions, int
     at.dst = hy * row_stride + copy * step_elems;
     at.step = blockDim.x / n_positions;
     // the threads past step * n_positions stage nothing (they would repeat positions of the first)
-    at.first = threadIdx.x < at.step * n_positions ? threadIdx.x / n_positions : MMA_CHANNELS;
+    const bool staging = threadIdx.x < at.step * n_positions;
+    at.first = staging ? threadIdx.x / n_positions : MMA_STAGE_CHANNELS;
     return at;
 }
 
@@ -269,7 +278,7 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
     static_assert(STEPS <= 2, "a window of at most 16 pair slots");
     constexpr int kRowStride = MMA_ROW_STRIDE(KS);
     constexpr int kHaloW = MMA_PARENTS_X + 2 * R, kHaloH = MMA_WARPS + 2 * R;
-    constexpr int kChunkPlane = kHaloH * kRowStride, kBuffer = MMA_CHANNELS * kChunkPlane;
+    constexpr int kChunkPlane = kHaloH * kRowStride, kBuffer = MMA_STAGE_CHANNELS * kChunkPlane;
     static_assert(kHaloH * kHaloW <= MMA_WARPS * 32, "a staging position per thread (element copies)");
     DYNAMIC_SHARED_MEMORY(smem_raw);
     T* sbuf = reinterpret_cast<T*>(smem_raw);
@@ -364,41 +373,51 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
                             reinterpret_cast<unsigned long long>(out) % 16 == 0;
     T* out_row = out + (first_channel + group_id) * out_plane + (long long)out_y * out_w + 2 * px0;
 
-    // The chunk pipeline: MMA_STAGES buffers, chunks i + 1 .. i + MMA_STAGES - 2 in flight while
-    // chunk i is computed; one barrier per chunk, which also frees the buffer of chunk i - 1 for
-    // chunk i + MMA_STAGES - 1. A commit every iteration (empty past the last chunk) keeps "all
-    // but the newest MMA_STAGES - 2 groups" equal to "chunks up to i".
-    static_assert(MMA_STAGES == 3, "async_wait_all_but_newest waits for all groups but one");
-    const int n_chunks = (n_channels + MMA_CHANNELS - 1) / MMA_CHANNELS;
-    const long long chunk_step = MMA_CHANNELS * in_plane;
+    // The chunk pipeline: MMA_STAGES buffers of MMA_STAGE_CHANNELS channels, chunks i + 1 ..
+    // i + MMA_STAGES - 2 in flight while chunk i is computed; one barrier per chunk, which also
+    // frees the buffer of chunk i - 1 for chunk i + MMA_STAGES - 1. A commit every iteration (empty
+    // past the last chunk) keeps "all but the newest MMA_STAGES - 2 groups" equal to "chunks up
+    // to i".
+    static_assert(MMA_STAGES >= 2 && MMA_STAGES <= 4 && MMA_SLABS >= 1 && MMA_SLABS <= 2,
+                  "2 to 4 stages of 1 or 2 slabs");
+    const int n_chunks = (n_channels + MMA_STAGE_CHANNELS - 1) / MMA_STAGE_CHANNELS;
+    const long long chunk_step = MMA_STAGE_CHANNELS * in_plane;
 #pragma unroll
     for (int i = 0; i < MMA_STAGES - 1; ++i) {
         if (i < n_chunks) {
             stage_chunk(copy_elems > 0, staging, feat + i * chunk_step, sbuf + i * kBuffer,
-                        min(MMA_CHANNELS, n_channels - i * MMA_CHANNELS), in_plane, kChunkPlane);
+                        min(MMA_STAGE_CHANNELS, n_channels - i * MMA_STAGE_CHANNELS), in_plane,
+                        kChunkPlane);
         }
         async_commit();
     }
     for (int i = 0; i < n_chunks; ++i) {
-        async_wait_all_but_newest();
+        async_wait_all_but<MMA_STAGES - 2>();
         __syncthreads();
         const int next = i + MMA_STAGES - 1;
         if (next < n_chunks) {
             stage_chunk(copy_elems > 0, staging, feat + next * chunk_step,
                         sbuf + (next % MMA_STAGES) * kBuffer,
-                        min(MMA_CHANNELS, n_channels - next * MMA_CHANNELS), in_plane, kChunkPlane);
+                        min(MMA_STAGE_CHANNELS, n_channels - next * MMA_STAGE_CHANNELS), in_plane,
+                        kChunkPlane);
         }
         async_commit();
-        // Channels past nc hold stale values; their D rows are computed and never stored.
-        const int c0 = i * MMA_CHANNELS, nc = min(MMA_CHANNELS, n_channels - c0);
-        const T* row = sbuf + (i % MMA_STAGES) * kBuffer + warp * kRowStride;
-        unsigned int packed[2][MMA_PARENTS_X];
-        if (x_shift) {
-            parents_mma<T, KS, 1>(row, a_word, keep, bfrag, packed);
-        } else {
-            parents_mma<T, KS, 0>(row, a_word, keep, bfrag, packed);
+        const T* buffer = sbuf + (i % MMA_STAGES) * kBuffer + warp * kRowStride;
+#pragma unroll
+        for (int slab = 0; slab < MMA_SLABS; ++slab) {
+            const int c0 = i * MMA_STAGE_CHANNELS + slab * MMA_CHANNELS;
+            if (c0 >= n_channels) break;  // uniform over the block
+            // Channels past nc hold stale values; their D rows are computed and never stored.
+            const int nc = min(MMA_CHANNELS, n_channels - c0);
+            const T* row = buffer + slab * MMA_CHANNELS * kChunkPlane;
+            unsigned int packed[2][MMA_PARENTS_X];
+            if (x_shift) {
+                parents_mma<T, KS, 1>(row, a_word, keep, bfrag, packed);
+            } else {
+                parents_mma<T, KS, 0>(row, a_word, keep, bfrag, packed);
+            }
+            store_rows(packed, out_row + c0 * out_plane, out_plane, whole_rows,
+                       out_y < out_h ? nc : 0, width - px0, group_id, in_group);
         }
-        store_rows(packed, out_row + c0 * out_plane, out_plane, whole_rows,
-                   out_y < out_h ? nc : 0, width - px0, group_id, in_group);
     }
 }

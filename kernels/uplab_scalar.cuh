@@ -131,6 +131,16 @@ __device__ __forceinline__ int halo_extent(int tile, int scale, int radius) {
     return (tile - 1) / scale + 2 + 2 * radius;
 }
 
+// Waits for this thread's copies of every committed group but the newest N.
+template <int N>
+__device__ __forceinline__ void async_wait_all_but() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#elif defined(UPLAB_CUDA_ON_CPU)
+    cuda_on_cpu::async_wait_all_but(N);
+#endif
+}
+
 // Stage channels [0, n_channels) of `src` (planes of height x width, `plane` apart) rows
 // [y0, y0 + halo_h) x columns [x0, x0 + halo_w) into `dst` as float, [c][row][col], with zeros
 // outside the map (so the compute loops need no bounds checks). Lanes run along columns (coalesced

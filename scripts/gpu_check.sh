@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check (make gpu-check): device name, the GPU tests of the ops, the ops benchmark, then the
 # SegFormer-B1 training step per upsampler (scripts/bench_segformer_step.py, at most
-# $SEGFORMER_TIMEOUT seconds, default 150), and the guided ones with recompute=True (at most
-# $SEGFORMER_RECOMPUTE_TIMEOUT seconds, default 60; informative, not part of the exit status).
+# $SEGFORMER_TIMEOUT seconds, default 150; 0 skips it), and the guided ones with recompute=True
+# (at most $SEGFORMER_RECOMPUTE_TIMEOUT seconds, default 60; informative, not part of the exit
+# status).
 # The whole script keeps within $GPU_CHECK_BUDGET seconds (default 290: issue 4 asks for 5 minutes
 # on one H100, so that a rerun fits in the same GPU session): the SegFormer steps get what the
 # tests and the benchmark leave. A step run stopped by its limit keeps the rows it measured (the
@@ -18,11 +19,14 @@
 #   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
 # Opt-in extras, after the budgeted part, informative (not part of the exit status):
 #   KERNEL_VARIANTS=1  scripts/bench_kernel_variants.py (at most $VARIANTS_TIMEOUT s, default 180);
+#   MMA_PIPELINES=1    scripts/bench_mma_pipelines.py (at most $MMA_PIPELINES_TIMEOUT s, default
+#                      120): the tensor-core forward's cp.async pipelines;
 #   PROFILE=1          scripts/profile_kernels.sh: Nsight Compute on one warm carafe forward per
 #                      kernel at the large shape; about 20 s per kernel.
-# Files, in $OUT when it is set (else /tmp/uplab_gpu_check), at most six (a device call returns at
+# Files, in $OUT when it is set (else /tmp/uplab_gpu_check), at most eight (a device call returns at
 # most eight): gpu_check.log (everything printed), gpu_bench.md, segformer_step.md,
-# segformer_step_recompute.md, and with the extras variants.md and ncu.txt.
+# segformer_step_recompute.md, and with the extras variants.md, mma_pipelines.md, ncu.txt and
+# ncu_stalls.txt.
 # Usage: bash scripts/gpu_check.sh [extra arguments for scripts/bench_gpu.py]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -74,6 +78,9 @@ step_limit=$(smaller "${SEGFORMER_TIMEOUT:-150}" $(( $(seconds_left) - 45 )))
 if ! import_error="$("$PYTHON" -c "import uplab.analysis.cost" 2>&1)"; then
     echo "skipped: uplab.analysis.cost does not import here: $(echo "$import_error" | tail -1)"
     step_status=1
+elif [ "${SEGFORMER_TIMEOUT:-150}" -eq 0 ]; then
+    echo "skipped: SEGFORMER_TIMEOUT=0"
+    step_status=0
 elif [ "$step_limit" -lt 30 ]; then
     echo "skipped: $(seconds_left) s of the ${BUDGET} s budget left (GPU_CHECK_BUDGET)"
     step_status=0
@@ -103,6 +110,13 @@ if [ "${KERNEL_VARIANTS:-0}" = 1 ]; then
     section "kernel variants"
     timeout "${VARIANTS_TIMEOUT:-180}" "$PYTHON" scripts/bench_kernel_variants.py \
         --out "$OUT_DIR/variants.md"
+fi
+
+if [ "${MMA_PIPELINES:-0}" = 1 ]; then
+    # informative: the tensor-core forward's cp.async pipelines (stages x slabs), bit for bit
+    section "tensor-core forward pipelines"
+    timeout "${MMA_PIPELINES_TIMEOUT:-120}" "$PYTHON" scripts/bench_mma_pipelines.py \
+        --out "$OUT_DIR/mma_pipelines.md"
 fi
 
 if [ "${PROFILE:-0}" = 1 ]; then

@@ -8,6 +8,7 @@
 # About 20 s per kernel on an H100. Report in $OUT/ncu.txt (else /tmp/uplab_gpu_check/ncu.txt),
 # the headline lines printed at the end. ncu runs with its default clock control (base clocks), so
 # its durations are for comparing kernels, not for the benchmark table.
+# PROFILE_STALLS=1 adds the warp stall reasons of the first kernel (ncu's raw warp-state metrics).
 # Usage: bash scripts/profile_kernels.sh      (also: PROFILE=1 bash scripts/gpu_check.sh)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,4 +34,16 @@ for spec in ${PROFILE_SPECS:-fp32:cuda bf16:cuda-async bf16:cuda-mma}; do
         "$PYTHON" scripts/bench_gpu.py --once "carafe:$spec" >>"$report" 2>&1
     echo "carafe $spec: ncu exit $?"
 done
-grep -E "^=== |Duration|DRAM Throughput|L2 Cache Throughput|bank_conflicts|inst_executed|Compression Input|Issued Instruction" "$report"
+if [ "${PROFILE_STALLS:-0}" = 1 ]; then
+    # warp stall reasons (cycles per issued instruction, by reason) of the first kernel, from the
+    # raw metrics of the warp-state section
+    first="${PROFILE_SPECS:-fp32:cuda}"; first="${first%% *}"
+    echo "=== stalls carafe $first" >>"$report"
+    timeout 120 "$NCU" --kernel-name regex:reassemble --launch-skip 2 --launch-count 1 \
+        --section WarpStateStats --page raw \
+        "$PYTHON" scripts/bench_gpu.py --once "carafe:$first" >"$OUT_DIR/ncu_stalls.txt" 2>&1
+    echo "stalls carafe $first: ncu exit $?"
+    grep -E "issue_stalled_.*per_issue_active" "$OUT_DIR/ncu_stalls.txt" | sort -k3 -g -r | head -12 \
+        >>"$report"
+fi
+grep -E "^=== |stalled|Duration|DRAM Throughput|L2 Cache Throughput|bank_conflicts|inst_executed|Compression Input|Issued Instruction" "$report"

@@ -269,7 +269,22 @@ def test_tensor_core_kernel_takes_16_bit_floats_scale_2_and_small_windows():
         kernels._choose_path("mma", torch.float32, 5, 2, mma=True)
     with pytest.raises(ValueError, match="path must be one of"):
         kernels._choose_path("mma", torch.bfloat16, 5, 2)  # window_dot has no tensor-core kernel
-    assert kernels._choose_path("auto", torch.bfloat16, 5, 2, mma=True) == "tiled"
+    # "auto" takes it where it applies (TILED_MMA), and the tiled kernel otherwise
+    assert kernels._choose_path("auto", torch.bfloat16, 5, 2, mma=True) == "mma"
+    assert kernels._choose_path("auto", torch.bfloat16, 7, 2, mma=True) == "tiled"
+    assert kernels._choose_path("auto", torch.bfloat16, 5, 2) == "tiled"  # window_dot
+
+
+def test_tensor_core_pipeline_defaults_match_the_kernel_source():
+    # MmaPipeline() is what reassemble_mma builds by default, with -D options; the .cu defaults
+    # (what the CPU emulator and the compile tests build) must be the same pipeline.
+    source = (kernels.kernel_dir() / "carafe_mma.cu").read_text()
+    defaults = dict(re.findall(r"#define (MMA_STAGES|MMA_SLABS) (\d+)", source))
+    pipeline = kernels.MmaPipeline()
+    assert defaults == {"MMA_STAGES": str(pipeline.stages), "MMA_SLABS": str(pipeline.slabs)}
+    assert kernels.MMA_PIPELINE == pipeline
+    small = kernels.mma_shared_mem(5, 2, kernels.MmaPipeline(stages=2, slabs=1))
+    assert kernels.mma_shared_mem(5, 2, kernels.MmaPipeline(stages=4, slabs=2)) == 4 * small
 
 
 @pytest.mark.parametrize(

@@ -275,6 +275,8 @@ def emulate(builds, monkeypatch, tmp_path):
         kernel, file, config, tensors, ints, kernel_size=None, options=kernels.NVRTC_OPTIONS
     ):
         staging = "async" if kernels.ASYNC_STAGING_OPTION in options else "sync"
+        if file == "carafe_mma.cu":  # the emulators build carafe_mma.cu's default pipeline
+            assert options == kernels.MmaPipeline().options(), options
         scalar = kernels.scalar_type(tensors[0].dtype)
         name = (
             f"{kernel}<{scalar}>"
@@ -348,14 +350,18 @@ def _similarity_case(b, c, h, w, k, s):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("k, s", [(1, 2), (3, 1), (3, 2), (5, 2), (5, 3), (7, 4), (9, 2)])
 def test_carafe_kernels_match_torch_path(emulate, k, s, dtype):
-    # Odd, non-square sizes; forward (generic or tiled), grad_features (reassemble_transpose) and
-    # grad_masks (window_dot) through the package's autograd Function. K=9 is past the tiled
-    # kernels and the GPU tests' range: the generic kernels' smaller blocks for larger windows.
+    # Odd, non-square sizes; forward (tensor-core, tiled or generic, as "auto" picks),
+    # grad_features (reassemble_transpose) and grad_masks (window_dot) through the package's
+    # autograd Function. K=9 is past the tiled kernels and the GPU tests' range: the generic
+    # kernels' smaller blocks for larger windows.
     launches = emulate()
     inputs, grad = _carafe_case(2, 10, 7, 9, k, s)
     _check_carafe(inputs, grad, k, s, 1, dtype)
-    tiled = kernels.tiled_applies(dtype, k, s)
-    assert launches[0].startswith("reassemble_tiled" if tiled else "reassemble<"), launches
+    if kernels.mma_applies(dtype, k, s):
+        forward = "reassemble_mma"
+    else:
+        forward = "reassemble_tiled" if kernels.tiled_applies(dtype, k, s) else "reassemble<"
+    assert launches[0].startswith(forward), launches
     assert launches[1].startswith("reassemble_transpose<")
 
 

@@ -39,13 +39,14 @@ TILED_KERNELS = ("reassemble_tiled", "window_dot_tiled")
 TILED_KERNEL_SIZES = (3, 5, 7)
 TILED_SCALARS = ("float", "half_t", "bfloat16_t")
 # The tensor-core forward (kernels/carafe_mma.cu): 16-bit floats, scale 2, K*K <= 32; sm_80+.
-# Opt-in (path="mma", or TILED_MMA = True for "auto") until a GPU run shows it correct and faster.
+# "auto" takes it where it applies (TILED_MMA): on an H100 at 16x256x128x128, bf16, K=5, its forward
+# took 0.495 ms against the tiled FFMA kernel's 0.774 ms (docs/benchmarks.md).
 MMA_KERNELS = ("reassemble_mma",)
 MMA_KERNEL_SIZES = (3, 5)
 MMA_SCALARS = ("half_t", "bfloat16_t")
 MMA_SCALE = 2
-MMA_WARPS, MMA_PARENTS_X, MMA_CHANNELS, MMA_STAGES = 8, 8, 16, 3  # as .cu
-TILED_MMA = False
+MMA_WARPS, MMA_PARENTS_X, MMA_CHANNELS = 8, 8, 16  # as .cu
+TILED_MMA = True
 HEADER = "uplab_scalar.cuh"
 SCALAR_TYPES = {
     torch.float32: "float",
@@ -335,11 +336,36 @@ def mma_row_stride(kernel_size: int) -> int:
     return MMA_PARENTS_X + kernel_size + 1
 
 
-def mma_shared_mem(kernel_size: int, itemsize: int) -> int:
-    """Dynamic shared memory of ``reassemble_mma``: MMA_STAGES buffers of MMA_CHANNELS halo tiles,
-    rows of :func:`mma_row_stride` elements."""
+@dataclass(frozen=True)
+class MmaPipeline:
+    """The feature pipeline of ``reassemble_mma`` (MMA_STAGES, MMA_SLABS in carafe_mma.cu, whose
+    defaults are this class's): ``stages`` cp.async buffers (2 to 4), each of ``slabs`` 16-channel
+    slabs (1 or 2) staged under one barrier."""
+
+    stages: int = 3
+    slabs: int = 1
+
+    def options(self) -> tuple[str, ...]:
+        return NVRTC_OPTIONS + (f"-DMMA_STAGES={self.stages}", f"-DMMA_SLABS={self.slabs}")
+
+
+# Read at each launch, so a benchmark may switch it (scripts/bench_mma_pipelines.py).
+MMA_PIPELINE = MmaPipeline()
+
+
+def mma_shared_mem(kernel_size: int, itemsize: int, pipeline: MmaPipeline | None = None) -> int:
+    """Dynamic shared memory of ``reassemble_mma``: the pipeline's buffers of MMA_CHANNELS halo
+    tiles per slab, rows of :func:`mma_row_stride` elements."""
+    pipeline = pipeline or MMA_PIPELINE
     halo_h = MMA_WARPS + kernel_size - 1
-    return MMA_STAGES * MMA_CHANNELS * halo_h * mma_row_stride(kernel_size) * itemsize
+    return (
+        pipeline.stages
+        * pipeline.slabs
+        * MMA_CHANNELS
+        * halo_h
+        * mma_row_stride(kernel_size)
+        * itemsize
+    )
 
 
 def mma_config(
@@ -507,6 +533,7 @@ def reassemble(
             (features, masks, out),
             (c, h, w, groups, config.per_block),
             kernel_size,
+            MMA_PIPELINE.options(),
         )
         return out
     if chosen == "tiled":

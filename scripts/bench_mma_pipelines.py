@@ -1,0 +1,102 @@
+"""Check and time the feature pipelines of carafe's tensor-core forward (``reassemble_mma``) on a
+GPU: MMA_STAGES cp.async buffers (2 to 4) of MMA_SLABS 16-channel slabs (1 or 2), built with
+``_cupy_kernels.MmaPipeline(stages, slabs).options()``.
+
+At the benchmark's large shape (16x256x128x128 -> 256^2, bfloat16, K in {3, 5}, s=2) every
+pipeline's output must equal the shipped pipeline's bit for bit (the same products summed in the
+same order; each output lands in a block just filled with NaN, so an unwritten element fails), then its forward
+is timed (CUDA-event median, as ``scripts/bench_gpu.py``) against the device's copy bandwidth.
+Prints a Markdown table (``--out`` writes it too). About 30 s on an H100, most of it compiling.
+
+    PYTHONPATH=src python3 scripts/bench_mma_pipelines.py --out $OUT/mma_pipelines.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from uplab.ops import _cupy_kernels as kernels
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_gpu import copy_bandwidth, time_ms  # noqa: E402  (the GPU benchmark's own timers)
+
+SHAPE = (16, 256, 128, 128)
+SCALE = 2
+PIPELINES = tuple(kernels.MmaPipeline(stages, slabs) for slabs in (1, 2) for stages in (2, 3, 4))
+
+
+def _inputs(kernel_size: int):
+    b, c, h, w = SHAPE
+    features = torch.randn(b, c, h, w, device="cuda", dtype=torch.bfloat16)
+    logits = torch.randn(b, kernel_size**2, h * SCALE, w * SCALE, device="cuda")
+    return features, torch.softmax(logits, 1).to(torch.bfloat16)
+
+
+def _forward(features, masks, kernel_size, pipeline):
+    kernels.MMA_PIPELINE = pipeline
+    return kernels.reassemble(features, masks, kernel_size, SCALE, 1, path="mma")
+
+
+def measure(kernel_size: int, copy_bw: float) -> list[str]:
+    """One table row per pipeline for this kernel size."""
+    shipped = kernels.MMA_PIPELINE
+    features, masks = _inputs(kernel_size)
+    moved = (features.numel() * (1 + SCALE**2) + masks.numel()) * features.element_size()
+    rows = []
+    try:
+        want = _forward(features, masks, kernel_size, shipped)
+        for pipeline in PIPELINES:
+            # the caching allocator hands the freed, NaN-filled block to the next output
+            poison = torch.full_like(want, float("nan"))
+            poisoned = poison.data_ptr()
+            del poison
+            got = _forward(features, masks, kernel_size, pipeline)
+            same = torch.equal(got, want) and got.data_ptr() == poisoned
+            del got
+            ms = time_ms(
+                lambda p=pipeline: _forward(features, masks, kernel_size, p),
+                torch.device("cuda"),
+                budget_s=0.3,
+                max_iters=200,
+            )
+            fraction = moved / (ms / 1e3) / copy_bw
+            mark = " (shipped)" if pipeline == shipped else ""
+            rows.append(
+                f"| {kernel_size} | {pipeline.stages} | {pipeline.slabs}{mark} | "
+                f"{'yes' if same else 'NO'} | {ms:.3f} | {100 * fraction:.0f} |"
+            )
+            print(rows[-1], flush=True)
+    finally:
+        kernels.MMA_PIPELINE = shipped
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None, help="Markdown file for the table")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA device")
+    torch.manual_seed(0)
+    copy_bw = copy_bandwidth(torch.device("cuda"), 2**30)
+    header = [
+        f"reassemble_mma pipelines, {torch.cuda.get_device_name()}, carafe bf16 "
+        f"{'x'.join(map(str, SHAPE))} -> s={SCALE}; copy bandwidth {copy_bw / 1e9:.0f} GB/s",
+        "",
+        "| K | stages | slabs | equals shipped | fwd ms | % of copy |",
+        "| ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    print("\n".join(header), flush=True)
+    rows = [row for k in kernels.MMA_KERNEL_SIZES for row in measure(k, copy_bw)]
+    table = "\n".join(header + rows)
+    if args.out:
+        args.out.write_text(table + "\n")
+    return 0 if all("| yes |" in row for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
