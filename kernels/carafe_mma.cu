@@ -216,17 +216,11 @@ __device__ __forceinline__ void store_rows(const unsigned int (&packed)[2][MMA_P
 }
 
 // This thread's share of staging any chunk: one (row, copy) position of the halo, fixed for the
-// whole kernel, for channels first, first + step, ... of the chunk. Fixing it once replaces the
-// flattened-index walk of stage_halo_async, whose carries and 64-bit address arithmetic took about
-// 48 instructions per 4-byte copy (sm_90 SASS), most of this kernel's instructions.
-//  - 4-byte copies (the main path): a fixed grid of MMA_COPY_ROWS x MMA_COPY_COLS positions on the
-//    block's first 128 threads, the second 128 taking the odd channels (step 2, a compile-time
-//    loop with immediate shared-memory offsets, about 5 instructions a copy); positions past the
-//    halo (rows >= halo_h, copies >= n_copies) stage nothing.
-//  - element copies (odd width, 2-byte-aligned base): halo_h x n_copies positions, step = 256 /
-//    n_positions threads per position, a run-time loop.
-#define MMA_COPY_ROWS 16
-#define MMA_COPY_COLS 8
+// whole kernel, for channels first, first + step, ... of the chunk (n_positions = halo rows x
+// copies per row <= the block's 256 threads; step = 256 / n_positions threads share a position). Fixing it once replaces the flattened-index walk of
+// stage_halo_async, whose carries and 64-bit address arithmetic took about 48 instructions per
+// 4-byte copy (sm_90 SASS), most of this kernel's instructions at 5 to 6 copies per thread and
+// chunk; the loop below takes about 7.
 struct StagingPosition {
     long long src;  // element offset in a channel plane (0, still a valid address, outside the map)
     int dst;        // element offset in a staged channel
@@ -234,54 +228,40 @@ struct StagingPosition {
     bool valid;
 };
 
-__device__ __forceinline__ StagingPosition staging_position(bool four_bytes, int halo_h,
-                                                            int n_copies, int step_elems,
-                                                            int row_stride, int y0, int xa,
-                                                            int height, int width) {
-    static_assert(MMA_COPY_ROWS * MMA_COPY_COLS * 2 == MMA_WARPS * 32, "two channel halves");
-    StagingPosition at;
-    int hy, copy;
-    bool staging;
-    if (four_bytes) {
-        const int position = threadIdx.x % (MMA_COPY_ROWS * MMA_COPY_COLS);
-        hy = position / MMA_COPY_COLS;
-        copy = position % MMA_COPY_COLS;
-        at.step = 2;
-        staging = hy < halo_h && copy < n_copies;
-        at.first = threadIdx.x / (MMA_COPY_ROWS * MMA_COPY_COLS);
-    } else {
-        const int n_positions = halo_h * n_copies, position = threadIdx.x % n_positions;
-        hy = position / n_copies;
-        copy = position - hy * n_copies;
-        at.step = blockDim.x / n_positions;
-        // the threads past step * n_positions would repeat positions of the first
-        staging = threadIdx.x < at.step * n_positions;
-        at.first = threadIdx.x / n_positions;
-    }
-    if (!staging) at.first = MMA_STAGE_CHANNELS;  // no channel of a chunk
+__device__ __forceinline__ StagingPosition staging_position(int n_positions, int n_copies,
+                                                            int step_elems, int row_stride,
+                                                            int y0, int xa, int height,
+                                                            int width) {
+    const int position = threadIdx.x % n_positions, hy = position / n_copies;
+    const int copy = position - hy * n_copies;
     const int y = y0 + hy, x = xa + copy * step_elems;
+    StagingPosition at;
     at.valid = inside(y, height) && inside(x, width);
     at.src = at.valid ? (long long)y * width + x : 0;
     at.dst = hy * row_stride + copy * step_elems;
+    at.step = blockDim.x / n_positions;
+    // the threads past step * n_positions stage nothing (they would repeat positions of the first)
+    const bool staging = threadIdx.x < at.step * n_positions;
+    at.first = staging ? threadIdx.x / n_positions : MMA_STAGE_CHANNELS;
     return at;
 }
 
 // Stages channels [0, nc) of the chunk at `src` into `buffer` ([c][row][row_stride], zeros outside
 // the map): 4-byte cp.async copies (zero-filled with src-size 0), or, for an odd width or a
 // 2-byte-aligned base, element by element with plain loads.
-template <typename T, int kChunkPlane>
+template <typename T>
 __device__ __forceinline__ void stage_chunk(bool four_bytes, const StagingPosition& at,
-                                            const T* src, T* buffer, int nc, long long plane) {
+                                            const T* src, T* buffer, int nc, long long plane,
+                                            int chunk_plane) {
     const T* from = src + at.first * plane + at.src;
-    T* to = buffer + at.first * kChunkPlane + at.dst;
+    T* to = buffer + at.first * chunk_plane + at.dst;
+    const long long from_step = at.step * plane;
+    const int to_step = at.step * chunk_plane;
     if (four_bytes) {
-#pragma unroll
-        for (int k = 0; k < MMA_STAGE_CHANNELS / 2; ++k, from += 2 * plane) {
-            if (at.first + 2 * k < nc) copy_or_zero<4>(to + 2 * k * kChunkPlane, from, at.valid);
+        for (int c = at.first; c < nc; c += at.step, from += from_step, to += to_step) {
+            copy_or_zero<4>(to, from, at.valid);
         }
     } else {
-        const long long from_step = at.step * plane;
-        const int to_step = at.step * kChunkPlane;
         for (int c = at.first; c < nc; c += at.step, from += from_step, to += to_step) {
             *to = at.valid ? *from : from_acc<T>(0.0f);
         }
@@ -299,8 +279,7 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
     constexpr int kRowStride = MMA_ROW_STRIDE(KS);
     constexpr int kHaloW = MMA_PARENTS_X + 2 * R, kHaloH = MMA_WARPS + 2 * R;
     constexpr int kChunkPlane = kHaloH * kRowStride, kBuffer = MMA_STAGE_CHANNELS * kChunkPlane;
-    static_assert(kHaloH * kHaloW <= MMA_WARPS * 32, "a staging position per thread (elements)");
-    static_assert(kHaloH <= MMA_COPY_ROWS && (kHaloW + 2) / 2 <= MMA_COPY_COLS, "4-byte grid");
+    static_assert(kHaloH * kHaloW <= MMA_WARPS * 32, "a staging position per thread (element copies)");
     DYNAMIC_SHARED_MEMORY(smem_raw);
     T* sbuf = reinterpret_cast<T*>(smem_raw);
 
@@ -328,8 +307,9 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
     const int step_elems = copy_elems > 0 ? copy_elems : 1;
     const int x0 = px0 - R, xa = x0 & -step_elems, x_shift = x0 - xa;
     const int n_copies = (x_shift + kHaloW + step_elems - 1) / step_elems;
-    const StagingPosition staging = staging_position(copy_elems > 0, kHaloH, n_copies, step_elems,
-                                                     kRowStride, py0 - R, xa, height, width);
+    const StagingPosition staging =
+        staging_position(kHaloH * n_copies, n_copies, step_elems, kRowStride, py0 - R, xa,
+                         height, width);
 
     // This lane's pair slots P = 8 step + 4 r + in_group: A and B registers [step][r] hold window
     // offsets k = 2P, 2P + 1 (PTX ISA fragments of m16n8k16: rows/columns group_id, k = 2 in_group
@@ -357,44 +337,29 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
     }
 
     // B fragments: column n = group_id is child n of the parent (n < 4: dy = n / 2, dx = n % 2),
-    // rows as A's; zero outside the window, past the slots and for columns 4..7. A lane's mask of
-    // parent p for (step, r, h) lies in one of two planes, by the parity of p's window start, at
-    // column 2 p + dx of its row: one pointer per parity, and the 8 parents at immediate offsets
-    // (computing each address in 64 bits took about 15 instructions a load, about a fifth of the
-    // kernel's instructions at the benchmark shape).
+    // rows as A's; zero outside the window, past the slots and for columns 4..7.
     unsigned int bfrag[MMA_PARENTS_X][STEPS][2];
+    const T* mask_bg = masks + ((long long)b * groups + g) * KK * out_plane;
     const int dy = group_id / 2, dx = group_id % 2;
-    const int n_with_masks = group_id < 4 && prow < height ? width - px0 : 0;  // parents here
-    const T* mask_row = masks + ((long long)b * groups + g) * KK * out_plane +
-                        (long long)(2 * prow + dy) * out_w + 2 * px0 + dx;
 #pragma unroll
-    for (int step = 0; step < STEPS; ++step) {
+    for (int p = 0; p < MMA_PARENTS_X; ++p) {
+        const bool child = group_id < 4 && prow < height && px0 + p < width;
+        const long long pixel = (long long)(2 * prow + dy) * out_w + 2 * (px0 + p) + dx;
+        const int odd = (x_shift + p) % 2;
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int slot = 8 * step + 4 * r + in_group;
-            const int ky = slot / PAIRS, j = slot % PAIRS;
-            unsigned short bits[2][MMA_PARENTS_X];
+        for (int step = 0; step < STEPS; ++step) {
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                // [q]: the parents p with p % 2 == q, whose windows start at odd columns when
-                // (x_shift + q) is odd
-                const T* plane[2];
-                bool used[2];
+            for (int r = 0; r < 2; ++r) {
+                const int slot = 8 * step + 4 * r + in_group;
+                const int ky = slot / PAIRS, j = slot % PAIRS;
+                unsigned short bits[2];
 #pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                    const int kx = pair_column(j, h, (x_shift + q) % 2);
-                    used[q] = slot < SLOTS && inside(kx, KS);
-                    plane[q] = mask_row + (used[q] ? (long long)(ky * KS + kx) * out_plane : 0);
+                for (int h = 0; h < 2; ++h) {
+                    const int kx = pair_column(j, h, odd);
+                    const bool used = child && slot < SLOTS && inside(kx, KS);
+                    bits[h] = used ? mask_bg[(ky * KS + kx) * out_plane + pixel].bits : 0;
                 }
-#pragma unroll
-                for (int p = 0; p < MMA_PARENTS_X; ++p) {
-                    const bool load = used[p % 2] && p < n_with_masks;
-                    bits[h][p] = load ? plane[p % 2][2 * p].bits : 0;
-                }
-            }
-#pragma unroll
-            for (int p = 0; p < MMA_PARENTS_X; ++p) {
-                bfrag[p][step][r] = pack_pair(bits[0][p], bits[1][p]);
+                bfrag[p][step][r] = pack_pair(bits[0], bits[1]);
             }
         }
     }
@@ -420,10 +385,9 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
 #pragma unroll
     for (int i = 0; i < MMA_STAGES - 1; ++i) {
         if (i < n_chunks) {
-            stage_chunk<T, kChunkPlane>(copy_elems > 0, staging, feat + i * chunk_step,
-                                        sbuf + i * kBuffer,
-                                        min(MMA_STAGE_CHANNELS, n_channels - i * MMA_STAGE_CHANNELS),
-                                        in_plane);
+            stage_chunk(copy_elems > 0, staging, feat + i * chunk_step, sbuf + i * kBuffer,
+                        min(MMA_STAGE_CHANNELS, n_channels - i * MMA_STAGE_CHANNELS), in_plane,
+                        kChunkPlane);
         }
         async_commit();
     }
@@ -432,10 +396,10 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
         __syncthreads();
         const int next = i + MMA_STAGES - 1;
         if (next < n_chunks) {
-            stage_chunk<T, kChunkPlane>(
-                copy_elems > 0, staging, feat + next * chunk_step,
-                sbuf + (next % MMA_STAGES) * kBuffer,
-                min(MMA_STAGE_CHANNELS, n_channels - next * MMA_STAGE_CHANNELS), in_plane);
+            stage_chunk(copy_elems > 0, staging, feat + next * chunk_step,
+                        sbuf + (next % MMA_STAGES) * kBuffer,
+                        min(MMA_STAGE_CHANNELS, n_channels - next * MMA_STAGE_CHANNELS), in_plane,
+                        kChunkPlane);
         }
         async_commit();
         const T* buffer = sbuf + (i % MMA_STAGES) * kBuffer + warp * kRowStride;
