@@ -1,5 +1,5 @@
-// CARAFE forward on tensor cores, for float16 and bfloat16 at scale 2 and K in {3, 5} (opt-in:
-// _cupy_kernels.reassemble(path="mma"), or TILED_MMA):
+// CARAFE forward on tensor cores, for float16 and bfloat16 at scale 2 and K in {3, 5}: what
+// _cupy_kernels.reassemble's "auto" picks there (TILED_MMA, on by default; path="mma" forces it).
 //
 //   out[b, c, 2y + dy, 2x + dx] = sum_k masks[b, g*K*K + k, 2y + dy, 2x + dx]
 //                                       * features[b, c, y + ky - r, x + kx - r]
@@ -19,9 +19,9 @@
 //    parent at a time along x. B fragments (the masks) are loaded once per block into registers
 //    (8 parents x k-steps x 2 registers) and reused for every channel.
 //  - Features: the tile plus halo, 16 channels (one mma M) per slab, in a cp.async pipeline of
-//    MMA_STAGES buffers of MMA_SLABS slabs (one barrier per buffer), in 4-byte copies (element copies for
-//    an odd width or a misaligned base); each thread owns one (row, copy) position of the halo
-//    for the whole kernel (stage_chunk).
+//    MMA_STAGES buffers of MMA_SLABS slabs (one barrier per buffer), in 4-byte copies (element
+//    copies for an odd width or a misaligned base); each thread owns one (row, copy) position of
+//    the halo for the whole kernel (stage_chunk).
 //  - A fragments, one 32-bit shared load per register: a register holds window offsets k = 2P and
 //    2P + 1, so the window is numbered in pairs of horizontally adjacent elements ("pair slots"
 //    P = ky * PAIRS + j, PAIRS = (K + 1) / 2 per row, row-major), and a pair is one aligned word.
@@ -217,10 +217,11 @@ __device__ __forceinline__ void store_rows(const unsigned int (&packed)[2][MMA_P
 
 // This thread's share of staging any chunk: one (row, copy) position of the halo, fixed for the
 // whole kernel, for channels first, first + step, ... of the chunk (n_positions = halo rows x
-// copies per row <= the block's 256 threads; step = 256 / n_positions threads share a position). Fixing it once replaces the flattened-index walk of
-// stage_halo_async, whose carries and 64-bit address arithmetic took about 48 instructions per
-// 4-byte copy (sm_90 SASS), most of this kernel's instructions at 5 to 6 copies per thread and
-// chunk; the loop below takes about 7.
+// copies per row <= the block's 256 threads; step = 256 / n_positions threads share a position).
+// Fixing it once replaces the flattened-index walk of stage_halo_async, whose carries and 64-bit
+// address arithmetic took about 48 instructions per 4-byte copy (sm_90 SASS), most of this
+// kernel's instructions at 5 to 6 copies per thread and chunk; the loop below takes about 12
+// (Nsight Compute on an H100: 360 M -> 199 M warp instructions at 16x256x128x128).
 struct StagingPosition {
     long long src;  // element offset in a channel plane (0, still a valid address, outside the map)
     int dst;        // element offset in a staged channel
@@ -279,7 +280,7 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
     constexpr int kRowStride = MMA_ROW_STRIDE(KS);
     constexpr int kHaloW = MMA_PARENTS_X + 2 * R, kHaloH = MMA_WARPS + 2 * R;
     constexpr int kChunkPlane = kHaloH * kRowStride, kBuffer = MMA_STAGE_CHANNELS * kChunkPlane;
-    static_assert(kHaloH * kHaloW <= MMA_WARPS * 32, "a staging position per thread (element copies)");
+    static_assert(kHaloH * kHaloW <= MMA_WARPS * 32, "a staging position per thread (elements)");
     DYNAMIC_SHARED_MEMORY(smem_raw);
     T* sbuf = reinterpret_cast<T*>(smem_raw);
 

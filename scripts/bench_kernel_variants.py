@@ -2,8 +2,8 @@
 against the generic ones, in one GPU call: the forward of carafe and local_similarity at the
 benchmark shapes of ``scripts/bench_gpu.py`` (K=5, s=2, fp32 and bf16), for several block shapes,
 channels staged per barrier and register budgets (``-DTILED_MIN_BLOCKS``), and both halo stagings:
-``sync`` (the shipped kernels) and ``async`` (the opt-in cp.async double buffer,
-``-DTILED_ASYNC_STAGING=1``; there ``stage`` is the channels of each of the two buffers).
+``sync`` (plain loads) and ``async`` (the cp.async double buffer, ``-DTILED_ASYNC_STAGING=1``,
+shipped since adb83b0; there ``stage`` is the channels of each of the two buffers).
 
 Every variant's output is first checked against the generic kernel on the same inputs (outputs
 poisoned with NaN beforehand, so an unwritten element fails). The tiled kernels are checked

@@ -106,7 +106,7 @@ else
 fi
 
 if [ "${KERNEL_VARIANTS:-0}" = 1 ]; then
-    # informative: launch variants and the opt-in cp.async staging of the tiled carafe forward
+    # informative: launch variants of the tiled kernels, both halo stagings
     section "kernel variants"
     timeout "${VARIANTS_TIMEOUT:-180}" "$PYTHON" scripts/bench_kernel_variants.py \
         --out "$OUT_DIR/variants.md"

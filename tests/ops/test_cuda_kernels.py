@@ -2,9 +2,9 @@
 local_similarity for every dtype, odd and non-square sizes, k in {1,3,5,7}, s in {1,2,4}, groups;
 the golden cases at 1e-10 in float64; bit-identical gradients across runs; streams, autocast,
 non-contiguous inputs; whole SAPA-G and FADE modules through ``backend="cuda"`` vs ``"torch"``;
-the opt-in cp.async staging of ``reassemble_tiled`` and ``window_dot_tiled``
-(``-DTILED_ASYNC_STAGING=1``) vs the shipped tiled kernels, bit for bit, and vs the PyTorch path;
-the opt-in tensor-core forward (``reassemble_mma``, float16/bfloat16) vs the PyTorch path.
+the cp.async staging of ``reassemble_tiled`` and ``window_dot_tiled`` (``-DTILED_ASYNC_STAGING=1``,
+the default) vs the plain-load staging, bit for bit, and vs the PyTorch path; the tensor-core
+forward (``reassemble_mma``, float16/bfloat16, the default there) vs the PyTorch path.
 
 Tolerances: float64 1e-10 absolute (the golden standard); float32 1e-4; float16 and bfloat16
 compare with the float64 PyTorch path on the same (rounded) inputs at the output dtype's

@@ -1,5 +1,5 @@
 """The CUDA sources compile for sm_80 and sm_90 with every template instantiation (NVRTC from
-``cuda.bindings`` and ``nvcc -ptx``, whichever is present; no GPU needed), so does the opt-in
+``cuda.bindings`` and ``nvcc -ptx``, whichever is present; no GPU needed), so does the
 cp.async staging of ``reassemble_tiled`` and ``window_dot_tiled`` (``-DTILED_ASYNC_STAGING=1``, and
 its plain-copy fallback below sm_80), and the launch geometry of :mod:`uplab.ops._cupy_kernels`
 covers every output exactly once."""
