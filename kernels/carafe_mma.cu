@@ -7,10 +7,14 @@
 // Per low-resolution point (parent) this is a small matrix product, D[c, n] = sum_k A[c, k]
 // B[k, n]: A = the parent's K x K feature window for 16 channels (16 x K*K), B = the masks of its
 // s*s = 4 children (K*K x 4), D = the children's outputs. One mma.sync.m16n8k16 (fp32
-// accumulation) takes 16 window offsets, so a parent costs one (K=3) or two (K=5). B's columns
-// 4..7 are zero and D's are dropped: filling them with a second parent's children would need that
-// parent's window in the same A, and a zero mask times an infinite feature would then leak NaN
-// into the first parent's outputs.
+// accumulation) takes 16 window offsets, so a parent costs one (K=3) or two (K=5).
+//  - K = 3: one parent per mma; B's columns 4..7 are zero and D's are dropped (parents_mma).
+//  - K = 5: two neighbouring parents per mma (parent_pairs_mma). Their windows' union, six columns
+//    by five rows, fits the 15 pair slots one parent's window already takes, so A serves both and
+//    B's columns 4..7 hold the second parent's children: half the mma, and no masking of A. A zero
+//    mask times a non-finite feature in the other parent's column would leak NaN, so a chunk whose
+//    D has a NaN is recomputed exactly (per parent, A masked), which keeps the PyTorch path's
+//    non-finite outputs where they belong. Measured on an H100: docs/benchmarks.md.
 //
 // Why this shape. The FFMA kernel (reassemble_tiled) spends 100 FMA and 25 shared loads per
 // channel and parent; for bfloat16 at the benchmark shape that issue alone is about the 60%
@@ -164,6 +168,78 @@ __device__ __forceinline__ void parents_mma(const T* row, const int (&a_word)[ST
     }
 }
 
+// K = 5: one mma per pair of parents (2q, 2q + 1) and k-step. Their windows start at staged
+// columns 2q and 2q + 1 (x_shift is 0 at K = 5), so the union is six columns, three pair slots per
+// row, the same 15 slots as one parent's: A is loaded once for both, B's columns 0..3 are the
+// children of parent 2q and 4..7 those of parent 2q + 1, each zero at the other's extra column.
+// That halves the mma and needs no AND, but a zero mask times a non-finite feature in the other
+// parent's column would turn into NaN: every NaN in D (of a channel below nc) sends the warp's
+// chunk through the exact path, two mma per pair with A's extra column cleared for each parent
+// (the per-parent kernel's AND masks), so outputs keep the PyTorch path's non-finite values where
+// they belong. out[h][q]: lane in_group's parent 2q + in_group / 2, child row in_group % 2.
+template <typename T, int KS, int STEPS>
+__device__ __forceinline__ void parent_pairs_mma(
+    const T* row, const int (&a_word)[STEPS][2], const unsigned int (&keep)[2][STEPS][2],
+    const unsigned int (&bfrag)[MMA_PARENTS_X / 2][STEPS][2], int group_id, int in_group, int nc,
+    unsigned int (&out)[2][MMA_PARENTS_X / 2]) {
+    constexpr int kPlaneWords = (MMA_WARPS + KS - 1) * MMA_ROW_STRIDE(KS) / 2;
+    constexpr int kPairs = MMA_PARENTS_X / 2;
+    const unsigned int* words = reinterpret_cast<const unsigned int*>(row);
+    float d[kPairs][4];
+    bool nan = false;
+#pragma unroll
+    for (int q = 0; q < kPairs; ++q) {
+        const unsigned int* window = words + q;  // the pair's first union pair slot
+#pragma unroll
+        for (int i = 0; i < 4; ++i) d[q][i] = 0.0f;
+#pragma unroll
+        for (int step = 0; step < STEPS; ++step) {
+            unsigned int a[4];
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const unsigned int* at = window + a_word[step][r];
+                a[2 * r] = shared_load(at);
+                a[2 * r + 1] = shared_load(at + 8 * kPlaneWords);
+            }
+            mma_16816<T>(d[q], a, bfrag[q][step]);
+        }
+        // bitwise, not short-circuit: no branches in the common path
+        nan |= ((group_id < nc) & ((d[q][0] != d[q][0]) | (d[q][1] != d[q][1]))) |
+               ((group_id + 8 < nc) & ((d[q][2] != d[q][2]) | (d[q][3] != d[q][3])));
+    }
+    if (__any_sync(0xffffffffu, nan)) {
+#pragma unroll
+        for (int q = 0; q < kPairs; ++q) {
+            const unsigned int* window = words + q;
+            float first[4] = {0.0f, 0.0f, 0.0f, 0.0f}, second[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int step = 0; step < STEPS; ++step) {
+                unsigned int a[4], a_first[4], a_second[4];
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const unsigned int* at = window + a_word[step][r];
+                    a[2 * r] = shared_load(at);
+                    a[2 * r + 1] = shared_load(at + 8 * kPlaneWords);
+                }
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    a_first[i] = a[i] & keep[0][step][i / 2];
+                    a_second[i] = a[i] & keep[1][step][i / 2];
+                }
+                mma_16816<T>(first, a_first, bfrag[q][step]);
+                mma_16816<T>(second, a_second, bfrag[q][step]);
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i) d[q][i] = in_group < 2 ? first[i] : second[i];
+        }
+    }
+#pragma unroll
+    for (int q = 0; q < kPairs; ++q) {
+        out[0][q] = pack_outputs<T>(d[q][0], d[q][1]);
+        out[1][q] = pack_outputs<T>(d[q][2], d[q][3]);
+    }
+}
+
 // Four words to 16-byte-aligned global memory in one instruction. Written in PTX because nvcc
 // and NVRTC (CUDA 13) split the equivalent uint4 store here into four 4-byte stores: each output
 // sector then took four L2 write requests (Nsight Compute on an H100: 3.5x the output's sectors,
@@ -209,6 +285,54 @@ __device__ __forceinline__ void store_rows(const unsigned int (&packed)[2][MMA_P
             for (int p = 0; p < MMA_PARENTS_X; ++p) {
                 if (group_id + 8 * h < nc && p < n_parents) {
                     *reinterpret_cast<unsigned int*>(to + h * 8 * out_plane + 2 * p) = packed[h][p];
+                }
+            }
+        }
+    }
+}
+
+// store_rows for parent_pairs_mma's layout: lane in_group holds parents 2q + in_group / 2 of
+// child row in_group % 2. With whole_rows, lane in_group < 2 stores parents 0..3 of its row and
+// lane in_group + 2 parents 4..7, 16 bytes each, after swapping two words per channel half with
+// each other (the partner's odd or even parents); else each lane stores its own parents inside
+// the map, 4 bytes each.
+template <typename T>
+__device__ __forceinline__ void store_pair_rows(const unsigned int (&packed)[2][MMA_PARENTS_X / 2],
+                                                T* to, long long out_plane, bool whole_rows,
+                                                int nc, int n_parents, int group_id,
+                                                int in_group) {
+    const int half = in_group / 2;
+    if (whole_rows) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            unsigned int theirs[2];
+#pragma unroll
+            for (int k = 0; k < 2; ++k) {
+                const unsigned int mine = half ? packed[h][k] : packed[h][2 + k];
+                theirs[k] = __shfl_xor_sync(0xffffffffu, mine, 2);
+            }
+            unsigned int words[4];
+            if (half) {  // parents 4..7: 4, 6 from the partner, 5, 7 this lane's
+                words[0] = theirs[0];
+                words[1] = packed[h][2];
+                words[2] = theirs[1];
+                words[3] = packed[h][3];
+            } else {  // parents 0..3: 0, 2 this lane's, 1, 3 from the partner
+                words[0] = packed[h][0];
+                words[1] = theirs[0];
+                words[2] = packed[h][1];
+                words[3] = theirs[1];
+            }
+            if (group_id + 8 * h < nc) store_16_bytes(to + h * 8 * out_plane + 8 * half, words);
+        }
+    } else {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+            for (int q = 0; q < MMA_PARENTS_X / 2; ++q) {
+                const int p = 2 * q + half;
+                if (group_id + 8 * h < nc && p < n_parents) {
+                    *reinterpret_cast<unsigned int*>(to + h * 8 * out_plane + 2 * p) = packed[h][q];
                 }
             }
         }
@@ -337,16 +461,22 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
         }
     }
 
-    // B fragments: column n = group_id is child n of the parent (n < 4: dy = n / 2, dx = n % 2),
-    // rows as A's; zero outside the window, past the slots and for columns 4..7.
-    unsigned int bfrag[MMA_PARENTS_X][STEPS][2];
+    // B fragments: column n = group_id is child n % 4 (dy = n % 4 / 2, dx = n % 2) of the parent:
+    // per parent (K = 3) columns 4..7 are zero; per pair of parents (K = 5, parent_pairs_mma)
+    // columns 4..7 belong to the pair's odd parent. Rows as A's; zero outside the parent's
+    // window and past the slots.
+    constexpr bool kPaired = KS == 5;
+    constexpr int kBParents = kPaired ? MMA_PARENTS_X / 2 : MMA_PARENTS_X;
+    unsigned int bfrag[kBParents][STEPS][2];
     const T* mask_bg = masks + ((long long)b * groups + g) * KK * out_plane;
-    const int dy = group_id / 2, dx = group_id % 2;
+    const int child_index = group_id % 4, dy = child_index / 2, dx = child_index % 2;
 #pragma unroll
-    for (int p = 0; p < MMA_PARENTS_X; ++p) {
-        const bool child = group_id < 4 && prow < height && px0 + p < width;
+    for (int e = 0; e < kBParents; ++e) {
+        const int p = kPaired ? 2 * e + group_id / 4 : e;
+        const bool child = (kPaired || group_id < 4) && prow < height && px0 + p < width;
         const long long pixel = (long long)(2 * prow + dy) * out_w + 2 * (px0 + p) + dx;
-        const int odd = (x_shift + p) % 2;
+        // the window's start parity; at K = 5 x_shift is 0 (px0 - 2 is even)
+        const int odd = kPaired ? group_id / 4 : (x_shift + p) % 2;
 #pragma unroll
         for (int step = 0; step < STEPS; ++step) {
 #pragma unroll
@@ -360,7 +490,7 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
                     const bool used = child && slot < SLOTS && inside(kx, KS);
                     bits[h] = used ? mask_bg[(ky * KS + kx) * out_plane + pixel].bits : 0;
                 }
-                bfrag[p][step][r] = pack_pair(bits[0], bits[1]);
+                bfrag[e][step][r] = pack_pair(bits[0], bits[1]);
             }
         }
     }
@@ -411,14 +541,22 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
             // Channels past nc hold stale values; their D rows are computed and never stored.
             const int nc = min(MMA_CHANNELS, n_channels - c0);
             const T* row = buffer + slab * MMA_CHANNELS * kChunkPlane;
-            unsigned int packed[2][MMA_PARENTS_X];
-            if (x_shift) {
-                parents_mma<T, KS, 1>(row, a_word, keep, bfrag, packed);
+            const int stored = out_y < out_h ? nc : 0;
+            if constexpr (kPaired) {
+                unsigned int packed[2][MMA_PARENTS_X / 2];
+                parent_pairs_mma<T, KS>(row, a_word, keep, bfrag, group_id, in_group, nc, packed);
+                store_pair_rows(packed, out_row + c0 * out_plane, out_plane, whole_rows, stored,
+                                width - px0, group_id, in_group);
             } else {
-                parents_mma<T, KS, 0>(row, a_word, keep, bfrag, packed);
+                unsigned int packed[2][MMA_PARENTS_X];
+                if (x_shift) {
+                    parents_mma<T, KS, 1>(row, a_word, keep, bfrag, packed);
+                } else {
+                    parents_mma<T, KS, 0>(row, a_word, keep, bfrag, packed);
+                }
+                store_rows(packed, out_row + c0 * out_plane, out_plane, whole_rows, stored,
+                           width - px0, group_id, in_group);
             }
-            store_rows(packed, out_row + c0 * out_plane, out_plane, whole_rows,
-                       out_y < out_h ? nc : 0, width - px0, group_id, in_group);
         }
     }
 }

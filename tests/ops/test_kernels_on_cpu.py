@@ -483,7 +483,9 @@ def test_tensor_core_forward_a_loads_are_free_of_bank_conflicts(emulate, tmp_pat
         torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=1e-2)
         config = kernels.mma_config(1, 32, 8, width, k, 1, N_SM, 2)
         chunks = math.ceil(config.per_block / kernels.MMA_CHANNELS)
-        loads = math.prod(config.grid) * kernels.MMA_WARPS * chunks * kernels.MMA_PARENTS_X
+        # an A fragment per parent (K=3) or per pair of parents (K=5: their union window)
+        windows = kernels.MMA_PARENTS_X // (2 if k == 5 else 1)
+        loads = math.prod(config.grid) * kernels.MMA_WARPS * chunks * windows
         loads *= steps * 4  # a k-step loads 4 A registers
         assert report.read_text().split() == [str(loads), str(loads), "1"], f"width={width}"
 
@@ -510,15 +512,17 @@ def test_tiled_kernels_window_loads_are_free_of_bank_conflicts(emulate, tmp_path
             assert report.read_text().split() == [str(loads), str(loads), "1"], f"{name} K={k}"
 
 
-def test_tensor_core_forward_keeps_non_finite_values_in_their_windows(emulate):
+@pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
+def test_tensor_core_forward_keeps_non_finite_values_in_their_windows(emulate, k):
     # An infinite feature reaches only the children whose window holds it, as in the PyTorch path
-    # (zero masks elsewhere must not turn it into NaN for other parents).
+    # (zero masks elsewhere must not turn it into NaN for other parents). At K=5 the feature is
+    # the extra column of a parent pair's union window, so the NaN check's exact path must run.
     emulate()
     features = torch.randn(1, 16, 9, 9).to(torch.bfloat16)
     features[0, 3, 4, 4] = float("inf")
-    masks = torch.rand(1, 9, 18, 18).to(torch.bfloat16)
-    got = kernels.reassemble(features, masks, 3, 2, 1, path="mma")
-    want = carafe(features.double(), masks.double(), 3, 2, backend="torch")
+    masks = torch.rand(1, k * k, 18, 18).to(torch.bfloat16)
+    got = kernels.reassemble(features, masks, k, 2, 1, path="mma")
+    want = carafe(features.double(), masks.double(), k, 2, backend="torch")
     assert torch.equal(got.isinf(), want.isinf()) and not got.isnan().any()
     finite = want.isfinite()
     torch.testing.assert_close(got.double()[finite], want[finite], atol=2e-2, rtol=1e-2)

@@ -3,8 +3,8 @@
 // before the kernel sources, which then take their host branches (uplab_scalar.cuh).
 //
 // What it models, and why that is enough for these kernels (their only warp-level operations are
-// __syncwarp, __shfl_xor_sync and mma.sync, at the end of this file; no atomics, no static shared
-// memory):
+// __syncwarp, __shfl_xor_sync, __any_sync and mma.sync, at the end of this file; no atomics, no
+// static shared memory):
 //  - A launch runs its blocks one after another. __syncthreads() is a barrier over the block's
 //    threads still in the kernel (a thread that returns leaves it, as on sm_70+). The threads of
 //    a block are either
@@ -625,6 +625,19 @@ inline unsigned int __shfl_xor_sync(unsigned int mask, unsigned int value, int l
     const unsigned int theirs = slots[lane ^ lane_mask];
     __syncwarp();
     return theirs;
+}
+
+// Full-warp __any_sync, through the same slots: whether any lane's predicate is non-zero.
+inline int __any_sync(unsigned int mask, int predicate) {
+    if (mask != 0xffffffffu) ::cuda_on_cpu::fail("__any_sync: only the full mask is emulated");
+    const int lane = ::cuda_on_cpu::current->linear % 32;
+    auto& slots = ::cuda_on_cpu::warp_shuffles[::cuda_on_cpu::current->linear / 32];
+    slots[lane] = predicate != 0;
+    __syncwarp();
+    unsigned int any = 0;
+    for (int i = 0; i < 32; ++i) any |= slots[i];
+    __syncwarp();
+    return any != 0;
 }
 
 namespace cuda_on_cpu {
