@@ -40,7 +40,7 @@ TILED_KERNEL_SIZES = (3, 5, 7)
 TILED_SCALARS = ("float", "half_t", "bfloat16_t")
 # The tensor-core forward (kernels/carafe_mma.cu): 16-bit floats, scale 2, K*K <= 32; sm_80+.
 # "auto" takes it where it applies (TILED_MMA): on an H100 at 16x256x128x128, bf16, K=5, its forward
-# took 0.495 ms against the tiled FFMA kernel's 0.774 ms (docs/benchmarks.md).
+# took 0.486 ms against the tiled FFMA kernel's 0.802 ms (docs/benchmarks.md, run 5).
 MMA_KERNELS = ("reassemble_mma",)
 MMA_KERNEL_SIZES = (3, 5)
 MMA_SCALARS = ("half_t", "bfloat16_t")
