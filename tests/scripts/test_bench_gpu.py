@@ -143,3 +143,17 @@ def test_once_runs_one_forward_for_a_profiler_and_refuses_unknown_specs(monkeypa
     for spec in ("carafe:fp32", "carafe:fp64:torch", "carafe:fp32:cuda-mma", "conv:fp32:torch"):
         with pytest.raises(SystemExit):
             bench_gpu.main(["--device", "cpu", "--dry-run", "--once", spec])
+
+
+def test_cuda_timings_span_enough_back_to_back_calls():
+    # one call per pair of events would count the host's launch work as GPU time for short
+    # kernels; a timing covers about a millisecond of calls, at most MAX_CALLS_PER_TIMING
+    assert bench_gpu.calls_per_timing(0.1) == 10
+    assert bench_gpu.calls_per_timing(0.45) == 3
+    assert bench_gpu.calls_per_timing(2.0) == 1
+    assert bench_gpu.calls_per_timing(0.001) == bench_gpu.MAX_CALLS_PER_TIMING
+    assert bench_gpu.calls_per_timing(0.0) == bench_gpu.MAX_CALLS_PER_TIMING
+    calls = []
+    cpu = bench_gpu.torch.device("cpu")
+    assert bench_gpu.time_ms(lambda: calls.append(1), cpu, 0.0, 5) >= 0
+    assert len(calls) == 4  # the warm-up and three timed calls: one call per timing on the CPU
