@@ -20,8 +20,9 @@
 // channel and parent; for bfloat16 at the benchmark shape that issue alone is about the 60%
 // target's time. Here the FMAs go to the tensor cores, and what remains is feeding them:
 //  - Block: 8 warps; warp w owns parent row w of an 8 x 8-parent tile (16 x 16 outputs), one
-//    parent at a time along x. B fragments (the masks) are loaded once per block into registers
-//    (8 parents x k-steps x 2 registers) and reused for every channel.
+//    parent at a time along x (with MMA_WARPS_X = 2, 16 warps over 16 x 8 parents, two warps a
+//    row). B fragments (the masks) are loaded once per block into registers (8 parents x k-steps
+//    x 2 registers) and reused for every channel.
 //  - Features: the tile plus halo, 16 channels (one mma M) per slab, in a cp.async pipeline of
 //    MMA_STAGES buffers of MMA_SLABS slabs (one barrier per buffer), in 4-byte copies (element
 //    copies for an odd width or a misaligned base); each thread owns one (row, copy) position of
@@ -56,8 +57,17 @@
 #define CP_ASYNC_HELPERS 1
 #include "uplab_scalar.cuh"
 
-#define MMA_WARPS 8
-#define MMA_PARENTS_X 8
+#define MMA_WARPS 8      // parent rows of a tile
+#define MMA_PARENTS_X 8  // parents of a warp, along x
+// Warps per parent row (_cupy_kernels.MmaVariant builds others with -D): a block of
+// MMA_WARPS * MMA_WARPS_X warps owns a tile of MMA_TILE_W x MMA_WARPS parents. Two (16 x 8
+// parents, 512 threads) read a quarter fewer feature sectors per parent than one: the halo's
+// columns are a smaller share of a wider row.
+#ifndef MMA_WARPS_X
+#define MMA_WARPS_X 1
+#endif
+#define MMA_TILE_W (MMA_PARENTS_X * MMA_WARPS_X)
+#define MMA_THREADS (MMA_WARPS * MMA_WARPS_X * 32)
 #define MMA_CHANNELS 16
 // The feature pipeline (_cupy_kernels.MmaPipeline builds others with -D): MMA_STAGES buffers of
 // MMA_SLABS 16-channel slabs, staged together and computed one after another.
@@ -70,7 +80,7 @@
 #define MMA_STAGE_CHANNELS (MMA_CHANNELS * MMA_SLABS)
 // Elements per staged feature row: halo_w = MMA_PARENTS_X + K - 1, one element of start shift
 // (4-byte copies) and one of a pair's overhang; also what makes the A loads conflict-free (above).
-#define MMA_ROW_STRIDE(K) (MMA_PARENTS_X + (K) + 1)
+#define MMA_ROW_STRIDE(K) (MMA_TILE_W + (K) + 1)
 
 template <typename T>
 struct IsBfloat16 {
@@ -394,7 +404,7 @@ __device__ __forceinline__ void stage_chunk(bool four_bytes, const StagingPositi
 }
 
 template <typename T, int KS>
-__launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
+__launch_bounds__(MMA_THREADS) __global__ void reassemble_mma(
     const T* __restrict__ features, const T* __restrict__ masks, T* __restrict__ out,
     int channels, int height, int width, int groups, int channels_per_block) {
     constexpr int R = (KS - 1) / 2, KK = KS * KS;
@@ -402,9 +412,9 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
     constexpr int STEPS = (2 * SLOTS + 15) / 16;  // mma k-steps: 1 for K=3, 2 for K=5
     static_assert(STEPS <= 2, "a window of at most 16 pair slots");
     constexpr int kRowStride = MMA_ROW_STRIDE(KS);
-    constexpr int kHaloW = MMA_PARENTS_X + 2 * R, kHaloH = MMA_WARPS + 2 * R;
+    constexpr int kHaloW = MMA_TILE_W + 2 * R, kHaloH = MMA_WARPS + 2 * R;
     constexpr int kChunkPlane = kHaloH * kRowStride, kBuffer = MMA_STAGE_CHANNELS * kChunkPlane;
-    static_assert(kHaloH * kHaloW <= MMA_WARPS * 32, "a staging position per thread (elements)");
+    static_assert(kHaloH * kHaloW <= MMA_THREADS, "a staging position per thread (elements)");
     DYNAMIC_SHARED_MEMORY(smem_raw);
     T* sbuf = reinterpret_cast<T*>(smem_raw);
 
@@ -413,15 +423,18 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
     const int out_h = 2 * height, out_w = 2 * width;
     const long long in_plane = (long long)height * width;
     const long long out_plane = (long long)out_h * out_w;
-    const int tiles_x = (width + MMA_PARENTS_X - 1) / MMA_PARENTS_X;
-    const int px0 = (blockIdx.x % tiles_x) * MMA_PARENTS_X;
+    const int tiles_x = (width + MMA_TILE_W - 1) / MMA_TILE_W;
+    const int px0 = (blockIdx.x % tiles_x) * MMA_TILE_W;
     const int py0 = (blockIdx.x / tiles_x) * MMA_WARPS;
     const int b = blockIdx.z / groups, g = blockIdx.z % groups;
     const int group_channels = channels / groups;
     const int c_begin = blockIdx.y * channels_per_block;
     const int n_channels = min(channels_per_block, group_channels - c_begin);
     if (n_channels <= 0) return;  // uniform over the block, before any barrier
-    const int prow = py0 + warp;  // this warp's parent row
+    // this warp's parent row and first parent (a multiple of 8 from px0: the same window parity)
+    const int warp_row = MMA_WARPS_X == 1 ? warp : warp % MMA_WARPS;
+    const int prow = py0 + warp_row;
+    const int pxw = MMA_WARPS_X == 1 ? px0 : px0 + MMA_PARENTS_X * (warp / MMA_WARPS);
 
     // Feature staging, as reassemble_tiled's async build, in 4-byte copies: rows py0 - R ..
     // py0 + MMA_WARPS + R, columns from px0 - R rounded down to even (x_shift = 1 when rounded).
@@ -473,8 +486,8 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
 #pragma unroll
     for (int e = 0; e < kBParents; ++e) {
         const int p = kPaired ? 2 * e + group_id / 4 : e;
-        const bool child = (kPaired || group_id < 4) && prow < height && px0 + p < width;
-        const long long pixel = (long long)(2 * prow + dy) * out_w + 2 * (px0 + p) + dx;
+        const bool child = (kPaired || group_id < 4) && prow < height && pxw + p < width;
+        const long long pixel = (long long)(2 * prow + dy) * out_w + 2 * (pxw + p) + dx;
         // the window's start parity; at K = 5 x_shift is 0 (px0 - 2 is even)
         const int odd = kPaired ? group_id / 4 : (x_shift + p) % 2;
 #pragma unroll
@@ -500,9 +513,9 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
     // outputs 8..15 (parents 4..7), 16 bytes each, when whole_rows; else lanes in_group < 2 store
     // 4 bytes per parent inside the map.
     const int out_y = 2 * prow + in_group % 2;
-    const bool whole_rows = px0 + MMA_PARENTS_X <= width && width % 4 == 0 &&
+    const bool whole_rows = pxw + MMA_PARENTS_X <= width && width % 4 == 0 &&
                             reinterpret_cast<unsigned long long>(out) % 16 == 0;
-    T* out_row = out + (first_channel + group_id) * out_plane + (long long)out_y * out_w + 2 * px0;
+    T* out_row = out + (first_channel + group_id) * out_plane + (long long)out_y * out_w + 2 * pxw;
 
     // The chunk pipeline: MMA_STAGES buffers of MMA_STAGE_CHANNELS channels, chunks i + 1 ..
     // i + MMA_STAGES - 2 in flight while chunk i is computed; one barrier per chunk, which also
@@ -533,7 +546,7 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
                         kChunkPlane);
         }
         async_commit();
-        const T* buffer = sbuf + (i % MMA_STAGES) * kBuffer + warp * kRowStride;
+        const T* buffer = sbuf + (i % MMA_STAGES) * kBuffer + warp_row * kRowStride + (pxw - px0);
 #pragma unroll
         for (int slab = 0; slab < MMA_SLABS; ++slab) {
             const int c0 = i * MMA_STAGE_CHANNELS + slab * MMA_CHANNELS;
@@ -546,7 +559,7 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
                 unsigned int packed[2][MMA_PARENTS_X / 2];
                 parent_pairs_mma<T, KS>(row, a_word, keep, bfrag, group_id, in_group, nc, packed);
                 store_pair_rows(packed, out_row + c0 * out_plane, out_plane, whole_rows, stored,
-                                width - px0, group_id, in_group);
+                                width - pxw, group_id, in_group);
             } else {
                 unsigned int packed[2][MMA_PARENTS_X];
                 if (x_shift) {
@@ -555,7 +568,7 @@ __launch_bounds__(MMA_WARPS * 32) __global__ void reassemble_mma(
                     parents_mma<T, KS, 0>(row, a_word, keep, bfrag, packed);
                 }
                 store_rows(packed, out_row + c0 * out_plane, out_plane, whole_rows, stored,
-                           width - px0, group_id, in_group);
+                           width - pxw, group_id, in_group);
             }
         }
     }

@@ -19,13 +19,13 @@
 #   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
 # Opt-in extras, after the budgeted part, informative (not part of the exit status):
 #   KERNEL_VARIANTS=1  scripts/bench_kernel_variants.py (at most $VARIANTS_TIMEOUT s, default 180);
-#   MMA_PIPELINES=1    scripts/bench_mma_pipelines.py (at most $MMA_PIPELINES_TIMEOUT s, default
-#                      120): the tensor-core forward's cp.async pipelines;
+#   MMA_VARIANTS=1     scripts/bench_mma_variants.py (at most $MMA_VARIANTS_TIMEOUT s, default
+#                      120): the tensor-core forward's compile-time variants;
 #   PROFILE=1          scripts/profile_kernels.sh: Nsight Compute on one warm carafe forward per
 #                      kernel at the large shape; about 20 s per kernel.
 # Files, in $OUT when it is set (else /tmp/uplab_gpu_check), at most eight (a device call returns at
 # most eight): gpu_check.log (everything printed), gpu_bench.md, segformer_step.md,
-# segformer_step_recompute.md, and with the extras variants.md, mma_pipelines.md, ncu.txt and
+# segformer_step_recompute.md, and with the extras variants.md, mma_variants.md, ncu.txt and
 # ncu_stalls.txt.
 # Usage: bash scripts/gpu_check.sh [extra arguments for scripts/bench_gpu.py]
 set -uo pipefail
@@ -112,11 +112,11 @@ if [ "${KERNEL_VARIANTS:-0}" = 1 ]; then
         --out "$OUT_DIR/variants.md"
 fi
 
-if [ "${MMA_PIPELINES:-0}" = 1 ]; then
-    # informative: the tensor-core forward's cp.async pipelines (stages x slabs), bit for bit
-    section "tensor-core forward pipelines"
-    timeout "${MMA_PIPELINES_TIMEOUT:-120}" "$PYTHON" scripts/bench_mma_pipelines.py \
-        --out "$OUT_DIR/mma_pipelines.md"
+if [ "${MMA_VARIANTS:-0}" = 1 ]; then
+    # informative: the tensor-core forward's variants (tile width, stages x slabs), bit for bit
+    section "tensor-core forward variants"
+    timeout "${MMA_VARIANTS_TIMEOUT:-120}" "$PYTHON" scripts/bench_mma_variants.py \
+        --out "$OUT_DIR/mma_variants.md"
 fi
 
 if [ "${PROFILE:-0}" = 1 ]; then

@@ -275,16 +275,24 @@ def test_tensor_core_kernel_takes_16_bit_floats_scale_2_and_small_windows():
     assert kernels._choose_path("auto", torch.bfloat16, 5, 2) == "tiled"  # window_dot
 
 
-def test_tensor_core_pipeline_defaults_match_the_kernel_source():
-    # MmaPipeline() is what reassemble_mma builds by default, with -D options; the .cu defaults
-    # (what the CPU emulator and the compile tests build) must be the same pipeline.
+def test_tensor_core_variant_defaults_match_the_kernel_source():
+    # MmaVariant() is what reassemble_mma builds by default, with -D options; the .cu defaults
+    # (what the CPU emulator and the compile tests build) must be the same variant.
     source = (kernels.kernel_dir() / "carafe_mma.cu").read_text()
-    defaults = dict(re.findall(r"#define (MMA_STAGES|MMA_SLABS) (\d+)", source))
-    pipeline = kernels.MmaPipeline()
-    assert defaults == {"MMA_STAGES": str(pipeline.stages), "MMA_SLABS": str(pipeline.slabs)}
-    assert kernels.MMA_PIPELINE == pipeline
-    small = kernels.mma_shared_mem(5, 2, kernels.MmaPipeline(stages=2, slabs=1))
-    assert kernels.mma_shared_mem(5, 2, kernels.MmaPipeline(stages=4, slabs=2)) == 4 * small
+    defaults = dict(re.findall(r"#define (MMA_STAGES|MMA_SLABS|MMA_WARPS_X) (\d+)", source))
+    variant = kernels.MmaVariant()
+    assert defaults == {
+        "MMA_STAGES": str(variant.stages),
+        "MMA_SLABS": str(variant.slabs),
+        "MMA_WARPS_X": str(variant.warps_x),
+    }
+    assert kernels.MMA_VARIANT == variant
+    small = kernels.mma_shared_mem(5, 2, kernels.MmaVariant(stages=2, slabs=1))
+    assert kernels.mma_shared_mem(5, 2, kernels.MmaVariant(stages=4, slabs=2)) == 4 * small
+    wide = kernels.MmaVariant(warps_x=2)
+    assert kernels.mma_row_stride(5, wide) == kernels.mma_row_stride(5) + kernels.MMA_PARENTS_X
+    cfg = kernels.mma_config(2, 64, 20, 40, 5, 1, 132, 2, wide)
+    assert cfg.block == (512, 1, 1) and cfg.grid[0] == 3 * 3  # ceil(40 / 16) x ceil(20 / 8)
 
 
 @pytest.mark.parametrize(

@@ -97,6 +97,20 @@ def translation_unit() -> str:
     return emulator_source(sorted(kernels.KERNEL_FILES), names)
 
 
+def mma_translation_unit() -> str:
+    """carafe_mma.cu alone, for the emulators of its non-default variants."""
+    names = [
+        expression
+        for scalar in kernels.SCALAR_TYPES.values()
+        for expression in kernels.name_expressions("carafe_mma.cu", scalar)
+    ]
+    return emulator_source(["carafe_mma.cu"], names)
+
+
+# reassemble_mma variants with their own emulator build (the kernels' builds take the default)
+MMA_VARIANT_BUILDS = {"mma_wide": kernels.MmaVariant(warps_x=2)}
+
+
 def compile_command(source: Path, exe: Path, sanitizer: str, defines=()) -> list[str]:
     return [
         CXX,
@@ -196,6 +210,8 @@ class Builds:
         kernels_source.write_text(translation_unit())
         faulty_source = folder / "faulty_on_cpu.cpp"
         faulty_source.write_text(faulty_translation_unit())
+        mma_source = folder / "mma_on_cpu.cpp"
+        mma_source.write_text(mma_translation_unit())
         for sanitizer in SANITIZERS:
             self.missing[sanitizer] = toolchain_lacks(folder, sanitizer)
             if self.missing[sanitizer]:
@@ -204,6 +220,9 @@ class Builds:
                 defines = [o for o in kernels.build_options(staging) if o.startswith("-D")]
                 self._start((staging, sanitizer), folder, kernels_source, sanitizer, defines)
             self._start(("faulty", sanitizer), folder, faulty_source, sanitizer)
+            for build, variant in MMA_VARIANT_BUILDS.items():
+                defines = [o for o in variant.options() if o.startswith("-D")]
+                self._start((build, sanitizer), folder, mma_source, sanitizer, defines)
 
     def _start(self, key, folder, source, sanitizer, defines=()):
         exe = folder / f"emulator_{'_'.join(key)}"
@@ -212,7 +231,8 @@ class Builds:
         self.jobs[key] = (exe, job)
 
     def exe(self, build: str, sanitizer: str) -> Path:
-        """The emulator of ``build`` ("sync", "async" or "faulty") under ``sanitizer``."""
+        """The emulator of ``build`` ("sync", "async", "faulty" or a key of MMA_VARIANT_BUILDS)
+        under ``sanitizer``."""
         if self.missing[sanitizer]:
             pytest.skip(self.missing[sanitizer])
         exe, job = self.jobs[build, sanitizer]
@@ -275,8 +295,11 @@ def emulate(builds, monkeypatch, tmp_path):
         kernel, file, config, tensors, ints, kernel_size=None, options=kernels.NVRTC_OPTIONS
     ):
         staging = "async" if kernels.ASYNC_STAGING_OPTION in options else "sync"
-        if file == "carafe_mma.cu":  # the emulators build carafe_mma.cu's default pipeline
-            assert options == kernels.MmaPipeline().options(), options
+        build = staging
+        if file == "carafe_mma.cu" and options != kernels.MmaVariant().options():
+            builds_of = {v.options(): name for name, v in MMA_VARIANT_BUILDS.items()}
+            assert options in builds_of, f"no emulator build of {options}"
+            build = builds_of[options]
         scalar = kernels.scalar_type(tensors[0].dtype)
         name = (
             f"{kernel}<{scalar}>"
@@ -285,7 +308,7 @@ def emulate(builds, monkeypatch, tmp_path):
         )
         tensors[-1].fill_(float("nan"))  # an element the kernel does not write stays NaN
         env = {**SANITIZER_ENV, **state["env"]}
-        exe = builds.exe(staging, state["sanitizer"])
+        exe = builds.exe(build, state["sanitizer"])
         run_emulator(exe, name, config, tensors, ints, tmp_path, env)
         state["launches"].append(name)
         state["stagings"].append(staging)
@@ -488,6 +511,36 @@ def test_tensor_core_forward_a_loads_are_free_of_bank_conflicts(emulate, tmp_pat
         loads = math.prod(config.grid) * kernels.MMA_WARPS * chunks * windows
         loads *= steps * 4  # a k-step loads 4 A registers
         assert report.read_text().split() == [str(loads), str(loads), "1"], f"width={width}"
+
+
+@pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
+def test_tensor_core_forward_with_16_by_8_parent_tiles(emulate, monkeypatch, tmp_path, k):
+    # MmaVariant(warps_x=2), timed by scripts/bench_mma_variants.py: blocks of 16 warps over
+    # 16 x 8 parents. Ragged tiles in x (widths 19, 40: one and a half, two and a half tiles),
+    # several chunks, groups, a misaligned base; then under ThreadSanitizer, and the bank trace of
+    # its A loads (one wavefront each, with its wider rows).
+    wide = kernels.MmaVariant(warps_x=2)
+    monkeypatch.setattr(kernels, "MMA_VARIANT", wide)
+    launches = emulate()
+    for groups, width, offset, per_group in ((1, 19, 0, 70), (2, 40, 0, 20), (1, 22, 1, 20)):
+        features = _at_offset((2, per_group * groups, 11, width), offset, torch.bfloat16)
+        masks = torch.randn(2, groups * k * k, 22, 2 * width).to(torch.bfloat16)
+        got = kernels.reassemble(features, masks, k, 2, groups, path="mma")
+        want = carafe(features.double(), masks.double(), k, 2, group_size=groups, backend="torch")
+        case = f"groups={groups} width={width} offset={offset} channels={per_group}"
+        torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=1e-2, msg=case)
+    assert set(launches) == {kernels.tiled_name("reassemble_mma", "bfloat16_t", k)}
+    emulate("thread")
+    inputs, grad = _carafe_case(1, 18, 10, 20, k, 2)
+    monkeypatch.setattr(kernels, "TILED_MMA", True)
+    _check_carafe(inputs, grad, k, 2, 1, torch.bfloat16)
+    report = tmp_path / "banks.txt"
+    emulate("address", {"CUDA_ON_CPU_BANKS": str(report)})
+    features = torch.randn(1, 32, 8, 32).to(torch.bfloat16)
+    masks = torch.randn(1, k * k, 16, 64).to(torch.bfloat16)
+    kernels.reassemble(features, masks, k, 2, 1, path="mma")
+    loads, wavefronts, worst = report.read_text().split()
+    assert int(loads) > 0 and loads == wavefronts and worst == "1"
 
 
 @pytest.mark.parametrize("staging", kernels.STAGINGS)

@@ -329,43 +329,44 @@ def tiled_async_shared_mem(
     return 2 * stage_channels * halo_h * row_stride * itemsize
 
 
-def mma_row_stride(kernel_size: int) -> int:
-    """Elements per staged feature row of ``reassemble_mma`` (MMA_ROW_STRIDE in carafe_mma.cu):
-    the halo, one element of start shift and one of a pair's overhang; the width that makes its
-    32-bit A-fragment loads free of bank conflicts."""
-    return MMA_PARENTS_X + kernel_size + 1
-
-
 @dataclass(frozen=True)
-class MmaPipeline:
-    """The feature pipeline of ``reassemble_mma`` (MMA_STAGES, MMA_SLABS in carafe_mma.cu, whose
-    defaults are this class's): ``stages`` cp.async buffers (2 to 4), each of ``slabs`` 16-channel
-    slabs (1 or 2) staged under one barrier."""
+class MmaVariant:
+    """Compile-time shape of ``reassemble_mma`` (MMA_STAGES, MMA_SLABS, MMA_WARPS_X in
+    carafe_mma.cu, whose defaults are this class's): ``stages`` cp.async buffers (2 to 4), each of
+    ``slabs`` 16-channel slabs (1 or 2) staged under one barrier, and ``warps_x`` warps per parent
+    row (1: blocks of 8 warps over 8 x 8 parents; 2: 16 warps over 16 x 8)."""
 
     stages: int = 3
     slabs: int = 1
+    warps_x: int = 1
 
     def options(self) -> tuple[str, ...]:
-        return NVRTC_OPTIONS + (f"-DMMA_STAGES={self.stages}", f"-DMMA_SLABS={self.slabs}")
+        return NVRTC_OPTIONS + (
+            f"-DMMA_STAGES={self.stages}",
+            f"-DMMA_SLABS={self.slabs}",
+            f"-DMMA_WARPS_X={self.warps_x}",
+        )
 
 
-# Read at each launch, so a benchmark may switch it (scripts/bench_mma_pipelines.py).
-MMA_PIPELINE = MmaPipeline()
+# Read at each launch, so a benchmark may switch it (scripts/bench_mma_variants.py).
+MMA_VARIANT = MmaVariant()
 
 
-def mma_shared_mem(kernel_size: int, itemsize: int, pipeline: MmaPipeline | None = None) -> int:
-    """Dynamic shared memory of ``reassemble_mma``: the pipeline's buffers of MMA_CHANNELS halo
+def mma_row_stride(kernel_size: int, variant: MmaVariant | None = None) -> int:
+    """Elements per staged feature row of ``reassemble_mma`` (MMA_ROW_STRIDE in carafe_mma.cu):
+    the tile's halo, one element of start shift and one of a pair's overhang; the width that makes
+    its 32-bit A-fragment loads free of bank conflicts (checked for both tile widths)."""
+    variant = variant or MMA_VARIANT
+    return MMA_PARENTS_X * variant.warps_x + kernel_size + 1
+
+
+def mma_shared_mem(kernel_size: int, itemsize: int, variant: MmaVariant | None = None) -> int:
+    """Dynamic shared memory of ``reassemble_mma``: the variant's buffers of MMA_CHANNELS halo
     tiles per slab, rows of :func:`mma_row_stride` elements."""
-    pipeline = pipeline or MMA_PIPELINE
+    variant = variant or MMA_VARIANT
     halo_h = MMA_WARPS + kernel_size - 1
-    return (
-        pipeline.stages
-        * pipeline.slabs
-        * MMA_CHANNELS
-        * halo_h
-        * mma_row_stride(kernel_size)
-        * itemsize
-    )
+    row = mma_row_stride(kernel_size, variant)
+    return variant.stages * variant.slabs * MMA_CHANNELS * halo_h * row * itemsize
 
 
 def mma_config(
@@ -377,19 +378,23 @@ def mma_config(
     groups: int,
     n_sm: int,
     itemsize: int,
+    variant: MmaVariant | None = None,
 ) -> LaunchConfig:
-    """Launch of ``reassemble_mma``: 8 x 8-parent tiles of 8 warps, a group's channels split over
+    """Launch of ``reassemble_mma`` (``variant``, default :data:`MMA_VARIANT`): tiles of
+    8 ``warps_x`` x 8 parents, one block of 8 ``warps_x`` warps each, a group's channels split over
     grid.y in multiples of MMA_CHANNELS until the GPU has TILED_BLOCKS_PER_SM blocks per SM."""
+    variant = variant or MMA_VARIANT
     _check_batch_groups(batch, groups)
-    tiles = math.ceil(width / MMA_PARENTS_X) * math.ceil(height / MMA_WARPS)
+    tile_w = MMA_PARENTS_X * variant.warps_x
+    tiles = math.ceil(width / tile_w) * math.ceil(height / MMA_WARPS)
     group_channels = channels // groups
     wanted = math.ceil(TILED_BLOCKS_PER_SM * n_sm / (tiles * batch * groups))
     per_block = _split(group_channels, wanted, MMA_CHANNELS)
     chunks = math.ceil(group_channels / per_block)
     return LaunchConfig(
         (tiles, chunks, batch * groups),
-        (32 * MMA_WARPS, 1, 1),
-        mma_shared_mem(kernel_size, itemsize),
+        (32 * MMA_WARPS * variant.warps_x, 1, 1),
+        mma_shared_mem(kernel_size, itemsize, variant),
         per_block,
     )
 
@@ -533,7 +538,7 @@ def reassemble(
             (features, masks, out),
             (c, h, w, groups, config.per_block),
             kernel_size,
-            MMA_PIPELINE.options(),
+            MMA_VARIANT.options(),
         )
         return out
     if chosen == "tiled":

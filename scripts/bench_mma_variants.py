@@ -1,14 +1,16 @@
-"""Check and time the feature pipelines of carafe's tensor-core forward (``reassemble_mma``) on a
-GPU: MMA_STAGES cp.async buffers (2 to 4) of MMA_SLABS 16-channel slabs (1 or 2), built with
-``_cupy_kernels.MmaPipeline(stages, slabs).options()``.
+"""Check and time the compile-time variants of carafe's tensor-core forward (``reassemble_mma``)
+on a GPU: MMA_STAGES cp.async buffers (2 to 4) of MMA_SLABS 16-channel slabs (1 or 2), and
+MMA_WARPS_X warps per parent row (1: 8 x 8-parent tiles of 256 threads; 2: 16 x 8 of 512),
+built with ``_cupy_kernels.MmaVariant(stages, slabs, warps_x).options()``; variants whose shared
+memory passes the default 48 KiB are left out.
 
 At the benchmark's large shape (16x256x128x128 -> 256^2, bfloat16, K in {3, 5}, s=2) every
-pipeline's output must equal the shipped pipeline's bit for bit (the same products summed in the
+variant's output must equal the shipped variant's bit for bit (the same products summed in the
 same order; each output lands in a block just filled with NaN, so an unwritten element fails), then its forward
 is timed (CUDA-event median, as ``scripts/bench_gpu.py``) against the device's copy bandwidth.
 Prints a Markdown table (``--out`` writes it too). About 30 s on an H100, most of it compiling.
 
-    PYTHONPATH=src python3 scripts/bench_mma_pipelines.py --out $OUT/mma_pipelines.md
+    PYTHONPATH=src python3 scripts/bench_mma_variants.py --out $OUT/mma_variants.md
 """
 
 from __future__ import annotations
@@ -26,7 +28,26 @@ from bench_gpu import copy_bandwidth, time_ms  # noqa: E402  (the GPU benchmark'
 
 SHAPE = (16, 256, 128, 128)
 SCALE = 2
-PIPELINES = tuple(kernels.MmaPipeline(stages, slabs) for slabs in (1, 2) for stages in (2, 3, 4))
+
+
+def _fits(variant) -> bool:
+    """Whether the variant's shared memory stays within the default 48 KiB (bf16, every K)."""
+    return all(
+        kernels.mma_shared_mem(k, 2, variant) <= kernels.SHARED_MEMORY_LIMIT
+        for k in kernels.MMA_KERNEL_SIZES
+    )
+
+
+VARIANTS = tuple(
+    variant
+    for variant in (
+        kernels.MmaVariant(stages, slabs, warps_x)
+        for warps_x in (1, 2)
+        for slabs in (1, 2)
+        for stages in (2, 3, 4)
+    )
+    if _fits(variant)
+)
 
 
 def _inputs(kernel_size: int):
@@ -36,42 +57,42 @@ def _inputs(kernel_size: int):
     return features, torch.softmax(logits, 1).to(torch.bfloat16)
 
 
-def _forward(features, masks, kernel_size, pipeline):
-    kernels.MMA_PIPELINE = pipeline
+def _forward(features, masks, kernel_size, variant):
+    kernels.MMA_VARIANT = variant
     return kernels.reassemble(features, masks, kernel_size, SCALE, 1, path="mma")
 
 
 def measure(kernel_size: int, copy_bw: float) -> list[str]:
-    """One table row per pipeline for this kernel size."""
-    shipped = kernels.MMA_PIPELINE
+    """One table row per variant for this kernel size."""
+    shipped = kernels.MMA_VARIANT
     features, masks = _inputs(kernel_size)
     moved = (features.numel() * (1 + SCALE**2) + masks.numel()) * features.element_size()
     rows = []
     try:
         want = _forward(features, masks, kernel_size, shipped)
-        for pipeline in PIPELINES:
+        for variant in VARIANTS:
             # the caching allocator hands the freed, NaN-filled block to the next output
             poison = torch.full_like(want, float("nan"))
             poisoned = poison.data_ptr()
             del poison
-            got = _forward(features, masks, kernel_size, pipeline)
+            got = _forward(features, masks, kernel_size, variant)
             same = torch.equal(got, want) and got.data_ptr() == poisoned
             del got
             ms = time_ms(
-                lambda p=pipeline: _forward(features, masks, kernel_size, p),
+                lambda v=variant: _forward(features, masks, kernel_size, v),
                 torch.device("cuda"),
                 budget_s=0.3,
                 max_iters=200,
             )
             fraction = moved / (ms / 1e3) / copy_bw
-            mark = " (shipped)" if pipeline == shipped else ""
+            mark = " (shipped)" if variant == shipped else ""
             rows.append(
-                f"| {kernel_size} | {pipeline.stages} | {pipeline.slabs}{mark} | "
+                f"| {kernel_size} | {variant.warps_x} | {variant.stages} | {variant.slabs}{mark} | "
                 f"{'yes' if same else 'NO'} | {ms:.3f} | {100 * fraction:.0f} |"
             )
             print(rows[-1], flush=True)
     finally:
-        kernels.MMA_PIPELINE = shipped
+        kernels.MMA_VARIANT = shipped
     return rows
 
 
@@ -84,11 +105,11 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     copy_bw = copy_bandwidth(torch.device("cuda"), 2**30)
     header = [
-        f"reassemble_mma pipelines, {torch.cuda.get_device_name()}, carafe bf16 "
+        f"reassemble_mma variants, {torch.cuda.get_device_name()}, carafe bf16 "
         f"{'x'.join(map(str, SHAPE))} -> s={SCALE}; copy bandwidth {copy_bw / 1e9:.0f} GB/s",
         "",
-        "| K | stages | slabs | equals shipped | fwd ms | % of copy |",
-        "| ---: | ---: | ---: | --- | ---: | ---: |",
+        "| K | warps_x | stages | slabs | equals shipped | fwd ms | % of copy |",
+        "| ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     print("\n".join(header), flush=True)
     rows = [row for k in kernels.MMA_KERNEL_SIZES for row in measure(k, copy_bw)]

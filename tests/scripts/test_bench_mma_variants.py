@@ -1,0 +1,34 @@
+"""scripts/bench_mma_variants.py without a GPU: the variants it times, their shared memory, and
+its refusal to run without a CUDA device."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from uplab.ops import _cupy_kernels as kernels
+
+ROOT = Path(__file__).parents[2]
+spec = importlib.util.spec_from_file_location(
+    "bench_mma_variants", ROOT / "scripts" / "bench_mma_variants.py"
+)
+bench = importlib.util.module_from_spec(spec)
+sys.path.insert(0, str(ROOT / "scripts"))
+spec.loader.exec_module(bench)
+
+
+def test_variants_include_the_shipped_one_and_fit_the_default_shared_memory():
+    assert kernels.MMA_VARIANT in bench.VARIANTS
+    assert len(set(bench.VARIANTS)) == len(bench.VARIANTS)
+    assert {v.warps_x for v in bench.VARIANTS} == {1, 2}
+    assert len([v for v in bench.VARIANTS if v.warps_x == 1]) == 6  # all fit at 8 x 8 parents
+    for variant in bench.VARIANTS:
+        for k in kernels.MMA_KERNEL_SIZES:
+            assert kernels.mma_shared_mem(k, 2, variant) <= kernels.SHARED_MEMORY_LIMIT, variant
+
+
+def test_refuses_to_run_without_a_cuda_device(monkeypatch):
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        bench.main([])
