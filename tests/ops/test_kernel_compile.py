@@ -170,6 +170,36 @@ def test_async_staging_compiles_with_nvcc(file, arch, tmp_path):
     assert "cp.async.wait_group 1" in ptx
 
 
+# every compile-time variant of reassemble_mma that scripts/bench_mma_variants.py may time
+MMA_VARIANTS = [
+    kernels.MmaVariant(stages, slabs, warps_x)
+    for warps_x in (1, 2)
+    for slabs in (1, 2)
+    for stages in (2, 4)
+    if all(
+        kernels.mma_shared_mem(k, 2, kernels.MmaVariant(stages, slabs, warps_x))
+        <= kernels.SHARED_MEMORY_LIMIT
+        for k in kernels.MMA_KERNEL_SIZES
+    )
+]
+
+
+@pytest.mark.skipif(not HAS_NVRTC and NVCC is None, reason="neither NVRTC nor nvcc is present")
+@pytest.mark.parametrize("variant", MMA_VARIANTS, ids=str)
+def test_tensor_core_variants_compile(variant, tmp_path):
+    expressions = _all_expressions("carafe_mma.cu")
+    defines = tuple(o for o in variant.options() if o.startswith("-D"))
+    if HAS_NVRTC:
+        ptx, lowered = _nvrtc_ptx("carafe_mma.cu", 90, expressions, defines)
+        assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == set(lowered)
+    else:
+        ptx = _nvcc_ptx(tmp_path, "carafe_mma.cu", 90, expressions, defines)
+        assert len(re.findall(r"\.entry\s+\w+", ptx)) == len(expressions)
+    threads = 32 * kernels.MMA_WARPS * variant.warps_x
+    assert f".maxntid {threads}" in ptx
+    assert f"cp.async.wait_group {variant.stages - 2}" in ptx
+
+
 def test_sources_are_found_and_inline_their_header():
     for file in FILES:
         source = kernels.kernel_source(file)
