@@ -142,6 +142,20 @@ __device__ __forceinline__ unsigned int pack_outputs(float lo, float hi) {
 #endif
 }
 
+// The lane's A fragment of one k-step from the window whose first pair slot is `window`: the
+// words of pair slots [step][r] for channels group_id (a[2r]) and group_id + 8 (a[2r + 1]).
+template <int KS, int STEPS>
+__device__ __forceinline__ void load_a(const unsigned int* window, const int (&a_word)[STEPS][2],
+                                       int step, unsigned int (&a)[4]) {
+    constexpr int kPlaneWords = (MMA_WARPS + KS - 1) * MMA_ROW_STRIDE(KS) / 2;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const unsigned int* at = window + a_word[step][r];
+        a[2 * r] = shared_load(at);
+        a[2 * r + 1] = shared_load(at + 8 * kPlaneWords);
+    }
+}
+
 // This warp's 8 parents for one staged chunk: out[h][p] packs parent p's two outputs of child
 // row in_group (children 2 in_group, 2 in_group + 1) for channel group_id + 8 h (meaningful in
 // lanes in_group < 2). `row` is the chunk's first element of the warp's first window row (4-byte
@@ -153,7 +167,6 @@ __device__ __forceinline__ void parents_mma(const T* row, const int (&a_word)[ST
                                             const unsigned int (&keep)[2][STEPS][2],
                                             const unsigned int (&bfrag)[MMA_PARENTS_X][STEPS][2],
                                             unsigned int (&out)[2][MMA_PARENTS_X]) {
-    constexpr int kPlaneWords = (MMA_WARPS + KS - 1) * MMA_ROW_STRIDE(KS) / 2;
     const unsigned int* words = reinterpret_cast<const unsigned int*>(row);
 #pragma unroll
     for (int p = 0; p < MMA_PARENTS_X; ++p) {
@@ -163,12 +176,9 @@ __device__ __forceinline__ void parents_mma(const T* row, const int (&a_word)[ST
 #pragma unroll
         for (int step = 0; step < STEPS; ++step) {
             unsigned int a[4];
+            load_a<KS>(window, a_word, step, a);
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {  // channels group_id (a[2r]) and group_id + 8
-                const unsigned int* at = window + a_word[step][r];
-                a[2 * r] = shared_load(at) & keep[odd][step][r];
-                a[2 * r + 1] = shared_load(at + 8 * kPlaneWords) & keep[odd][step][r];
-            }
+            for (int i = 0; i < 4; ++i) a[i] = keep[odd][step][i / 2] & a[i];
             mma_16816<T>(d, a, bfrag[p][step]);
         }
         // D: rows (channels) group_id (d[0], d[1]) and group_id + 8 (d[2], d[3]), columns
@@ -192,7 +202,6 @@ __device__ __forceinline__ void parent_pairs_mma(
     const T* row, const int (&a_word)[STEPS][2], const unsigned int (&keep)[2][STEPS][2],
     const unsigned int (&bfrag)[MMA_PARENTS_X / 2][STEPS][2], int group_id, int in_group, int nc,
     unsigned int (&out)[2][MMA_PARENTS_X / 2]) {
-    constexpr int kPlaneWords = (MMA_WARPS + KS - 1) * MMA_ROW_STRIDE(KS) / 2;
     constexpr int kPairs = MMA_PARENTS_X / 2;
     const unsigned int* words = reinterpret_cast<const unsigned int*>(row);
     float d[kPairs][4];
@@ -205,12 +214,7 @@ __device__ __forceinline__ void parent_pairs_mma(
 #pragma unroll
         for (int step = 0; step < STEPS; ++step) {
             unsigned int a[4];
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const unsigned int* at = window + a_word[step][r];
-                a[2 * r] = shared_load(at);
-                a[2 * r + 1] = shared_load(at + 8 * kPlaneWords);
-            }
+            load_a<KS>(window, a_word, step, a);
             mma_16816<T>(d[q], a, bfrag[q][step]);
         }
         // bitwise, not short-circuit: no branches in the common path
@@ -225,12 +229,7 @@ __device__ __forceinline__ void parent_pairs_mma(
 #pragma unroll
             for (int step = 0; step < STEPS; ++step) {
                 unsigned int a[4], a_first[4], a_second[4];
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const unsigned int* at = window + a_word[step][r];
-                    a[2 * r] = shared_load(at);
-                    a[2 * r + 1] = shared_load(at + 8 * kPlaneWords);
-                }
+                load_a<KS>(window, a_word, step, a);
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
                     a_first[i] = a[i] & keep[0][step][i / 2];
