@@ -6,8 +6,9 @@ memory passes the default 48 KiB are left out.
 
 At the benchmark's large shape (16x256x128x128 -> 256^2, bfloat16, K in {3, 5}, s=2) every
 variant's output must equal the shipped variant's bit for bit (the same products summed in the
-same order; each output lands in a block just filled with NaN, so an unwritten element fails), then its forward
-is timed (CUDA-event median, as ``scripts/bench_gpu.py``) against the device's copy bandwidth.
+same order; each output lands in a block just filled with NaN, so an unwritten element fails),
+then its forward is timed (CUDA-event median, as ``scripts/bench_gpu.py``) against the device's
+copy bandwidth.
 Prints a Markdown table (``--out`` writes it too). About 30 s on an H100, most of it compiling.
 
     PYTHONPATH=src python3 scripts/bench_mma_variants.py --out $OUT/mma_variants.md
@@ -30,14 +31,6 @@ SHAPE = (16, 256, 128, 128)
 SCALE = 2
 
 
-def _fits(variant) -> bool:
-    """Whether the variant's shared memory stays within the default 48 KiB (bf16, every K)."""
-    return all(
-        kernels.mma_shared_mem(k, 2, variant) <= kernels.SHARED_MEMORY_LIMIT
-        for k in kernels.MMA_KERNEL_SIZES
-    )
-
-
 VARIANTS = tuple(
     variant
     for variant in (
@@ -46,7 +39,7 @@ VARIANTS = tuple(
         for slabs in (1, 2)
         for stages in (2, 3, 4)
     )
-    if _fits(variant)
+    if kernels.mma_variant_fits(variant)
 )
 
 

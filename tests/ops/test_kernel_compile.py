@@ -176,11 +176,7 @@ MMA_VARIANTS = [
     for warps_x in (1, 2)
     for slabs in (1, 2)
     for stages in (2, 4)
-    if all(
-        kernels.mma_shared_mem(k, 2, kernels.MmaVariant(stages, slabs, warps_x))
-        <= kernels.SHARED_MEMORY_LIMIT
-        for k in kernels.MMA_KERNEL_SIZES
-    )
+    if kernels.mma_variant_fits(kernels.MmaVariant(stages, slabs, warps_x))
 ]
 
 
@@ -323,6 +319,10 @@ def test_tensor_core_variant_defaults_match_the_kernel_source():
     assert kernels.mma_row_stride(5, wide) == kernels.mma_row_stride(5) + kernels.MMA_PARENTS_X
     cfg = kernels.mma_config(2, 64, 20, 40, 5, 1, 132, 2, wide)
     assert cfg.block == (512, 1, 1) and cfg.grid[0] == 3 * 3  # ceil(40 / 16) x ceil(20 / 8)
+    too_big = kernels.MmaVariant(stages=4, slabs=2, warps_x=2)  # 67,584 bytes at K=5
+    assert not kernels.mma_variant_fits(too_big)
+    with pytest.raises(ValueError, match="bytes of shared memory at K=5"):
+        kernels.mma_config(2, 64, 20, 40, 5, 1, 132, 2, too_big)
 
 
 @pytest.mark.parametrize(

@@ -369,6 +369,14 @@ def mma_shared_mem(kernel_size: int, itemsize: int, variant: MmaVariant | None =
     return variant.stages * variant.slabs * MMA_CHANNELS * halo_h * row * itemsize
 
 
+def mma_variant_fits(variant: MmaVariant, itemsize: int = 2) -> bool:
+    """Whether ``variant``'s shared memory stays within :data:`SHARED_MEMORY_LIMIT` for every
+    kernel size the tensor-core forward takes."""
+    return all(
+        mma_shared_mem(k, itemsize, variant) <= SHARED_MEMORY_LIMIT for k in MMA_KERNEL_SIZES
+    )
+
+
 def mma_config(
     batch: int,
     channels: int,
@@ -385,6 +393,12 @@ def mma_config(
     grid.y in multiples of MMA_CHANNELS until the GPU has TILED_BLOCKS_PER_SM blocks per SM."""
     variant = variant or MMA_VARIANT
     _check_batch_groups(batch, groups)
+    shared_mem = mma_shared_mem(kernel_size, itemsize, variant)
+    if shared_mem > SHARED_MEMORY_LIMIT:
+        raise ValueError(
+            f"{variant} needs {shared_mem} bytes of shared memory at K={kernel_size}, more than "
+            f"the {SHARED_MEMORY_LIMIT} a block may use without opting in"
+        )
     tile_w = MMA_PARENTS_X * variant.warps_x
     tiles = math.ceil(width / tile_w) * math.ceil(height / MMA_WARPS)
     group_channels = channels // groups
@@ -394,7 +408,7 @@ def mma_config(
     return LaunchConfig(
         (tiles, chunks, batch * groups),
         (32 * MMA_WARPS * variant.warps_x, 1, 1),
-        mma_shared_mem(kernel_size, itemsize, variant),
+        shared_mem,
         per_block,
     )
 
