@@ -15,7 +15,8 @@ cp.async by default (:data:`TILED_STAGING`); ``reassemble`` has a tensor-core ke
 floats (``reassemble_mma<T, K>``, :data:`TILED_MMA`, :func:`mma_applies`). Sources are compiled
 once per (file, storage type, device) and memoized; every size is a kernel argument, so new shapes
 never recompile. Launches go to PyTorch's current stream on the tensor's device. CuPy is imported
-lazily, so this module imports (and its launch arithmetic is testable) without it. Callers pass contiguous tensors of one dtype on one CUDA device.
+lazily, so this module imports (and its launch arithmetic is testable) without it. Callers pass
+contiguous tensors of one dtype on one CUDA device.
 """
 
 from __future__ import annotations
