@@ -84,8 +84,15 @@ def calls_per_timing(one_call_ms: float, min_span_ms: float = MIN_SPAN_MS) -> in
     return max(1, min(MAX_CALLS_PER_TIMING, math.ceil(min_span_ms / one_call_ms)))
 
 
-def _event_ms(fn, calls: int) -> float:
+def _event_ms(fn, calls: int, lead: int = 1) -> float:
+    """GPU milliseconds of ``calls`` back-to-back calls of ``fn``. The ``lead`` untimed calls
+    queue work ahead of the first event, so the GPU is still busy with them when the event is
+    recorded and the host's dispatch of the first timed call is not idle time between the events
+    (without them, one call per timing counted the op's Python dispatch: docs/benchmarks.md,
+    run 5)."""
     begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(lead):
+        fn()
     begin.record()
     for _ in range(calls):
         fn()
@@ -97,8 +104,9 @@ def _event_ms(fn, calls: int) -> float:
 def time_ms(fn, device, budget_s: float, max_iters: int) -> float:
     """Median milliseconds of one call of ``fn`` after one warm-up, over at least 3 timings and
     ``budget_s``. On CUDA a timing is a pair of events around :func:`calls_per_timing` calls (from
-    one timed call), divided by their number: the host's launch work then overlaps the GPU's, as in
-    a training loop, instead of counting as idle GPU time between the events. (Until 2026-11-26
+    one timed call), after one untimed call queued ahead of them (:func:`_event_ms`), divided by
+    their number: the host's launch work then overlaps the GPU's, as in a training loop, instead of
+    counting as idle GPU time between the events. (Until 2026-11-26
     each timing was one call, which for sub-millisecond kernels added the op's Python dispatch:
     docs/benchmarks.md, run 5.)"""
     fn()

@@ -157,3 +157,26 @@ def test_cuda_timings_span_enough_back_to_back_calls():
     cpu = bench_gpu.torch.device("cpu")
     assert bench_gpu.time_ms(lambda: calls.append(1), cpu, 0.0, 5) >= 0
     assert len(calls) == 4  # the warm-up and three timed calls: one call per timing on the CPU
+
+
+def test_cuda_timings_queue_a_call_before_the_first_event(monkeypatch):
+    # the host must have work queued on the GPU when it records the first event, or the
+    # first timed call's dispatch counts as GPU time
+    log, names = [], iter(["begin", "end"])
+
+    class FakeEvent:
+        def __init__(self, enable_timing):
+            self.name = next(names)
+
+        def record(self):
+            log.append(self.name)
+
+        def synchronize(self):
+            log.append("sync")
+
+        def elapsed_time(self, other):
+            return 6.0
+
+    monkeypatch.setattr(bench_gpu.torch.cuda, "Event", FakeEvent)
+    assert bench_gpu._event_ms(lambda: log.append("call"), 3) == 6.0
+    assert log == ["call", "begin", "call", "call", "call", "end", "sync"]
