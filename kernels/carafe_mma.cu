@@ -448,6 +448,26 @@ __launch_bounds__(MMA_THREADS) __global__ void reassemble_mma(
         staging_position(kHaloH * n_copies, n_copies, step_elems, kRowStride, py0 - R, xa,
                          height, width);
 
+    // The chunk pipeline: MMA_STAGES buffers of MMA_STAGE_CHANNELS channels, chunks i + 1 ..
+    // i + MMA_STAGES - 2 in flight while chunk i is computed; one barrier per chunk, which also
+    // frees the buffer of chunk i - 1 for chunk i + MMA_STAGES - 1. A commit every iteration (empty
+    // past the last chunk) keeps "all but the newest MMA_STAGES - 2 groups" equal to "chunks up
+    // to i". The first chunks are staged before the lane's masks are loaded into B (below), so
+    // their copies are in flight while the block waits for the masks, instead of after.
+    static_assert(MMA_STAGES >= 2 && MMA_STAGES <= 4 && MMA_SLABS >= 1 && MMA_SLABS <= 2,
+                  "2 to 4 stages of 1 or 2 slabs");
+    const int n_chunks = (n_channels + MMA_STAGE_CHANNELS - 1) / MMA_STAGE_CHANNELS;
+    const long long chunk_step = MMA_STAGE_CHANNELS * in_plane;
+#pragma unroll
+    for (int i = 0; i < MMA_STAGES - 1; ++i) {
+        if (i < n_chunks) {
+            stage_chunk(copy_elems > 0, staging, feat + i * chunk_step, sbuf + i * kBuffer,
+                        min(MMA_STAGE_CHANNELS, n_channels - i * MMA_STAGE_CHANNELS), in_plane,
+                        kChunkPlane);
+        }
+        async_commit();
+    }
+
     // This lane's pair slots P = 8 step + 4 r + in_group: A and B registers [step][r] hold window
     // offsets k = 2P, 2P + 1 (PTX ISA fragments of m16n8k16: rows/columns group_id, k = 2 in_group
     // + 8 r + 16 step + {0, 1}). Slot P is row ky = P / PAIRS, pair j = P % PAIRS.
@@ -477,30 +497,58 @@ __launch_bounds__(MMA_THREADS) __global__ void reassemble_mma(
     // per parent (K = 3) columns 4..7 are zero; per pair of parents (K = 5, parent_pairs_mma)
     // columns 4..7 belong to the pair's odd parent. Rows as A's; zero outside the parent's
     // window and past the slots.
+    //   The lane's mask for window offset (step, r, h) of parent p is at plane ky * K + kx of
+    // pixel (2 prow + dy, 2 (pxw + p) + dx). Only the pixel depends on p, by 2 (p - p0) elements
+    // from the lane's first parent p0, and kx on p only through the window's start parity, which
+    // alternates with p at K = 3 (x_shift + p) and is the lane's own at K = 5 (group_id / 4). So the
+    // lane's pointers are computed once per parity class (p % 2 at K = 3) and offset (2 STEPS x 2
+    // of them), and each parent's load adds a compile-time offset: before, every load did its own
+    // 64-bit plane arithmetic, about 20 instructions (sm_90 SASS).
     constexpr bool kPaired = KS == 5;
     constexpr int kBParents = kPaired ? MMA_PARENTS_X / 2 : MMA_PARENTS_X;
+    constexpr int kClasses = kPaired ? 1 : 2;  // window start parities among the lane's parents
     unsigned int bfrag[kBParents][STEPS][2];
-    const T* mask_bg = masks + ((long long)b * groups + g) * KK * out_plane;
     const int child_index = group_id % 4, dy = child_index / 2, dx = child_index % 2;
+    const int p0 = kPaired ? group_id / 4 : 0;
+    const T* mask_lane = masks + ((long long)b * groups + g) * KK * out_plane +
+                         (long long)(2 * prow + dy) * out_w + 2 * (pxw + p0) + dx;
+    const T* mask_at[kClasses][STEPS][2][2];
+    bool mask_used[kClasses][STEPS][2][2];
 #pragma unroll
-    for (int e = 0; e < kBParents; ++e) {
-        const int p = kPaired ? 2 * e + group_id / 4 : e;
-        const bool child = (kPaired || group_id < 4) && prow < height && pxw + p < width;
-        const long long pixel = (long long)(2 * prow + dy) * out_w + 2 * (pxw + p) + dx;
+    for (int cls = 0; cls < kClasses; ++cls) {
         // the window's start parity; at K = 5 x_shift is 0 (px0 - 2 is even)
-        const int odd = kPaired ? group_id / 4 : (x_shift + p) % 2;
+        const int odd = kPaired ? group_id / 4 : x_shift ^ cls;
 #pragma unroll
         for (int step = 0; step < STEPS; ++step) {
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
                 const int slot = 8 * step + 4 * r + in_group;
                 const int ky = slot / PAIRS, j = slot % PAIRS;
-                unsigned short bits[2];
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const int kx = pair_column(j, h, odd);
-                    const bool used = child && slot < SLOTS && inside(kx, KS);
-                    bits[h] = used ? mask_bg[(ky * KS + kx) * out_plane + pixel].bits : 0;
+                    const bool used = slot < SLOTS && inside(kx, KS);
+                    mask_used[cls][step][r][h] = used;
+                    mask_at[cls][step][r][h] =
+                        used ? mask_lane + (ky * KS + kx) * out_plane : mask_lane;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int e = 0; e < kBParents; ++e) {
+        const int p = kPaired ? 2 * e + p0 : e;
+        const bool child = (kPaired || group_id < 4) && prow < height && pxw + p < width;
+        const int cls = kPaired ? 0 : e % 2, shift = kPaired ? 4 * e : 2 * e;  // 2 (p - p0)
+#pragma unroll
+        for (int step = 0; step < STEPS; ++step) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                unsigned short bits[2];
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const bool used = child && mask_used[cls][step][r][h];
+                    bits[h] = used ? mask_at[cls][step][r][h][shift].bits : 0;
                 }
                 bfrag[e][step][r] = pack_pair(bits[0], bits[1]);
             }
@@ -516,24 +564,6 @@ __launch_bounds__(MMA_THREADS) __global__ void reassemble_mma(
                             reinterpret_cast<unsigned long long>(out) % 16 == 0;
     T* out_row = out + (first_channel + group_id) * out_plane + (long long)out_y * out_w + 2 * pxw;
 
-    // The chunk pipeline: MMA_STAGES buffers of MMA_STAGE_CHANNELS channels, chunks i + 1 ..
-    // i + MMA_STAGES - 2 in flight while chunk i is computed; one barrier per chunk, which also
-    // frees the buffer of chunk i - 1 for chunk i + MMA_STAGES - 1. A commit every iteration (empty
-    // past the last chunk) keeps "all but the newest MMA_STAGES - 2 groups" equal to "chunks up
-    // to i".
-    static_assert(MMA_STAGES >= 2 && MMA_STAGES <= 4 && MMA_SLABS >= 1 && MMA_SLABS <= 2,
-                  "2 to 4 stages of 1 or 2 slabs");
-    const int n_chunks = (n_channels + MMA_STAGE_CHANNELS - 1) / MMA_STAGE_CHANNELS;
-    const long long chunk_step = MMA_STAGE_CHANNELS * in_plane;
-#pragma unroll
-    for (int i = 0; i < MMA_STAGES - 1; ++i) {
-        if (i < n_chunks) {
-            stage_chunk(copy_elems > 0, staging, feat + i * chunk_step, sbuf + i * kBuffer,
-                        min(MMA_STAGE_CHANNELS, n_channels - i * MMA_STAGE_CHANNELS), in_plane,
-                        kChunkPlane);
-        }
-        async_commit();
-    }
     for (int i = 0; i < n_chunks; ++i) {
         async_wait_all_but<MMA_STAGES - 2>();
         __syncthreads();
