@@ -502,8 +502,8 @@ __launch_bounds__(MMA_THREADS) __global__ void reassemble_mma(
     // from the lane's first parent p0, and kx on p only through the window's start parity, which
     // alternates with p at K = 3 (x_shift + p) and is the lane's own at K = 5 (group_id / 4). So the
     // lane's pointers are computed once per parity class (p % 2 at K = 3) and offset (2 STEPS x 2
-    // of them), and each parent's load adds a compile-time offset: before, every load did its own
-    // 64-bit plane arithmetic, about 20 instructions (sm_90 SASS).
+    // of them), and each parent's load adds a compile-time offset, where every load did its own
+    // 64-bit plane arithmetic before (instruction counts: docs/benchmarks.md, next steps 3).
     constexpr bool kPaired = KS == 5;
     constexpr int kBParents = kPaired ? MMA_PARENTS_X / 2 : MMA_PARENTS_X;
     constexpr int kClasses = kPaired ? 1 : 2;  // window start parities among the lane's parents
