@@ -69,7 +69,7 @@
 #define MMA_TILE_W (MMA_PARENTS_X * MMA_WARPS_X)
 #define MMA_THREADS (MMA_WARPS * MMA_WARPS_X * 32)
 #define MMA_CHANNELS 16
-// The feature pipeline (_cupy_kernels.MmaPipeline builds others with -D): MMA_STAGES buffers of
+// The feature pipeline (_cupy_kernels.MmaVariant builds others with -D): MMA_STAGES buffers of
 // MMA_SLABS 16-channel slabs, staged together and computed one after another.
 #ifndef MMA_STAGES
 #define MMA_STAGES 3
@@ -539,7 +539,7 @@ __launch_bounds__(MMA_THREADS) __global__ void reassemble_mma(
     for (int e = 0; e < kBParents; ++e) {
         const int p = kPaired ? 2 * e + p0 : e;
         const bool child = (kPaired || group_id < 4) && prow < height && pxw + p < width;
-        const int cls = kPaired ? 0 : e % 2, shift = kPaired ? 4 * e : 2 * e;  // 2 (p - p0)
+        const int cls = kPaired ? 0 : e % 2, shift = 2 * (p - p0);  // elements from parent p0
 #pragma unroll
         for (int step = 0; step < STEPS; ++step) {
 #pragma unroll

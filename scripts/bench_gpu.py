@@ -106,9 +106,8 @@ def time_ms(fn, device, budget_s: float, max_iters: int) -> float:
     ``budget_s``. On CUDA a timing is a pair of events around :func:`calls_per_timing` calls (from
     one timed call), after one untimed call queued ahead of them (:func:`_event_ms`), divided by
     their number: the host's launch work then overlaps the GPU's, as in a training loop, instead of
-    counting as idle GPU time between the events. (Until 2026-11-26
-    each timing was one call, which for sub-millisecond kernels added the op's Python dispatch:
-    docs/benchmarks.md, run 5.)"""
+    counting as idle GPU time between the events. (Until 2026-11-26 each timing was one call,
+    which for sub-millisecond kernels added the op's Python dispatch: docs/benchmarks.md, run 5.)"""
     fn()
     _sync(device)
     calls = calls_per_timing(_event_ms(fn, 1)) if device.type == "cuda" else 1

@@ -483,10 +483,15 @@ def _cupy_stream(device_index: int, handle: int):
         return cupy.cuda.ExternalStream(handle, device_index)
 
 
+@functools.cache
+def _compute_capability(device_index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device_index)
+
+
 def _has_mma_sync(tensor: torch.Tensor) -> bool:
     """Whether ``tensor``'s device runs mma.sync on 16-bit floats (sm_80+); CPU tensors reach the
     kernels only under the test suite's emulation, which has it."""
-    return not tensor.is_cuda or torch.cuda.get_device_capability(tensor.device) >= (8, 0)
+    return not tensor.is_cuda or _compute_capability(tensor.device.index) >= (8, 0)
 
 
 def _choose_path(
