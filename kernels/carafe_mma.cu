@@ -20,9 +20,10 @@
 // channel and parent; for bfloat16 at the benchmark shape that issue alone is about the 60%
 // target's time. Here the FMAs go to the tensor cores, and what remains is feeding them:
 //  - Block: 8 warps; warp w owns parent row w of an 8 x 8-parent tile (16 x 16 outputs), one
-//    parent at a time along x (with MMA_WARPS_X = 2, 16 warps over 16 x 8 parents, two warps a
-//    row). B fragments (the masks) are loaded once per block into registers (8 parents x k-steps
-//    x 2 registers) and reused for every channel.
+//    parent at a time along x (the variants: MMA_WARPS_X = 2, 16 warps over 16 x 8 parents, two
+//    warps a row; with MMA_WARPS_Y = 4 and MMA_WARPS_X = 4, 16 warps over 32 x 4). B fragments
+//    (the masks) are loaded once per block into registers (8 parents x k-steps x 2 registers) and
+//    reused for every channel.
 //  - Features: the tile plus halo, 16 channels (one mma M) per slab, in a cp.async pipeline of
 //    MMA_STAGES buffers of MMA_SLABS slabs (one barrier per buffer), in 4-byte copies (element
 //    copies for an odd width or a misaligned base); each thread owns one (row, copy) position of
@@ -57,17 +58,20 @@
 #define CP_ASYNC_HELPERS 1
 #include "uplab_scalar.cuh"
 
-#define MMA_WARPS 8      // parent rows of a tile
 #define MMA_PARENTS_X 8  // parents of a warp, along x
-// Warps per parent row (_cupy_kernels.MmaVariant builds others with -D): a block of
-// MMA_WARPS * MMA_WARPS_X warps owns a tile of MMA_TILE_W x MMA_WARPS parents. Two (16 x 8
-// parents, 512 threads) read a quarter fewer feature sectors per parent than one: the halo's
-// columns are a smaller share of a wider row.
+// The tile (_cupy_kernels.MmaVariant builds others with -D): a block of MMA_WARPS_Y x MMA_WARPS_X
+// warps owns MMA_WARPS_Y parent rows of MMA_TILE_W parents, MMA_WARPS_X warps a row. A wider tile
+// reads fewer feature sectors per parent: a halo row of 8 parents (12 elements at K = 5) always
+// spans two 32-byte sectors, one of 16 parents three, one of 32 four (the emulator's sector trace,
+// docs/benchmarks.md); the halo rows' share shrinks with the rows.
+#ifndef MMA_WARPS_Y
+#define MMA_WARPS_Y 8
+#endif
 #ifndef MMA_WARPS_X
 #define MMA_WARPS_X 1
 #endif
 #define MMA_TILE_W (MMA_PARENTS_X * MMA_WARPS_X)
-#define MMA_THREADS (MMA_WARPS * MMA_WARPS_X * 32)
+#define MMA_THREADS (MMA_WARPS_Y * MMA_WARPS_X * 32)
 #define MMA_CHANNELS 16
 // The feature pipeline (_cupy_kernels.MmaVariant builds others with -D): MMA_STAGES buffers of
 // MMA_SLABS 16-channel slabs, staged together and computed one after another.
@@ -81,6 +85,13 @@
 // Elements per staged feature row: halo_w = MMA_PARENTS_X + K - 1, one element of start shift
 // (4-byte copies) and one of a pair's overhang; also what makes the A loads conflict-free (above).
 #define MMA_ROW_STRIDE(K) (MMA_TILE_W + (K) + 1)
+// Elements per staged channel: the halo rows, padded to 4 words past a multiple of 8 (2 for an
+// element), so that the 8 channels of an A load start at 8 distinct multiples of 4 banks. The
+// shipped 8 x 8 and the 16 x 8 tiles need no padding; the 32 x 4 tile at K = 5 needs 4 words
+// (152 -> 156), without which its A loads take two wavefronts.
+#define MMA_CHUNK_PLANE(K) \
+    (2 * ((MMA_WARPS_Y + (K) - 1) * MMA_ROW_STRIDE(K) / 2 + \
+          (12 - (MMA_WARPS_Y + (K) - 1) * MMA_ROW_STRIDE(K) / 2 % 8) % 8))
 
 template <typename T>
 struct IsBfloat16 {
@@ -147,7 +158,7 @@ __device__ __forceinline__ unsigned int pack_outputs(float lo, float hi) {
 template <int KS, int STEPS>
 __device__ __forceinline__ void load_a(const unsigned int* window, const int (&a_word)[STEPS][2],
                                        int step, unsigned int (&a)[4]) {
-    constexpr int kPlaneWords = (MMA_WARPS + KS - 1) * MMA_ROW_STRIDE(KS) / 2;
+    constexpr int kPlaneWords = MMA_CHUNK_PLANE(KS) / 2;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const unsigned int* at = window + a_word[step][r];
@@ -411,8 +422,8 @@ __launch_bounds__(MMA_THREADS) __global__ void reassemble_mma(
     constexpr int STEPS = (2 * SLOTS + 15) / 16;  // mma k-steps: 1 for K=3, 2 for K=5
     static_assert(STEPS <= 2, "a window of at most 16 pair slots");
     constexpr int kRowStride = MMA_ROW_STRIDE(KS);
-    constexpr int kHaloW = MMA_TILE_W + 2 * R, kHaloH = MMA_WARPS + 2 * R;
-    constexpr int kChunkPlane = kHaloH * kRowStride, kBuffer = MMA_STAGE_CHANNELS * kChunkPlane;
+    constexpr int kHaloW = MMA_TILE_W + 2 * R, kHaloH = MMA_WARPS_Y + 2 * R;
+    constexpr int kChunkPlane = MMA_CHUNK_PLANE(KS), kBuffer = MMA_STAGE_CHANNELS * kChunkPlane;
     static_assert(kHaloH * kHaloW <= MMA_THREADS, "a staging position per thread (elements)");
     DYNAMIC_SHARED_MEMORY(smem_raw);
     T* sbuf = reinterpret_cast<T*>(smem_raw);
@@ -424,19 +435,19 @@ __launch_bounds__(MMA_THREADS) __global__ void reassemble_mma(
     const long long out_plane = (long long)out_h * out_w;
     const int tiles_x = (width + MMA_TILE_W - 1) / MMA_TILE_W;
     const int px0 = (blockIdx.x % tiles_x) * MMA_TILE_W;
-    const int py0 = (blockIdx.x / tiles_x) * MMA_WARPS;
+    const int py0 = (blockIdx.x / tiles_x) * MMA_WARPS_Y;
     const int b = blockIdx.z / groups, g = blockIdx.z % groups;
     const int group_channels = channels / groups;
     const int c_begin = blockIdx.y * channels_per_block;
     const int n_channels = min(channels_per_block, group_channels - c_begin);
     if (n_channels <= 0) return;  // uniform over the block, before any barrier
     // this warp's parent row and first parent (a multiple of 8 from px0: the same window parity)
-    const int warp_row = MMA_WARPS_X == 1 ? warp : warp % MMA_WARPS;
+    const int warp_row = MMA_WARPS_X == 1 ? warp : warp % MMA_WARPS_Y;
     const int prow = py0 + warp_row;
-    const int pxw = MMA_WARPS_X == 1 ? px0 : px0 + MMA_PARENTS_X * (warp / MMA_WARPS);
+    const int pxw = MMA_WARPS_X == 1 ? px0 : px0 + MMA_PARENTS_X * (warp / MMA_WARPS_Y);
 
     // Feature staging, as reassemble_tiled's async build, in 4-byte copies: rows py0 - R ..
-    // py0 + MMA_WARPS + R, columns from px0 - R rounded down to even (x_shift = 1 when rounded).
+    // py0 + MMA_WARPS_Y + R, columns from px0 - R rounded down to even (x_shift = 1 when rounded).
     const long long first_channel =
         (long long)b * channels + (long long)g * group_channels + c_begin;
     const T* feat = features + first_channel * in_plane;

@@ -1,8 +1,9 @@
 """Check and time the compile-time variants of carafe's tensor-core forward (``reassemble_mma``)
-on a GPU: MMA_STAGES cp.async buffers (2 to 4) of MMA_SLABS 16-channel slabs (1 or 2), and
-MMA_WARPS_X warps per parent row (1: 8 x 8-parent tiles of 256 threads; 2: 16 x 8 of 512),
-built with ``_cupy_kernels.MmaVariant(stages, slabs, warps_x).options()``; variants whose shared
-memory passes the default 48 KiB are left out.
+on a GPU: MMA_STAGES cp.async buffers (2 to 4) of MMA_SLABS 16-channel slabs (1 or 2), and the
+tile, MMA_WARPS_X warps per parent row over MMA_WARPS_Y rows (8 x 8 parents and 256 threads, the
+shipped; 16 x 8 and 32 x 4 of 512, which read fewer feature sectors per parent), built with
+``_cupy_kernels.MmaVariant(stages, slabs, warps_x, warps_y).options()``; the 32 x 4 tile with one
+slab only (compile time), and variants whose shared memory passes the default 48 KiB left out.
 
 At the benchmark's large shape (16x256x128x128 -> 256^2, bfloat16, K in {3, 5}, s=2) every
 variant's output must equal the shipped variant's bit for bit (the same products summed in the
@@ -31,12 +32,14 @@ SHAPE = (16, 256, 128, 128)
 SCALE = 2
 
 
+TILES = ((1, 8, (1, 2)), (2, 8, (1, 2)), (4, 4, (1,)))  # warps_x, warps_y, slabs timed
+
 VARIANTS = tuple(
     variant
     for variant in (
-        kernels.MmaVariant(stages, slabs, warps_x)
-        for warps_x in (1, 2)
-        for slabs in (1, 2)
+        kernels.MmaVariant(stages, slabs, warps_x, warps_y)
+        for warps_x, warps_y, slab_counts in TILES
+        for slabs in slab_counts
         for stages in (2, 3, 4)
     )
     if kernels.mma_variant_fits(variant)
@@ -80,7 +83,8 @@ def measure(kernel_size: int, copy_bw: float) -> list[str]:
             fraction = moved / (ms / 1e3) / copy_bw
             mark = " (shipped)" if variant == shipped else ""
             rows.append(
-                f"| {kernel_size} | {variant.warps_x} | {variant.stages} | {variant.slabs}{mark} | "
+                f"| {kernel_size} | {'x'.join(map(str, variant.tile))} | {variant.stages} | "
+                f"{variant.slabs}{mark} | "
                 f"{'yes' if same else 'NO'} | {ms:.3f} | {100 * fraction:.0f} |"
             )
             print(rows[-1], flush=True)
@@ -101,8 +105,8 @@ def main(argv=None) -> int:
         f"reassemble_mma variants, {torch.cuda.get_device_name()}, carafe bf16 "
         f"{'x'.join(map(str, SHAPE))} -> s={SCALE}; copy bandwidth {copy_bw / 1e9:.0f} GB/s",
         "",
-        "| K | warps_x | stages | slabs | equals shipped | fwd ms | % of copy |",
-        "| ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        "| K | tile | stages | slabs | equals shipped | fwd ms | % of copy |",
+        "| ---: | --- | ---: | ---: | --- | ---: | ---: |",
     ]
     print("\n".join(header), flush=True)
     rows = [row for k in kernels.MMA_KERNEL_SIZES for row in measure(k, copy_bw)]

@@ -172,11 +172,11 @@ def test_async_staging_compiles_with_nvcc(file, arch, tmp_path):
 
 # every compile-time variant of reassemble_mma that scripts/bench_mma_variants.py may time
 MMA_VARIANTS = [
-    kernels.MmaVariant(stages, slabs, warps_x)
-    for warps_x in (1, 2)
+    kernels.MmaVariant(stages, slabs, warps_x, warps_y)
+    for warps_x, warps_y in ((1, 8), (2, 8), (4, 4))
     for slabs in (1, 2)
     for stages in (2, 4)
-    if kernels.mma_variant_fits(kernels.MmaVariant(stages, slabs, warps_x))
+    if kernels.mma_variant_fits(kernels.MmaVariant(stages, slabs, warps_x, warps_y))
 ]
 
 
@@ -191,8 +191,7 @@ def test_tensor_core_variants_compile(variant, tmp_path):
     else:
         ptx = _nvcc_ptx(tmp_path, "carafe_mma.cu", 90, expressions, defines)
         assert len(re.findall(r"\.entry\s+\w+", ptx)) == len(expressions)
-    threads = 32 * kernels.MMA_WARPS * variant.warps_x
-    assert f".maxntid {threads}" in ptx
+    assert f".maxntid {variant.threads}" in ptx
     assert f"cp.async.wait_group {variant.stages - 2}" in ptx
 
 
@@ -305,12 +304,14 @@ def test_tensor_core_variant_defaults_match_the_kernel_source():
     # MmaVariant() is what reassemble_mma builds by default, with -D options; the .cu defaults
     # (what the CPU emulator and the compile tests build) must be the same variant.
     source = (kernels.kernel_dir() / "carafe_mma.cu").read_text()
-    defaults = dict(re.findall(r"#define (MMA_STAGES|MMA_SLABS|MMA_WARPS_X) (\d+)", source))
+    pattern = r"#define (MMA_STAGES|MMA_SLABS|MMA_WARPS_X|MMA_WARPS_Y) (\d+)"
+    defaults = dict(re.findall(pattern, source))
     variant = kernels.MmaVariant()
     assert defaults == {
         "MMA_STAGES": str(variant.stages),
         "MMA_SLABS": str(variant.slabs),
         "MMA_WARPS_X": str(variant.warps_x),
+        "MMA_WARPS_Y": str(variant.warps_y),
     }
     assert kernels.MMA_VARIANT == variant
     small = kernels.mma_shared_mem(5, 2, kernels.MmaVariant(stages=2, slabs=1))
@@ -319,6 +320,13 @@ def test_tensor_core_variant_defaults_match_the_kernel_source():
     assert kernels.mma_row_stride(5, wide) == kernels.mma_row_stride(5) + kernels.MMA_PARENTS_X
     cfg = kernels.mma_config(2, 64, 20, 40, 5, 1, 132, 2, wide)
     assert cfg.block == (512, 1, 1) and cfg.grid[0] == 3 * 3  # ceil(40 / 16) x ceil(20 / 8)
+    # the 32 x 4 tile's channel plane at K = 5 is padded from 152 words to 156 (A-load banks)
+    flat = kernels.MmaVariant(warps_x=4, warps_y=4)
+    assert kernels.mma_chunk_plane(5, flat) == 2 * 156 and kernels.mma_chunk_plane(3, flat) == 216
+    assert kernels.mma_chunk_plane(5) == 12 * kernels.mma_row_stride(5)  # shipped: unpadded
+    assert kernels.mma_chunk_plane(5, wide) == 12 * kernels.mma_row_stride(5, wide)
+    cfg = kernels.mma_config(2, 64, 20, 40, 5, 1, 132, 2, flat)
+    assert cfg.block == (512, 1, 1) and cfg.grid[0] == 2 * 5  # ceil(40 / 32) x ceil(20 / 4)
     too_big = kernels.MmaVariant(stages=4, slabs=2, warps_x=2)  # 67,584 bytes at K=5
     assert not kernels.mma_variant_fits(too_big)
     with pytest.raises(ValueError, match="bytes of shared memory at K=5"):
@@ -331,8 +339,9 @@ def test_tensor_core_variant_defaults_match_the_kernel_source():
 def test_tensor_core_launch_covers_every_output(shape):
     batch, channels, h, w, k, groups = shape
     cfg = kernels.mma_config(batch, channels, h, w, k, groups, 132, 2)
-    assert cfg.grid[0] == math.ceil(w / kernels.MMA_PARENTS_X) * math.ceil(h / kernels.MMA_WARPS)
-    assert cfg.grid[2] == batch * groups and cfg.block == (32 * kernels.MMA_WARPS, 1, 1)
+    tile_w, tile_h = kernels.MMA_VARIANT.tile
+    assert cfg.grid[0] == math.ceil(w / tile_w) * math.ceil(h / tile_h)
+    assert cfg.grid[2] == batch * groups and cfg.block == (kernels.MMA_VARIANT.threads, 1, 1)
     group_channels = channels // groups
     assert (cfg.grid[1] - 1) * cfg.per_block < group_channels <= cfg.grid[1] * cfg.per_block
     assert cfg.per_block % kernels.MMA_CHANNELS == 0 or cfg.grid[1] == 1

@@ -108,7 +108,10 @@ def mma_translation_unit() -> str:
 
 
 # reassemble_mma variants with their own emulator build (the kernels' builds take the default)
-MMA_VARIANT_BUILDS = {"mma_wide": kernels.MmaVariant(warps_x=2)}
+MMA_VARIANT_BUILDS = {
+    "mma_16x8": kernels.MmaVariant(warps_x=2),
+    "mma_32x4": kernels.MmaVariant(warps_x=4, warps_y=4),
+}
 
 
 def compile_command(source: Path, exe: Path, sanitizer: str, defines=()) -> list[str]:
@@ -508,19 +511,19 @@ def test_tensor_core_forward_a_loads_are_free_of_bank_conflicts(emulate, tmp_pat
         chunks = math.ceil(config.per_block / kernels.MMA_CHANNELS)
         # an A fragment per parent (K=3) or per pair of parents (K=5: their union window)
         windows = kernels.MMA_PARENTS_X // (2 if k == 5 else 1)
-        loads = math.prod(config.grid) * kernels.MMA_WARPS * chunks * windows
+        loads = math.prod(config.grid) * config.block[0] // 32 * chunks * windows
         loads *= steps * 4  # a k-step loads 4 A registers
         assert report.read_text().split() == [str(loads), str(loads), "1"], f"width={width}"
 
 
+@pytest.mark.parametrize("build", MMA_VARIANT_BUILDS)
 @pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
-def test_tensor_core_forward_with_16_by_8_parent_tiles(emulate, monkeypatch, tmp_path, k):
-    # MmaVariant(warps_x=2), timed by scripts/bench_mma_variants.py: blocks of 16 warps over
-    # 16 x 8 parents. Ragged tiles in x (widths 19, 40: one and a half, two and a half tiles),
+def test_tensor_core_forward_with_wider_tiles(emulate, monkeypatch, tmp_path, k, build):
+    # The variants timed by scripts/bench_mma_variants.py beside the shipped 8 x 8 parents: blocks
+    # of 16 warps over 16 x 8 or 32 x 4 parents. Ragged tiles (widths 19, 40, 22; height 11),
     # several chunks, groups, a misaligned base; then under ThreadSanitizer, and the bank trace of
-    # its A loads (one wavefront each, with its wider rows).
-    wide = kernels.MmaVariant(warps_x=2)
-    monkeypatch.setattr(kernels, "MMA_VARIANT", wide)
+    # its A loads (one wavefront each, with its wider rows and, for 32 x 4, a padded plane).
+    monkeypatch.setattr(kernels, "MMA_VARIANT", MMA_VARIANT_BUILDS[build])
     launches = emulate()
     for groups, width, offset, per_group in ((1, 19, 0, 70), (2, 40, 0, 20), (1, 22, 1, 20)):
         features = _at_offset((2, per_group * groups, 11, width), offset, torch.bfloat16)
@@ -541,6 +544,51 @@ def test_tensor_core_forward_with_16_by_8_parent_tiles(emulate, monkeypatch, tmp
     kernels.reassemble(features, masks, k, 2, 1, path="mma")
     loads, wavefronts, worst = report.read_text().split()
     assert int(loads) > 0 and loads == wavefronts and worst == "1"
+
+
+def feature_sectors(variant, shape, kernel_size: int) -> int:
+    """The 32-byte sectors of a contiguous, 256-byte-aligned bfloat16 feature map ``shape`` (b, c,
+    h, w: an even width, 4-byte staging copies) that ``reassemble_mma`` built as ``variant``
+    stages, counted once per block: per tile and channel, the halo rows' copies inside the map."""
+    b, c, h, w = shape
+    r = (kernel_size - 1) // 2
+    tile_w, tile_h = variant.tile
+    total = 0
+    for py0 in range(0, h, tile_h):
+        for px0 in range(0, w, tile_w):
+            xa = (px0 - r) & -2  # the copies start at an even column
+            n_copies = math.ceil((px0 - r - xa + tile_w + 2 * r) / 2)
+            sectors = set()
+            for y in range(max(py0 - r, 0), min(py0 + tile_h + r, h)):
+                for x in range(max(xa, 0), min(xa + 2 * n_copies, w), 2):
+                    sectors.add((y * w + x) * 2 // 32)
+            total += len(sectors)
+    return total * b * c  # no plane shares a sector with another (w h 2 bytes, a multiple of 32)
+
+
+@pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
+def test_tensor_core_forward_feature_sectors_per_tile(emulate, monkeypatch, tmp_path, k):
+    # The emulator's sector trace (CUDA_ON_CPU_SECTORS) of the feature staging's cp.async copies,
+    # against feature_sectors(): what the wider tiles are for. Per warp copy instruction (no L1
+    # hits) a block reads more than its distinct sectors, never fewer. docs/benchmarks.md has
+    # both counts at the benchmark's shape.
+    shape = (1, 16, 16, 64)
+    features = torch.randn(shape).to(torch.bfloat16)
+    masks = torch.randn(1, k * k, 32, 128).to(torch.bfloat16)
+    want = carafe(features.double(), masks.double(), k, 2, backend="torch")
+    per_variant = {}
+    for variant in (kernels.MmaVariant(), *MMA_VARIANT_BUILDS.values()):
+        monkeypatch.setattr(kernels, "MMA_VARIANT", variant)
+        report = tmp_path / f"sectors_{'x'.join(map(str, variant.tile))}.txt"
+        emulate("address", {"CUDA_ON_CPU_SECTORS": str(report)})
+        got = kernels.reassemble(features, masks, k, 2, 1, path="mma")
+        torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=1e-2)
+        copies, sectors, block_sectors = map(int, report.read_text().split())
+        assert block_sectors == feature_sectors(variant, shape, k), variant
+        assert copies > 0 and sectors >= block_sectors
+        per_variant[variant.tile] = block_sectors
+    # a halo row of 8 parents spans 2 sectors, of 16 three, of 32 four; 12, 12, 8 rows at K = 5
+    assert per_variant[(32, 4)] < per_variant[(16, 8)] < per_variant[(8, 8)], per_variant
 
 
 @pytest.mark.parametrize("staging", kernels.STAGINGS)

@@ -21,8 +21,9 @@ spec.loader.exec_module(bench)
 def test_variants_include_the_shipped_one_and_fit_the_default_shared_memory():
     assert kernels.MMA_VARIANT in bench.VARIANTS
     assert len(set(bench.VARIANTS)) == len(bench.VARIANTS)
-    assert {v.warps_x for v in bench.VARIANTS} == {1, 2}
-    assert len([v for v in bench.VARIANTS if v.warps_x == 1]) == 6  # all fit at 8 x 8 parents
+    assert {v.tile for v in bench.VARIANTS} == {(8, 8), (16, 8), (32, 4)}
+    assert len([v for v in bench.VARIANTS if v.tile == (8, 8)]) == 6  # all fit at 8 x 8 parents
+    assert {v.slabs for v in bench.VARIANTS if v.tile == (32, 4)} == {1}
     for variant in bench.VARIANTS:
         for k in kernels.MMA_KERNEL_SIZES:
             assert kernels.mma_shared_mem(k, 2, variant) <= kernels.SHARED_MEMORY_LIMIT, variant

@@ -46,7 +46,7 @@ MMA_KERNELS = ("reassemble_mma",)
 MMA_KERNEL_SIZES = (3, 5)
 MMA_SCALARS = ("half_t", "bfloat16_t")
 MMA_SCALE = 2
-MMA_WARPS, MMA_PARENTS_X, MMA_CHANNELS = 8, 8, 16  # as .cu
+MMA_PARENTS_X, MMA_CHANNELS = 8, 16  # as .cu
 TILED_MMA = True
 HEADER = "uplab_scalar.cuh"
 SCALAR_TYPES = {
@@ -332,21 +332,33 @@ def tiled_async_shared_mem(
 
 @dataclass(frozen=True)
 class MmaVariant:
-    """Compile-time shape of ``reassemble_mma`` (MMA_STAGES, MMA_SLABS, MMA_WARPS_X in
-    carafe_mma.cu, whose defaults are this class's): ``stages`` cp.async buffers (2 to 4), each of
-    ``slabs`` 16-channel slabs (1 or 2) staged under one barrier, and ``warps_x`` warps per parent
-    row (1: blocks of 8 warps over 8 x 8 parents; 2: 16 warps over 16 x 8)."""
+    """Compile-time shape of ``reassemble_mma`` (MMA_STAGES, MMA_SLABS, MMA_WARPS_X, MMA_WARPS_Y
+    in carafe_mma.cu, whose defaults are this class's): ``stages`` cp.async buffers (2 to 4), each
+    of ``slabs`` 16-channel slabs (1 or 2) staged under one barrier, and a tile of ``warps_y``
+    parent rows of ``8 * warps_x`` parents, one warp per 8 (8 x 8 parents and 8 warps by default;
+    16 x 8 and 32 x 4 take 16 warps)."""
 
     stages: int = 3
     slabs: int = 1
     warps_x: int = 1
+    warps_y: int = 8
 
     def options(self) -> tuple[str, ...]:
         return NVRTC_OPTIONS + (
             f"-DMMA_STAGES={self.stages}",
             f"-DMMA_SLABS={self.slabs}",
             f"-DMMA_WARPS_X={self.warps_x}",
+            f"-DMMA_WARPS_Y={self.warps_y}",
         )
+
+    @property
+    def tile(self) -> tuple[int, int]:
+        """Parents of a block's tile, (width, height)."""
+        return MMA_PARENTS_X * self.warps_x, self.warps_y
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.warps_x * self.warps_y
 
 
 # Read at each launch, so a benchmark may switch it (scripts/bench_mma_variants.py).
@@ -358,16 +370,24 @@ def mma_row_stride(kernel_size: int, variant: MmaVariant | None = None) -> int:
     the tile's halo, one element of start shift and one of a pair's overhang; the width that makes
     its 32-bit A-fragment loads free of bank conflicts (checked for both tile widths)."""
     variant = variant or MMA_VARIANT
-    return MMA_PARENTS_X * variant.warps_x + kernel_size + 1
+    return variant.tile[0] + kernel_size + 1
+
+
+def mma_chunk_plane(kernel_size: int, variant: MmaVariant | None = None) -> int:
+    """Elements per staged channel of ``reassemble_mma`` (MMA_CHUNK_PLANE in carafe_mma.cu): the
+    halo rows of :func:`mma_row_stride` elements, padded to 4 words past a multiple of 8 so that
+    the 8 channels of an A-fragment load start 4 banks apart."""
+    variant = variant or MMA_VARIANT
+    words = (variant.warps_y + kernel_size - 1) * mma_row_stride(kernel_size, variant) // 2
+    return 2 * (words + (12 - words % 8) % 8)
 
 
 def mma_shared_mem(kernel_size: int, itemsize: int, variant: MmaVariant | None = None) -> int:
-    """Dynamic shared memory of ``reassemble_mma``: the variant's buffers of MMA_CHANNELS halo
-    tiles per slab, rows of :func:`mma_row_stride` elements."""
+    """Dynamic shared memory of ``reassemble_mma``: the variant's buffers of MMA_CHANNELS staged
+    channels per slab, :func:`mma_chunk_plane` elements each."""
     variant = variant or MMA_VARIANT
-    halo_h = MMA_WARPS + kernel_size - 1
-    row = mma_row_stride(kernel_size, variant)
-    return variant.stages * variant.slabs * MMA_CHANNELS * halo_h * row * itemsize
+    plane = mma_chunk_plane(kernel_size, variant)
+    return variant.stages * variant.slabs * MMA_CHANNELS * plane * itemsize
 
 
 def mma_variant_fits(variant: MmaVariant, itemsize: int = 2) -> bool:
@@ -389,8 +409,8 @@ def mma_config(
     itemsize: int,
     variant: MmaVariant | None = None,
 ) -> LaunchConfig:
-    """Launch of ``reassemble_mma`` (``variant``, default :data:`MMA_VARIANT`): tiles of
-    8 ``warps_x`` x 8 parents, one block of 8 ``warps_x`` warps each, a group's channels split over
+    """Launch of ``reassemble_mma`` (``variant``, default :data:`MMA_VARIANT`): one block of
+    ``warps_x * warps_y`` warps per tile of ``variant.tile`` parents, a group's channels split over
     grid.y in multiples of MMA_CHANNELS until the GPU has TILED_BLOCKS_PER_SM blocks per SM."""
     variant = variant or MMA_VARIANT
     _check_batch_groups(batch, groups)
@@ -400,15 +420,15 @@ def mma_config(
             f"{variant} needs {shared_mem} bytes of shared memory at K={kernel_size}, more than "
             f"the {SHARED_MEMORY_LIMIT} a block may use without opting in"
         )
-    tile_w = MMA_PARENTS_X * variant.warps_x
-    tiles = math.ceil(width / tile_w) * math.ceil(height / MMA_WARPS)
+    tile_w, tile_h = variant.tile
+    tiles = math.ceil(width / tile_w) * math.ceil(height / tile_h)
     group_channels = channels // groups
     wanted = math.ceil(TILED_BLOCKS_PER_SM * n_sm / (tiles * batch * groups))
     per_block = _split(group_channels, wanted, MMA_CHANNELS)
     chunks = math.ceil(group_channels / per_block)
     return LaunchConfig(
         (tiles, chunks, batch * groups),
-        (32 * MMA_WARPS * variant.warps_x, 1, 1),
+        (variant.threads, 1, 1),
         shared_mem,
         per_block,
     )

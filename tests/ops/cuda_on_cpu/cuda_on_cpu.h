@@ -31,6 +31,15 @@
 //    bytes, each delivering one distinct word per wavefront, lanes reading the same word served
 //    together. The launch appends "LOADS WAVEFRONTS WORST" (warp loads, their wavefronts, the most
 //    of one load) to PATH.
+//  - Global sectors (fiber build only): with CUDA_ON_CPU_SECTORS=PATH, every thread logs the
+//    source of each cp.async copy it issues, by commit group. After each block, the k-th copy of a
+//    commit group of every lane of a warp that has one is taken as one warp instruction (a copy
+//    loop whose trip count differs between lanes issues its k-th iteration together) and costs the
+//    distinct 32-byte sectors it reads (a zero-filled copy reads none): the L2's share with no L1
+//    hits. The launch appends "COPIES SECTORS BLOCK_SECTORS" to PATH: the warp copy instructions,
+//    the sum of their sectors, and the sum over blocks of the distinct sectors a block reads (the
+//    L2's share if the L1 caught every repeat within a block). Buffers are 256-byte aligned, as
+//    from cudaMalloc, so the sectors are the GPU's.
 //  - half: _Float16 (round to nearest even, like cvt.rn.f16.f32); bfloat16 is plain bit
 //    arithmetic in uplab_scalar.cuh already.
 #pragma once
@@ -150,7 +159,12 @@ struct ThreadState {
     std::vector<AsyncCopy> open_group;
     std::deque<std::vector<AsyncCopy>> committed_groups;
     std::vector<std::uint32_t> shared_loads;  // byte offsets, under CUDA_ON_CPU_BANKS
+    // cp.async source sectors per commit group, the open group last (kNoSector: zero-filled),
+    // under CUDA_ON_CPU_SECTORS
+    std::vector<std::vector<std::uintptr_t>> copy_sectors;
 };
+
+constexpr std::uintptr_t kNoSector = ~std::uintptr_t(0);
 
 inline thread_local ThreadState* current = nullptr;
 
@@ -206,6 +220,66 @@ inline void write_bank_report() {
     if (std::fclose(file) != 0) fail("cannot write CUDA_ON_CPU_BANKS");
 }
 
+inline const char* sectors_report() {
+    static const char* const path = std::getenv("CUDA_ON_CPU_SECTORS");
+    return path;
+}
+
+inline void note_copy_source(const void* src, int bytes, bool valid) {
+    if (sectors_report() == nullptr) return;
+    const auto address = reinterpret_cast<std::uintptr_t>(src);
+    if (valid && address % 32 + static_cast<std::uintptr_t>(bytes) > 32) {
+        fail("a traced cp.async source straddles a 32-byte sector");
+    }
+    if (current->copy_sectors.empty()) current->copy_sectors.emplace_back();
+    current->copy_sectors.back().push_back(valid ? address / 32 : kNoSector);
+}
+
+struct SectorTally {
+    unsigned long copies = 0, sectors = 0, block_sectors = 0;
+};
+inline SectorTally sector_tally;
+
+// Adds the warp copy instructions of `lanes` (one warp's threads) and their sectors to the tally
+// and the sectors to `block` (the block's, repeats included), then clears the lanes' logs.
+inline void tally_sectors(ThreadState* const* lanes, std::size_t n_lanes,
+                          std::vector<std::uintptr_t>& block) {
+    std::size_t n_groups = 0;
+    for (std::size_t i = 0; i < n_lanes; ++i) {
+        n_groups = std::max(n_groups, lanes[i]->copy_sectors.size());
+    }
+    for (std::size_t g = 0; g < n_groups; ++g) {
+        for (std::size_t k = 0;; ++k) {
+            std::uintptr_t sectors[32];
+            std::size_t n_sectors = 0;
+            bool issued = false;
+            for (std::size_t i = 0; i < n_lanes; ++i) {
+                const auto& groups = lanes[i]->copy_sectors;
+                if (g >= groups.size() || k >= groups[g].size()) continue;
+                issued = true;
+                const std::uintptr_t sector = groups[g][k];
+                if (sector == kNoSector) continue;
+                block.push_back(sector);
+                if (std::find(sectors, sectors + n_sectors, sector) == sectors + n_sectors) {
+                    sectors[n_sectors++] = sector;
+                }
+            }
+            if (!issued) break;
+            ++sector_tally.copies;
+            sector_tally.sectors += n_sectors;
+        }
+    }
+    for (std::size_t i = 0; i < n_lanes; ++i) lanes[i]->copy_sectors.clear();
+}
+
+inline void write_sector_report() {
+    std::FILE* file = std::fopen(sectors_report(), "a");
+    if (file == nullptr) fail("cannot open CUDA_ON_CPU_SECTORS for appending");
+    std::fprintf(file, "%lu %lu %lu\n", sector_tally.copies, sector_tally.sectors,
+                 sector_tally.block_sectors);
+    if (std::fclose(file) != 0) fail("cannot write CUDA_ON_CPU_SECTORS");
+}
+
 inline void land(const AsyncCopy& copy) {
     if (copy.valid) {
         std::memcpy(copy.dst, copy.src, copy.bytes);
@@ -231,6 +305,7 @@ inline void async_copy(void* dst, const void* src, int bytes, bool valid) {
     if (valid && reinterpret_cast<std::uintptr_t>(src) % bytes != 0) {
         fail("cp.async source not aligned to the copy size");
     }
+    note_copy_source(src, bytes, valid);
     const AsyncCopy copy{dst, src, bytes, valid};
     if (lands_at_issue()) {
         land(copy);
@@ -242,6 +317,7 @@ inline void async_copy(void* dst, const void* src, int bytes, bool valid) {
 inline void async_commit() {
     current->committed_groups.push_back(std::move(current->open_group));
     current->open_group.clear();
+    if (sectors_report() != nullptr) current->copy_sectors.emplace_back();
 }
 
 // cp.async.wait_group n: every committed group but the newest n has landed.
@@ -457,6 +533,17 @@ inline void run_block_on_fibers(std::vector<Fiber>& fibers, const std::function<
             tally_banks(lanes, n_lanes);
         }
     }
+    if (sectors_report() != nullptr) {
+        std::vector<std::uintptr_t> block;
+        for (std::size_t warp = 0; warp * 32 < fibers.size(); ++warp) {
+            ThreadState* lanes[32];
+            const std::size_t n_lanes = std::min<std::size_t>(32, fibers.size() - warp * 32);
+            for (std::size_t i = 0; i < n_lanes; ++i) lanes[i] = &fibers[warp * 32 + i].state;
+            tally_sectors(lanes, n_lanes, block);
+        }
+        std::sort(block.begin(), block.end());
+        sector_tally.block_sectors += std::unique(block.begin(), block.end()) - block.begin();
+    }
     running = nullptr;
     current = nullptr;
 }
@@ -532,6 +619,7 @@ void launch(void (*kernel)(P...), const Launch& config) {
         std::thread thread;
     };
     if (banks_report() != nullptr) fail("CUDA_ON_CPU_BANKS needs the fiber build");
+    if (sectors_report() != nullptr) fail("CUDA_ON_CPU_SECTORS needs the fiber build");
     std::vector<Worker> workers(n_threads);
     warp_barriers.clear();
     for (int warp = 0; warp * 32 < n_threads; ++warp) {
@@ -582,6 +670,7 @@ void launch(void (*kernel)(P...), const Launch& config) {
         shared_memory = nullptr;
     });
     if (banks_report() != nullptr) write_bank_report();
+    if (sectors_report() != nullptr) write_sector_report();
 #endif
 }
 

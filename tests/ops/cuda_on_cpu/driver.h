@@ -5,9 +5,9 @@
 //
 // runs kernel NAME (e.g. "reassemble_tiled<float, 5>") on the grid, block and dynamic shared
 // memory given. Each buffer is read from PATH (BYTES bytes) into its own allocation, starting
-// OFFSET bytes past a 16-byte boundary (the alignment the tensor had on the GPU side of the test);
-// the last buffer is the output and is written back to its PATH. Errors go to stderr with a
-// non-zero exit status.
+// OFFSET bytes past a 256-byte boundary (cudaMalloc's; OFFSET, below 16, is the alignment the
+// tensor had on the GPU side of the test); the last buffer is the output and is written back to
+// its PATH. Errors go to stderr with a non-zero exit status.
 #pragma once
 
 #include <cstdio>
@@ -85,7 +85,7 @@ inline int run_main(int argc, char** argv, const Entry* entries, std::size_t n_e
         if (buffer.offset >= 16) fail("a buffer's offset is below 16 bytes");
         // Exactly offset + bytes: AddressSanitizer reports any access past the tensor's end.
         buffer.allocation = static_cast<unsigned char*>(
-            ::operator new[](buffer.offset + buffer.bytes, std::align_val_t(16)));
+            ::operator new[](buffer.offset + buffer.bytes, std::align_val_t(256)));
         std::memset(buffer.allocation, 0xff, buffer.offset);
         read_file(buffer);
         config.buffers.push_back(buffer.allocation + buffer.offset);
@@ -97,7 +97,7 @@ inline int run_main(int argc, char** argv, const Entry* entries, std::size_t n_e
     if (next != argc) fail("unexpected extra command-line arguments");
     entry->run(config);
     write_file(buffers.back());
-    for (Buffer& buffer : buffers) ::operator delete[](buffer.allocation, std::align_val_t(16));
+    for (Buffer& buffer : buffers) ::operator delete[](buffer.allocation, std::align_val_t(256));
     return 0;
 }
 
