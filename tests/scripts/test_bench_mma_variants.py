@@ -24,6 +24,7 @@ def test_variants_include_the_shipped_one_and_fit_the_default_shared_memory():
     assert {v.tile for v in bench.VARIANTS} == {(8, 8), (16, 8), (32, 4)}
     assert len([v for v in bench.VARIANTS if v.tile == (8, 8)]) == 6  # all fit at 8 x 8 parents
     assert {v.slabs for v in bench.VARIANTS if v.tile == (32, 4)} == {1}
+    assert sorted(bench.KERNEL_SIZES) == sorted(kernels.MMA_KERNEL_SIZES)
     for variant in bench.VARIANTS:
         for k in kernels.MMA_KERNEL_SIZES:
             assert kernels.mma_shared_mem(k, 2, variant) <= kernels.SHARED_MEMORY_LIMIT, variant
