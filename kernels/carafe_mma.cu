@@ -82,11 +82,11 @@
 #define MMA_SLABS 1
 #endif
 #define MMA_STAGE_CHANNELS (MMA_CHANNELS * MMA_SLABS)
-// Elements per staged feature row: halo_w = MMA_PARENTS_X + K - 1, one element of start shift
+// Elements per staged feature row: halo_w = MMA_TILE_W + K - 1, one element of start shift
 // (4-byte copies) and one of a pair's overhang; also what makes the A loads conflict-free (above).
 #define MMA_ROW_STRIDE(K) (MMA_TILE_W + (K) + 1)
-// Elements per staged channel: the halo rows, padded to 4 words past a multiple of 8 (2 for an
-// element), so that the 8 channels of an A load start at 8 distinct multiples of 4 banks. The
+// Elements per staged channel: the halo rows, padded to a size in 4-byte words of 4 past a
+// multiple of 8, so that the 8 channels of an A load start at 8 distinct multiples of 4 banks. The
 // shipped 8 x 8 and the 16 x 8 tiles need no padding; the 32 x 4 tile at K = 5 needs 4 words
 // (152 -> 156), without which its A loads take two wavefronts.
 #define MMA_CHUNK_PLANE(K) \

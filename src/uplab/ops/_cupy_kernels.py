@@ -358,6 +358,7 @@ class MmaVariant:
 
     @property
     def threads(self) -> int:
+        """Threads of a block, one warp per 8 parents of the tile."""
         return 32 * self.warps_x * self.warps_y
 
 
@@ -368,15 +369,16 @@ MMA_VARIANT = MmaVariant()
 def mma_row_stride(kernel_size: int, variant: MmaVariant | None = None) -> int:
     """Elements per staged feature row of ``reassemble_mma`` (MMA_ROW_STRIDE in carafe_mma.cu):
     the tile's halo, one element of start shift and one of a pair's overhang; the width that makes
-    its 32-bit A-fragment loads free of bank conflicts (checked for both tile widths)."""
+    its 32-bit A-fragment loads free of bank conflicts, with :func:`mma_chunk_plane` (checked for
+    every tile the variant benchmark times)."""
     variant = variant or MMA_VARIANT
     return variant.tile[0] + kernel_size + 1
 
 
 def mma_chunk_plane(kernel_size: int, variant: MmaVariant | None = None) -> int:
     """Elements per staged channel of ``reassemble_mma`` (MMA_CHUNK_PLANE in carafe_mma.cu): the
-    halo rows of :func:`mma_row_stride` elements, padded to 4 words past a multiple of 8 so that
-    the 8 channels of an A-fragment load start 4 banks apart."""
+    halo rows of :func:`mma_row_stride` elements, padded to a size in 4-byte words of 4 past a
+    multiple of 8, so that the 8 channels of an A-fragment load start 4 banks apart."""
     variant = variant or MMA_VARIANT
     words = (variant.warps_y + kernel_size - 1) * mma_row_stride(kernel_size, variant) // 2
     return 2 * (words + (12 - words % 8) % 8)
