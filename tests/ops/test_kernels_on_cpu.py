@@ -142,6 +142,7 @@ FAULTY_KERNELS = (
     "read_before_async_wait",
     "misaligned_async_copy",
     "bank_patterns",
+    "sector_patterns",
 )
 
 
@@ -166,6 +167,20 @@ def test_emulator_counts_bank_conflicts(builds, tmp_path):
         {**env, "CUDA_ON_CPU_BANKS": str(tmp_path)},
     )
     assert result.returncode != 0 and "cannot open CUDA_ON_CPU_BANKS" in result.stderr
+
+
+def test_emulator_counts_global_sectors(builds, tmp_path):
+    n = 32
+    config = kernels.LaunchConfig((1, 1, 1), (n, 1, 1), 4 * 128, 0)
+    report = tmp_path / "sectors.txt"
+    env = {**SANITIZER_ENV, "CUDA_ON_CPU_SECTORS": str(report)}
+    values, out = torch.arange(1.0, 129), torch.zeros(n)
+    exe = builds.exe("faulty", "address")
+    result = emulator_process(exe, "sector_patterns", config, (values, out), (n,), tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    lanes = torch.arange(n)
+    assert torch.equal(out, values[:n] + torch.where(lanes < 16, values[8 * lanes % 128], 0))
+    assert report.read_text().split() == ["4", "22", "16"]
 
 
 def faulty_translation_unit() -> str:

@@ -72,3 +72,25 @@ __global__ void bank_patterns(const float* in, float* out, int n) {
     __syncthreads();
     out[t] = shared_load(tile + t) + shared_load(tile + 5) + shared_load(tile + 32 * t);
 }
+
+// Not a bug: cp.async copies for the sector trace (CUDA_ON_CPU_SECTORS), one warp, `in` of at
+// least 128 floats (256-byte aligned by the driver). Three commit groups: consecutive words (one
+// warp copy, 4 sectors); a sector per lane, lanes 16.. zero-filled (one copy, 16 sectors); and a
+// loop whose second iteration only lanes 0..7 take (two copies of one sector each). 4 warp
+// copies, 22 sectors; the block reads sectors 0..15 of `in`, 16 distinct.
+__global__ void sector_patterns(const float* in, float* out, int n) {
+    DYNAMIC_SHARED_MEMORY(smem_raw);
+    float* staged = reinterpret_cast<float*>(smem_raw);
+    const int t = threadIdx.x;
+    cuda_on_cpu::async_copy(staged + t, in + t, 4, true);
+    cuda_on_cpu::async_commit();
+    cuda_on_cpu::async_copy(staged + 32 + t, in + 8 * t, 4, t < 16);
+    cuda_on_cpu::async_commit();
+    for (int k = 0; k < (t < 8 ? 2 : 1); ++k) {
+        cuda_on_cpu::async_copy(staged + 64 + 32 * k + t, in + 64 * k + t % 8, 4, true);
+    }
+    cuda_on_cpu::async_commit();
+    cuda_on_cpu::async_wait_all_but(0);
+    __syncthreads();
+    out[t] = staged[t] + staged[32 + t];
+}
