@@ -525,24 +525,18 @@ inline void run_block_on_fibers(std::vector<Fiber>& fibers, const std::function<
         if (!release(fibers)) fail("threads wait at different barriers (__syncthreads/__syncwarp)");
     }
     for (Fiber& fiber : fibers) check_no_copy_left(fiber.state);
-    if (banks_report() != nullptr) {
+    if (banks_report() != nullptr || sectors_report() != nullptr) {
+        std::vector<std::uintptr_t> block_sectors;
         for (std::size_t warp = 0; warp * 32 < fibers.size(); ++warp) {
             ThreadState* lanes[32];
             const std::size_t n_lanes = std::min<std::size_t>(32, fibers.size() - warp * 32);
             for (std::size_t i = 0; i < n_lanes; ++i) lanes[i] = &fibers[warp * 32 + i].state;
-            tally_banks(lanes, n_lanes);
+            if (banks_report() != nullptr) tally_banks(lanes, n_lanes);
+            if (sectors_report() != nullptr) tally_sectors(lanes, n_lanes, block_sectors);
         }
-    }
-    if (sectors_report() != nullptr) {
-        std::vector<std::uintptr_t> block;
-        for (std::size_t warp = 0; warp * 32 < fibers.size(); ++warp) {
-            ThreadState* lanes[32];
-            const std::size_t n_lanes = std::min<std::size_t>(32, fibers.size() - warp * 32);
-            for (std::size_t i = 0; i < n_lanes; ++i) lanes[i] = &fibers[warp * 32 + i].state;
-            tally_sectors(lanes, n_lanes, block);
-        }
-        std::sort(block.begin(), block.end());
-        sector_tally.block_sectors += std::unique(block.begin(), block.end()) - block.begin();
+        std::sort(block_sectors.begin(), block_sectors.end());
+        sector_tally.block_sectors +=
+            std::unique(block_sectors.begin(), block_sectors.end()) - block_sectors.begin();
     }
     running = nullptr;
     current = nullptr;
