@@ -3,7 +3,8 @@
 For carafe and local_similarity at 1x256x120x120 -> 240^2 and 16x256x128x128 -> 256^2 (K=5, s=2),
 in float32 and bfloat16 (the kernels as shipped, ``cuda``, and the kernel variants of
 KERNEL_VARIANTS that differ from it: the tiled kernels' plain-load halo staging ``cuda-sync``, their
-cp.async staging ``cuda-async``, carafe's tensor-core forward ``cuda-mma``, bfloat16): forward and
+cp.async staging ``cuda-async``, carafe's tensor-core forward ``cuda-mma``, bfloat16, and that
+forward over wider tiles, ``cuda-mma-16x8`` and ``cuda-mma-32x4``): forward and
 forward+backward time (CUDA events around back-to-back calls, warm-up, median), achieved forward
 bandwidth (the bytes the op must move: inputs read once, output written once) against the device's
 measured device-to-device copy bandwidth (bytes read + written), and the peak
@@ -26,10 +27,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
-from uplab.ops import carafe, local_similarity
+from uplab.ops import _cupy_kernels, carafe, local_similarity
+from uplab.ops._cupy_kernels import MmaVariant
 from uplab.ops.reference import carafe_unfold, local_similarity_unfold
 
 KERNEL, SCALE = 5, 2
@@ -37,18 +40,35 @@ SHAPES = {"1x256x120x120": (1, 256, 120, 120), "16x256x128x128": (16, 256, 128, 
 LARGE = "16x256x128x128"  # the shape of the issue's targets
 DRY_SHAPES = {"1x8x12x10": (1, 8, 12, 10), "2x8x16x16": (2, 8, 16, 16)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# Kernel variants timed beside the shipped "cuda": each sets _cupy_kernels' two switches
-# (TILED_STAGING, TILED_MMA). A variant that launches the same kernels as the shipped choice for an
-# op and dtype is left out of the table (it stays reachable through --once).
+
+
+class KernelChoice(NamedTuple):
+    """What a row launches: _cupy_kernels' TILED_STAGING and TILED_MMA, and for the tensor-core
+    forward its MMA_VARIANT (None: the shipped one)."""
+
+    staging: str
+    mma: bool
+    mma_variant: MmaVariant | None = None
+
+
+# Kernel variants timed beside the shipped "cuda", each through the op like "cuda" (so with the
+# same timer as the target's row). A variant that launches the same kernels as the shipped choice
+# for an op and dtype is left out of the table (it stays reachable through --once).
 KERNEL_VARIANTS = {
-    "cuda-sync": ("sync", False),  # FFMA tiled kernels, halo staged with plain loads
-    "cuda-async": ("async", False),  # FFMA tiled kernels, halo staged with cp.async
-    "cuda-mma": ("async", True),  # carafe's tensor-core forward (bfloat16), cp.async elsewhere
+    "cuda-sync": KernelChoice("sync", False),  # FFMA tiled kernels, halo staged with plain loads
+    "cuda-async": KernelChoice("async", False),  # FFMA tiled kernels, halo staged with cp.async
+    "cuda-mma": KernelChoice("async", True),  # carafe's tensor-core forward (bfloat16)
+    # the tensor-core forward over 16 x 8 and 32 x 4 parents, 512 threads a block, fewer feature
+    # sectors per parent than the shipped 8 x 8 (docs/benchmarks.md, next steps 1)
+    "cuda-mma-16x8": KernelChoice("async", True, MmaVariant(warps_x=2)),
+    "cuda-mma-32x4": KernelChoice("async", True, MmaVariant(warps_x=4, warps_y=4)),
 }
 VARIANT_NAMES = {
     "cuda-sync": "plain-load staging",
     "cuda-async": "cp.async staging",
     "cuda-mma": "tensor-core forward",
+    "cuda-mma-16x8": "tensor-core forward over 16 x 8 parents",
+    "cuda-mma-32x4": "tensor-core forward over 32 x 4 parents",
 }
 IMPLS = ("cuda", *KERNEL_VARIANTS, "torch", "unfold")
 
@@ -143,19 +163,26 @@ def _op_call(op: str, impl: str):
 
 
 def _applies(op: str, dtype_name: str, impl: str) -> bool:
-    return impl != "cuda-mma" or _mma_applies(op, dtype_name)
+    return not impl.startswith("cuda-mma") or _mma_applies(op, dtype_name)
 
 
 def _mma_applies(op: str, dtype_name: str) -> bool:
     return op == "carafe" and dtype_name == "bf16"
 
 
-def _kernels_of(op: str, dtype_name: str, impl: str) -> tuple[str, bool]:
-    """The (staging, tensor-core forward) that ``impl`` launches for this op and dtype."""
-    from uplab.ops import _cupy_kernels
+def _shipped_choice() -> KernelChoice:
+    return KernelChoice(
+        _cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA, _cupy_kernels.MMA_VARIANT
+    )
 
-    staging, mma = KERNEL_VARIANTS.get(impl, (_cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA))
-    return staging, mma and _mma_applies(op, dtype_name)
+
+def _kernels_of(op: str, dtype_name: str, impl: str) -> KernelChoice:
+    """The kernels that ``impl`` launches for this op and dtype (no tensor-core variant where the
+    tensor-core forward does not run)."""
+    shipped = _shipped_choice()
+    staging, mma, variant = KERNEL_VARIANTS.get(impl, shipped)
+    mma = mma and _mma_applies(op, dtype_name)
+    return KernelChoice(staging, mma, (variant or shipped.mma_variant) if mma else None)
 
 
 def _timed(op: str, dtype_name: str, impl: str) -> bool:
@@ -170,15 +197,15 @@ def _timed(op: str, dtype_name: str, impl: str) -> bool:
 @contextlib.contextmanager
 def _kernel_choice(impl: str):
     """The kernels of ``impl`` for its forward and backward launches (see KERNEL_VARIANTS)."""
-    from uplab.ops import _cupy_kernels
-
-    shipped = _cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA
+    shipped = _shipped_choice()
     if impl in KERNEL_VARIANTS:
-        _cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA = KERNEL_VARIANTS[impl]
+        staging, mma, variant = KERNEL_VARIANTS[impl]
+        _cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA = staging, mma
+        _cupy_kernels.MMA_VARIANT = variant or shipped.mma_variant
     try:
         yield
     finally:
-        _cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA = shipped
+        _cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA, _cupy_kernels.MMA_VARIANT = shipped
 
 
 def _inputs(op, shape, dtype, device):
@@ -365,7 +392,7 @@ def main(argv=None) -> int:
         except ValueError:
             parser.error(
                 f"--once takes OP:DTYPE:IMPL with OP carafe or local_similarity, DTYPE in "
-                f"{list(DTYPES)}, IMPL in {list(IMPLS)} (cuda-mma: carafe bf16), got {args.once!r}"
+                f"{list(DTYPES)}, IMPL in {list(IMPLS)} (cuda-mma*: carafe bf16), got {args.once!r}"
             )
         shape = (DRY_SHAPES if args.dry_run else SHAPES)["2x8x16x16" if args.dry_run else LARGE]
         forward_once(op, shape, dtype_name, impl, device)

@@ -18,20 +18,39 @@ spec.loader.exec_module(bench_gpu)
 LARGE = "16x256x128x128"
 
 
+def _switches():
+    return _cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA, _cupy_kernels.MMA_VARIANT
+
+
 def test_variant_rows_switch_the_kernels_and_restore_them():
-    shipped = _cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA
-    for impl, switches in bench_gpu.KERNEL_VARIANTS.items():
+    shipped = _switches()
+    for impl, (staging, mma, variant) in bench_gpu.KERNEL_VARIANTS.items():
         with bench_gpu._kernel_choice(impl):
-            assert (_cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA) == switches
-        assert (_cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA) == shipped
-    with pytest.raises(RuntimeError), bench_gpu._kernel_choice("cuda-mma"):
+            assert _switches() == (staging, mma, variant or shipped[2])
+        assert _switches() == shipped
+    with pytest.raises(RuntimeError), bench_gpu._kernel_choice("cuda-mma-32x4"):
+        assert _cupy_kernels.MMA_VARIANT.tile == (32, 4)
         raise RuntimeError("a failed measurement")
-    assert (_cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA) == shipped
+    assert _switches() == shipped
     with bench_gpu._kernel_choice("cuda"):
-        assert (_cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA) == shipped
-    assert bench_gpu._applies("carafe", "bf16", "cuda-mma")
-    assert not bench_gpu._applies("carafe", "fp32", "cuda-mma")
-    assert not bench_gpu._applies("local_similarity", "bf16", "cuda-mma")
+        assert _switches() == shipped
+    for impl in ("cuda-mma", "cuda-mma-16x8", "cuda-mma-32x4"):
+        assert bench_gpu._applies("carafe", "bf16", impl)
+        assert not bench_gpu._applies("carafe", "fp32", impl)
+        assert not bench_gpu._applies("local_similarity", "bf16", impl)
+
+
+def test_wider_tile_rows_launch_the_variants_the_emulator_tests():
+    # the rows time the tiles of docs/benchmarks.md's next steps 1, which fit the default shared
+    # memory at every K the tensor-core forward takes
+    tiles = {
+        impl: choice.mma_variant.tile
+        for impl, choice in bench_gpu.KERNEL_VARIANTS.items()
+        if choice.mma_variant is not None
+    }
+    assert tiles == {"cuda-mma-16x8": (16, 8), "cuda-mma-32x4": (32, 4)}
+    for impl in tiles:
+        assert _cupy_kernels.mma_variant_fits(bench_gpu.KERNEL_VARIANTS[impl].mma_variant)
 
 
 def test_table_skips_variants_that_launch_the_shipped_kernels(monkeypatch):
@@ -45,17 +64,38 @@ def test_table_skips_variants_that_launch_the_shipped_kernels(monkeypatch):
         for dtype in ("fp32", "bf16")
     }
     assert timed[("carafe", "fp32")] == ["cuda", "cuda-sync", "torch", "unfold"]
-    assert timed[("carafe", "bf16")] == ["cuda", "cuda-sync", "cuda-mma", "torch", "unfold"]
+    assert timed[("carafe", "bf16")] == [
+        "cuda",
+        "cuda-sync",
+        "cuda-mma",
+        "cuda-mma-16x8",
+        "cuda-mma-32x4",
+        "torch",
+        "unfold",
+    ]
     assert timed[("local_similarity", "bf16")] == ["cuda", "cuda-sync", "torch", "unfold"]
     monkeypatch.setattr(_cupy_kernels, "TILED_MMA", True)
     assert [i for i in bench_gpu.IMPLS if bench_gpu._timed("carafe", "bf16", i)] == [
         "cuda",
         "cuda-sync",
         "cuda-async",
+        "cuda-mma-16x8",
+        "cuda-mma-32x4",
         "torch",
         "unfold",
     ]
     assert bench_gpu._timed("carafe", "fp32", "cuda-async") is False
+    # once a wider tile is shipped, its row repeats "cuda" and is left out
+    wide = bench_gpu.KERNEL_VARIANTS["cuda-mma-16x8"].mma_variant
+    monkeypatch.setattr(_cupy_kernels, "MMA_VARIANT", wide)
+    assert [i for i in bench_gpu.IMPLS if bench_gpu._timed("carafe", "bf16", i)] == [
+        "cuda",
+        "cuda-sync",
+        "cuda-async",
+        "cuda-mma-32x4",
+        "torch",
+        "unfold",
+    ]
 
 
 def _row(dtype, impl, forward_ms, train_ms, moved=1e9, peak=None, ideal=None):
@@ -101,14 +141,18 @@ def test_targets_report_the_tensor_core_forward_for_bfloat16():
     rows = [
         _row("bf16", "cuda", 1.0, 3.0),
         _row("bf16", "cuda-mma", 0.3, 2.4),
+        _row("bf16", "cuda-mma-32x4", 0.4, 2.3),
         _row("bf16", "torch", 9.0, 7.0),
         _row("bf16", "unfold", 20.0, 30.0),
     ]
-    lines = bench_gpu.targets(rows, 4e12, LARGE)
+    report = "\n".join(bench_gpu.targets(rows, 4e12, LARGE))
     assert (
-        "  - with the tensor-core forward (cuda-mma): 83% (0.300 ms vs 1.000 ms shipped"
-        in "\n".join(lines)
+        "  - with the tensor-core forward (cuda-mma): 83% (0.300 ms vs 1.000 ms shipped" in report
     )
+    assert (
+        "  - with the tensor-core forward over 32 x 4 parents (cuda-mma-32x4): 62% (0.400 ms vs "
+        "1.000 ms shipped; fwd+bwd 2.300 vs 3.000 ms)"
+    ) in report
 
 
 def test_unfold_out_of_memory_is_measured_again_in_batch_chunks(monkeypatch):
