@@ -53,46 +53,45 @@ def test_wider_tile_rows_launch_the_variants_the_emulator_tests():
         assert _cupy_kernels.mma_variant_fits(bench_gpu.KERNEL_VARIANTS[impl].mma_variant)
 
 
+def _timed_impls(op, dtype):
+    return [i for i in bench_gpu.IMPLS if bench_gpu._timed(op, dtype, i)]
+
+
 def test_table_skips_variants_that_launch_the_shipped_kernels(monkeypatch):
     # With async staging shipped, "cuda-async" repeats "cuda" except where the shipped choice is
-    # the tensor-core forward (carafe bf16 with TILED_MMA); "cuda-mma" only applies there.
+    # the tensor-core forward (carafe bf16 with TILED_MMA); "cuda-mma*" only apply there.
     monkeypatch.setattr(_cupy_kernels, "TILED_STAGING", "async")
     monkeypatch.setattr(_cupy_kernels, "TILED_MMA", False)
-    timed = {
-        (op, dtype): [i for i in bench_gpu.IMPLS if bench_gpu._timed(op, dtype, i)]
-        for op in ("carafe", "local_similarity")
-        for dtype in ("fp32", "bf16")
-    }
-    assert timed[("carafe", "fp32")] == ["cuda", "cuda-sync", "torch", "unfold"]
-    assert timed[("carafe", "bf16")] == [
+    wide = ["cuda-mma-16x8", "cuda-mma-32x4"]
+    assert _timed_impls("carafe", "fp32") == ["cuda", "cuda-sync", "torch", "unfold"]
+    assert _timed_impls("carafe", "bf16") == [
         "cuda",
         "cuda-sync",
         "cuda-mma",
-        "cuda-mma-16x8",
-        "cuda-mma-32x4",
+        *wide,
         "torch",
         "unfold",
     ]
-    assert timed[("local_similarity", "bf16")] == ["cuda", "cuda-sync", "torch", "unfold"]
+    assert _timed_impls("local_similarity", "bf16") == ["cuda", "cuda-sync", "torch", "unfold"]
     monkeypatch.setattr(_cupy_kernels, "TILED_MMA", True)
-    assert [i for i in bench_gpu.IMPLS if bench_gpu._timed("carafe", "bf16", i)] == [
+    assert _timed_impls("carafe", "bf16") == [
         "cuda",
         "cuda-sync",
         "cuda-async",
-        "cuda-mma-16x8",
-        "cuda-mma-32x4",
+        *wide,
         "torch",
         "unfold",
     ]
     assert bench_gpu._timed("carafe", "fp32", "cuda-async") is False
     # once a wider tile is shipped, its row repeats "cuda" and is left out
-    wide = bench_gpu.KERNEL_VARIANTS["cuda-mma-16x8"].mma_variant
-    monkeypatch.setattr(_cupy_kernels, "MMA_VARIANT", wide)
-    assert [i for i in bench_gpu.IMPLS if bench_gpu._timed("carafe", "bf16", i)] == [
+    monkeypatch.setattr(
+        _cupy_kernels, "MMA_VARIANT", bench_gpu.KERNEL_VARIANTS[wide[0]].mma_variant
+    )
+    assert _timed_impls("carafe", "bf16") == [
         "cuda",
         "cuda-sync",
         "cuda-async",
-        "cuda-mma-32x4",
+        wide[1],
         "torch",
         "unfold",
     ]
