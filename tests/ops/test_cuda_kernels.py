@@ -314,15 +314,27 @@ def test_window_dot_async_staging_matches_sync_tiled_kernel_and_torch_path(k, s,
             torch.testing.assert_close(got.double(), want, atol=atol, rtol=rtol, msg=case)
 
 
+# The shipped tile and the wider ones bench_gpu.py and bench_mma_variants.py time beside it.
+MMA_TILES = {
+    "8x8": _cupy_kernels.MmaVariant(),
+    "16x8": _cupy_kernels.MmaVariant(warps_x=2),
+    "32x4": _cupy_kernels.MmaVariant(warps_x=4, warps_y=4),
+}
+
+
+@pytest.mark.parametrize("tile", MMA_TILES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("k", _cupy_kernels.MMA_KERNEL_SIZES)
-def test_tensor_core_forward_matches_torch_path(k, dtype):
+def test_tensor_core_forward_matches_torch_path(k, dtype, tile, monkeypatch):
     # reassemble_mma on the real mma.sync (the CPU emulation checks the same cases against its
-    # lane-by-lane model, tests/ops/test_kernels_on_cpu.py): ragged 8 x 8-parent tiles, a full
-    # and a ragged 16-channel chunk per group, groups, every cp.async copy width, misaligned base.
+    # lane-by-lane model, tests/ops/test_kernels_on_cpu.py): ragged tiles, a full and a ragged
+    # 16-channel chunk per group, groups, every cp.async copy width, misaligned base; for the
+    # shipped 8 x 8-parent tile and the wider ones a GPU run may make the default.
+    monkeypatch.setattr(_cupy_kernels, "MMA_VARIANT", MMA_TILES[tile])
     torch.manual_seed(0)
     atol, rtol = TOL[dtype]
-    for groups, (width, offset) in ((1, (19, 0)), (2, (20, 0)), (1, (24, 0)), (2, (22, 1))):
+    cases = ((1, (19, 0)), (2, (20, 0)), (1, (24, 0)), (2, (22, 1)), (1, (70, 0)))  # 70: 2+ tiles
+    for groups, (width, offset) in cases:
         features = _randn_at_offset((3, 20 * groups, 37, width), offset, dtype)
         masks = torch.randn(3, groups * k * k, 74, 2 * width, device="cuda").to(dtype)
         want = carafe(features.double(), masks.double(), k, 2, group_size=groups, backend="torch")
