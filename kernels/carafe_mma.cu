@@ -81,6 +81,15 @@
 #ifndef MMA_SLABS
 #define MMA_SLABS 1
 #endif
+// Strips (_cupy_kernels.MmaVariant(strip=True) builds MMA_STRIP=1): a block computes strip_tiles
+// tiles down a column, one after another, and keeps the bottom 2R halo rows of each tile's
+// channels in shared memory (the carry, [channel][2R rows][MMA_ROW_STRIDE]) as the top 2R halo rows
+// of the next, so that a column's overlapping halo rows are read from global memory once: at K = 5
+// an 8 x 8 tile stages 12 rows, its successors in the strip 8. The launcher picks strip_tiles
+// (mma_strip_tiles); without MMA_STRIP the kernel computes one tile and strip_tiles must be 1.
+#ifndef MMA_STRIP
+#define MMA_STRIP 0
+#endif
 #define MMA_STAGE_CHANNELS (MMA_CHANNELS * MMA_SLABS)
 // Elements per staged feature row: halo_w = MMA_TILE_W + K - 1, one element of start shift
 // (4-byte copies) and one of a pair's overhang; also what makes the A loads conflict-free (above).
@@ -369,6 +378,7 @@ __device__ __forceinline__ void store_pair_rows(const unsigned int (&packed)[2][
 struct StagingPosition {
     long long src;  // element offset in a channel plane (0, still a valid address, outside the map)
     int dst;        // element offset in a staged channel
+    int row;        // halo row
     int first, step;
     bool valid;
 };
@@ -384,6 +394,7 @@ __device__ __forceinline__ StagingPosition staging_position(int n_positions, int
     at.valid = inside(y, height) && inside(x, width);
     at.src = at.valid ? (long long)y * width + x : 0;
     at.dst = hy * row_stride + copy * step_elems;
+    at.row = hy;
     at.step = blockDim.x / n_positions;
     // the threads past step * n_positions stage nothing (they would repeat positions of the first)
     const bool staging = threadIdx.x < at.step * n_positions;
@@ -413,10 +424,31 @@ __device__ __forceinline__ void stage_chunk(bool four_bytes, const StagingPositi
     }
 }
 
+// Strip builds: copies the staging position's elements (one 4-byte copy, or one element) of
+// channels [0, nc) between two channel-major layouts of `from_plane` and `to_plane` elements per
+// channel, at `from` and `to` (both already at the position). The thread that stages a halo
+// position above row 2R also keeps and restores its carry, so the carry needs no barrier of its
+// own; the staged rows it reads, and the ones it writes, are the pipeline's (its barriers).
+template <typename T>
+__device__ __forceinline__ void copy_position(bool four_bytes, const StagingPosition& at,
+                                              const T* from, int from_plane, T* to, int to_plane,
+                                              int nc) {
+    from += at.first * from_plane;
+    to += at.first * to_plane;
+    for (int c = at.first; c < nc; c += at.step, from += at.step * from_plane,
+             to += at.step * to_plane) {
+        if (four_bytes) {
+            *reinterpret_cast<unsigned int*>(to) = *reinterpret_cast<const unsigned int*>(from);
+        } else {
+            *to = *from;
+        }
+    }
+}
+
 template <typename T, int KS>
 __launch_bounds__(MMA_THREADS) __global__ void reassemble_mma(
     const T* __restrict__ features, const T* __restrict__ masks, T* __restrict__ out,
-    int channels, int height, int width, int groups, int channels_per_block) {
+    int channels, int height, int width, int groups, int channels_per_block, int strip_tiles) {
     constexpr int R = (KS - 1) / 2, KK = KS * KS;
     constexpr int PAIRS = (KS + 1) / 2, SLOTS = KS * PAIRS;  // pair slots of a window
     constexpr int STEPS = (2 * SLOTS + 15) / 16;  // mma k-steps: 1 for K=3, 2 for K=5
@@ -435,15 +467,16 @@ __launch_bounds__(MMA_THREADS) __global__ void reassemble_mma(
     const long long out_plane = (long long)out_h * out_w;
     const int tiles_x = (width + MMA_TILE_W - 1) / MMA_TILE_W;
     const int px0 = (blockIdx.x % tiles_x) * MMA_TILE_W;
-    const int py0 = (blockIdx.x / tiles_x) * MMA_WARPS_Y;
+    // the block's tiles: rows strip * n_tiles .. of tiles (one, the block's own, without strips)
+    const int strip = blockIdx.x / tiles_x, n_tiles = MMA_STRIP ? strip_tiles : 1;
     const int b = blockIdx.z / groups, g = blockIdx.z % groups;
     const int group_channels = channels / groups;
     const int c_begin = blockIdx.y * channels_per_block;
     const int n_channels = min(channels_per_block, group_channels - c_begin);
     if (n_channels <= 0) return;  // uniform over the block, before any barrier
-    // this warp's parent row and first parent (a multiple of 8 from px0: the same window parity)
+    // this warp's parent row in the tile and first parent (a multiple of 8 from px0: the same
+    // window parity)
     const int warp_row = MMA_WARPS_X == 1 ? warp : warp % MMA_WARPS_Y;
-    const int prow = py0 + warp_row;
     const int pxw = MMA_WARPS_X == 1 ? px0 : px0 + MMA_PARENTS_X * (warp / MMA_WARPS_Y);
 
     // Feature staging, as reassemble_tiled's async build, in 4-byte copies: rows py0 - R ..
@@ -455,9 +488,6 @@ __launch_bounds__(MMA_THREADS) __global__ void reassemble_mma(
     const int step_elems = copy_elems > 0 ? copy_elems : 1;
     const int x0 = px0 - R, xa = x0 & -step_elems, x_shift = x0 - xa;
     const int n_copies = (x_shift + kHaloW + step_elems - 1) / step_elems;
-    const StagingPosition staging =
-        staging_position(kHaloH * n_copies, n_copies, step_elems, kRowStride, py0 - R, xa,
-                         height, width);
 
     // The chunk pipeline: MMA_STAGES buffers of MMA_STAGE_CHANNELS channels, chunks i + 1 ..
     // i + MMA_STAGES - 2 in flight while chunk i is computed; one barrier per chunk, which also
@@ -469,147 +499,182 @@ __launch_bounds__(MMA_THREADS) __global__ void reassemble_mma(
                   "2 to 4 stages of 1 or 2 slabs");
     const int n_chunks = (n_channels + MMA_STAGE_CHANNELS - 1) / MMA_STAGE_CHANNELS;
     const long long chunk_step = MMA_STAGE_CHANNELS * in_plane;
-#pragma unroll
-    for (int i = 0; i < MMA_STAGES - 1; ++i) {
-        if (i < n_chunks) {
-            stage_chunk(copy_elems > 0, staging, feat + i * chunk_step, sbuf + i * kBuffer,
-                        min(MMA_STAGE_CHANNELS, n_channels - i * MMA_STAGE_CHANNELS), in_plane,
-                        kChunkPlane);
-        }
-        async_commit();
-    }
+    // Strip builds: the carry after the buffers, kCarryPlane elements for each of the block's
+    // channels (mma_shared_mem).
+    constexpr int kCarryRows = 2 * R, kCarryPlane = kCarryRows * kRowStride;
+    T* carry = sbuf + MMA_STAGES * kBuffer;
 
-    // This lane's pair slots P = 8 step + 4 r + in_group: A and B registers [step][r] hold window
-    // offsets k = 2P, 2P + 1 (PTX ISA fragments of m16n8k16: rows/columns group_id, k = 2 in_group
-    // + 8 r + 16 step + {0, 1}). Slot P is row ky = P / PAIRS, pair j = P % PAIRS.
-    int a_word[STEPS][2];
-    unsigned int keep[2][STEPS][2];
-#pragma unroll
-    for (int step = 0; step < STEPS; ++step) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int slot = 8 * step + 4 * r + in_group, real = min(slot, SLOTS - 1);
-            const int ky = real / PAIRS, j = real % PAIRS;
-            a_word[step][r] = (group_id * kChunkPlane + ky * kRowStride) / 2 + j;
-#pragma unroll
-            for (int odd = 0; odd < 2; ++odd) {
-                unsigned int k = 0;
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const bool in_window = slot < SLOTS && inside(pair_column(j, h, odd), KS);
-                    if (in_window) k |= 0xffffu << (16 * h);
-                }
-                keep[odd][step][r] = k;
-            }
-        }
-    }
-
-    // B fragments: column n = group_id is child n % 4 (dy = n % 4 / 2, dx = n % 2) of the parent:
-    // per parent (K = 3) columns 4..7 are zero; per pair of parents (K = 5, parent_pairs_mma)
-    // columns 4..7 belong to the pair's odd parent. Rows as A's; zero outside the parent's
-    // window and past the slots.
-    //   The lane's mask for window offset (step, r, h) of parent p is at plane ky * K + kx of
-    // pixel (2 prow + dy, 2 (pxw + p) + dx). Only the pixel depends on p, by 2 (p - p0) elements
-    // from the lane's first parent p0, and kx on p only through the window's start parity, which
-    // alternates with p at K = 3 (x_shift + p) and is the lane's own at K = 5 (group_id / 4). So the
-    // lane's pointers are computed once per parity class (p % 2 at K = 3) and offset (2 STEPS x 2
-    // of them), and each parent's load adds a compile-time offset, where every load did its own
-    // 64-bit plane arithmetic before (instruction counts: docs/benchmarks.md, next steps 3).
-    constexpr bool kPaired = KS == 5;
-    constexpr int kBParents = kPaired ? MMA_PARENTS_X / 2 : MMA_PARENTS_X;
-    constexpr int kClasses = kPaired ? 1 : 2;  // window start parities among the lane's parents
-    unsigned int bfrag[kBParents][STEPS][2];
-    const int child_index = group_id % 4, dy = child_index / 2, dx = child_index % 2;
-    const int p0 = kPaired ? group_id / 4 : 0;
-    const T* mask_lane = masks + ((long long)b * groups + g) * KK * out_plane +
-                         (long long)(2 * prow + dy) * out_w + 2 * (pxw + p0) + dx;
-    const T* mask_at[kClasses][STEPS][2][2];
-    bool mask_used[kClasses][STEPS][2][2];
-#pragma unroll
-    for (int cls = 0; cls < kClasses; ++cls) {
-        // the window's start parity; at K = 5 x_shift is 0 (px0 - 2 is even)
-        const int odd = kPaired ? group_id / 4 : x_shift ^ cls;
-#pragma unroll
-        for (int step = 0; step < STEPS; ++step) {
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const int slot = 8 * step + 4 * r + in_group;
-                const int ky = slot / PAIRS, j = slot % PAIRS;
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const int kx = pair_column(j, h, odd);
-                    const bool used = slot < SLOTS && inside(kx, KS);
-                    mask_used[cls][step][r][h] = used;
-                    mask_at[cls][step][r][h] =
-                        used ? mask_lane + (ky * KS + kx) * out_plane : mask_lane;
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int e = 0; e < kBParents; ++e) {
-        const int p = kPaired ? 2 * e + p0 : e;
-        const bool child = (kPaired || group_id < 4) && prow < height && pxw + p < width;
-        const int cls = kPaired ? 0 : e % 2, shift = 2 * (p - p0);  // elements from parent p0
-#pragma unroll
-        for (int step = 0; step < STEPS; ++step) {
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                unsigned short bits[2];
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const bool used = child && mask_used[cls][step][r][h];
-                    bits[h] = used ? mask_at[cls][step][r][h][shift].bits : 0;
-                }
-                bfrag[e][step][r] = pack_pair(bits[0], bits[1]);
-            }
-        }
-    }
-
-    // Output rows of this lane: child row dy = in_group % 2 of channels group_id + 8 h; lanes
-    // in_group < 2 own outputs 0..7 of the warp's 16 per row (parents 0..3), lanes in_group >= 2
-    // outputs 8..15 (parents 4..7), 16 bytes each, when whole_rows; else lanes in_group < 2 store
-    // 4 bytes per parent inside the map.
-    const int out_y = 2 * prow + in_group % 2;
-    const bool whole_rows = pxw + MMA_PARENTS_X <= width && width % 4 == 0 &&
-                            reinterpret_cast<unsigned long long>(out) % 16 == 0;
-    T* out_row = out + (first_channel + group_id) * out_plane + (long long)out_y * out_w + 2 * pxw;
-
-    for (int i = 0; i < n_chunks; ++i) {
-        async_wait_all_but<MMA_STAGES - 2>();
-        __syncthreads();
-        const int next = i + MMA_STAGES - 1;
-        if (next < n_chunks) {
-            stage_chunk(copy_elems > 0, staging, feat + next * chunk_step,
-                        sbuf + (next % MMA_STAGES) * kBuffer,
-                        min(MMA_STAGE_CHANNELS, n_channels - next * MMA_STAGE_CHANNELS), in_plane,
-                        kChunkPlane);
-        }
-        async_commit();
-        const T* buffer = sbuf + (i % MMA_STAGES) * kBuffer + warp_row * kRowStride + (pxw - px0);
-#pragma unroll
-        for (int slab = 0; slab < MMA_SLABS; ++slab) {
-            const int c0 = i * MMA_STAGE_CHANNELS + slab * MMA_CHANNELS;
-            if (c0 >= n_channels) break;  // uniform over the block
-            // Channels past nc hold stale values; their D rows are computed and never stored.
-            const int nc = min(MMA_CHANNELS, n_channels - c0);
-            const T* row = buffer + slab * MMA_CHANNELS * kChunkPlane;
-            const int stored = out_y < out_h ? nc : 0;
-            if constexpr (kPaired) {
-                unsigned int packed[2][MMA_PARENTS_X / 2];
-                parent_pairs_mma<T, KS>(row, a_word, keep, bfrag, group_id, in_group, nc, packed);
-                store_pair_rows(packed, out_row + c0 * out_plane, out_plane, whole_rows, stored,
-                                width - pxw, group_id, in_group);
+    for (int t = 0; t < n_tiles; ++t) {
+        const int py0 = (strip * n_tiles + t) * MMA_WARPS_Y;
+        if (MMA_STRIP && py0 >= height) break;  // uniform; a strip past the map's bottom
+        const int prow = py0 + warp_row;
+        // the tile's top 2R halo rows come from the carry (the tile above kept them); its bottom 2R
+        // go to the carry for the tile below
+        const bool carried = MMA_STRIP && t > 0;
+        const bool carrying = MMA_STRIP && t + 1 < n_tiles && py0 + MMA_WARPS_Y < height;
+        const StagingPosition staging =
+            staging_position(kHaloH * n_copies, n_copies, step_elems, kRowStride, py0 - R, xa,
+                             height, width);
+        const bool carry_position = staging.row < kCarryRows;
+        auto stage = [&](int chunk) {
+            T* buffer = sbuf + (chunk % MMA_STAGES) * kBuffer;
+            const int nc = min(MMA_STAGE_CHANNELS, n_channels - chunk * MMA_STAGE_CHANNELS);
+            if (carried && carry_position) {
+                copy_position(copy_elems > 0, staging,
+                              carry + chunk * MMA_STAGE_CHANNELS * kCarryPlane + staging.dst,
+                              kCarryPlane, buffer + staging.dst, kChunkPlane, nc);
             } else {
-                unsigned int packed[2][MMA_PARENTS_X];
-                if (x_shift) {
-                    parents_mma<T, KS, 1>(row, a_word, keep, bfrag, packed);
-                } else {
-                    parents_mma<T, KS, 0>(row, a_word, keep, bfrag, packed);
+                stage_chunk(copy_elems > 0, staging, feat + chunk * chunk_step, buffer, nc,
+                            in_plane, kChunkPlane);
+            }
+        };
+#pragma unroll
+        for (int i = 0; i < MMA_STAGES - 1; ++i) {
+            if (i < n_chunks) stage(i);
+            async_commit();
+        }
+
+        // This lane's pair slots P = 8 step + 4 r + in_group: A and B registers [step][r] hold
+        // window offsets k = 2P, 2P + 1 (PTX ISA fragments of m16n8k16: rows/columns group_id,
+        // k = 2 in_group + 8 r + 16 step + {0, 1}). Slot P is row ky = P / PAIRS, pair
+        // j = P % PAIRS.
+        int a_word[STEPS][2];
+        unsigned int keep[2][STEPS][2];
+#pragma unroll
+        for (int step = 0; step < STEPS; ++step) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int slot = 8 * step + 4 * r + in_group, real = min(slot, SLOTS - 1);
+                const int ky = real / PAIRS, j = real % PAIRS;
+                a_word[step][r] = (group_id * kChunkPlane + ky * kRowStride) / 2 + j;
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                    unsigned int k = 0;
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const bool in_window = slot < SLOTS && inside(pair_column(j, h, odd), KS);
+                        if (in_window) k |= 0xffffu << (16 * h);
+                    }
+                    keep[odd][step][r] = k;
                 }
-                store_rows(packed, out_row + c0 * out_plane, out_plane, whole_rows, stored,
-                           width - pxw, group_id, in_group);
             }
         }
+
+        // B fragments: column n = group_id is child n % 4 (dy = n % 4 / 2, dx = n % 2) of the
+        // parent: per parent (K = 3) columns 4..7 are zero; per pair of parents (K = 5,
+        // parent_pairs_mma) columns 4..7 belong to the pair's odd parent. Rows as A's; zero outside
+        // the parent's window and past the slots.
+        //   The lane's mask for window offset (step, r, h) of parent p is at plane ky * K + kx of
+        // pixel (2 prow + dy, 2 (pxw + p) + dx). Only the pixel depends on p, by 2 (p - p0)
+        // elements from the lane's first parent p0, and kx on p only through the window's start
+        // parity, which alternates with p at K = 3 (x_shift + p) and is the lane's own at K = 5
+        // (group_id / 4). So the lane's pointers are computed once per parity class (p % 2 at
+        // K = 3) and offset (2 STEPS x 2 of them), and each parent's load adds a compile-time
+        // offset, where every load did its own 64-bit plane arithmetic before (instruction
+        // counts: docs/benchmarks.md, next steps 3).
+        constexpr bool kPaired = KS == 5;
+        constexpr int kBParents = kPaired ? MMA_PARENTS_X / 2 : MMA_PARENTS_X;
+        constexpr int kClasses = kPaired ? 1 : 2;  // window start parities among the lane's parents
+        unsigned int bfrag[kBParents][STEPS][2];
+        const int child_index = group_id % 4, dy = child_index / 2, dx = child_index % 2;
+        const int p0 = kPaired ? group_id / 4 : 0;
+        const T* mask_lane = masks + ((long long)b * groups + g) * KK * out_plane +
+                             (long long)(2 * prow + dy) * out_w + 2 * (pxw + p0) + dx;
+        const T* mask_at[kClasses][STEPS][2][2];
+        bool mask_used[kClasses][STEPS][2][2];
+#pragma unroll
+        for (int cls = 0; cls < kClasses; ++cls) {
+            // the window's start parity; at K = 5 x_shift is 0 (px0 - 2 is even)
+            const int odd = kPaired ? group_id / 4 : x_shift ^ cls;
+#pragma unroll
+            for (int step = 0; step < STEPS; ++step) {
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const int slot = 8 * step + 4 * r + in_group;
+                    const int ky = slot / PAIRS, j = slot % PAIRS;
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const int kx = pair_column(j, h, odd);
+                        const bool used = slot < SLOTS && inside(kx, KS);
+                        mask_used[cls][step][r][h] = used;
+                        mask_at[cls][step][r][h] =
+                            used ? mask_lane + (ky * KS + kx) * out_plane : mask_lane;
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < kBParents; ++e) {
+            const int p = kPaired ? 2 * e + p0 : e;
+            const bool child = (kPaired || group_id < 4) && prow < height && pxw + p < width;
+            const int cls = kPaired ? 0 : e % 2, shift = 2 * (p - p0);  // elements from parent p0
+#pragma unroll
+            for (int step = 0; step < STEPS; ++step) {
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    unsigned short bits[2];
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const bool used = child && mask_used[cls][step][r][h];
+                        bits[h] = used ? mask_at[cls][step][r][h][shift].bits : 0;
+                    }
+                    bfrag[e][step][r] = pack_pair(bits[0], bits[1]);
+                }
+            }
+        }
+
+        // Output rows of this lane: child row dy = in_group % 2 of channels group_id + 8 h; lanes
+        // in_group < 2 own outputs 0..7 of the warp's 16 per row (parents 0..3), lanes in_group >=
+        // 2 outputs 8..15 (parents 4..7), 16 bytes each, when whole_rows; else lanes in_group < 2
+        // store 4 bytes per parent inside the map.
+        const int out_y = 2 * prow + in_group % 2;
+        const bool whole_rows = pxw + MMA_PARENTS_X <= width && width % 4 == 0 &&
+                                reinterpret_cast<unsigned long long>(out) % 16 == 0;
+        T* out_row =
+            out + (first_channel + group_id) * out_plane + (long long)out_y * out_w + 2 * pxw;
+
+        for (int i = 0; i < n_chunks; ++i) {
+            async_wait_all_but<MMA_STAGES - 2>();
+            __syncthreads();
+            const int next = i + MMA_STAGES - 1;
+            if (next < n_chunks) stage(next);
+            async_commit();
+            const T* staged = sbuf + (i % MMA_STAGES) * kBuffer;  // chunk i, landed
+            if (carrying && carry_position) {  // its bottom 2R halo rows, for the next tile
+                copy_position(copy_elems > 0, staging,
+                              staged + MMA_WARPS_Y * kRowStride + staging.dst, kChunkPlane,
+                              carry + i * MMA_STAGE_CHANNELS * kCarryPlane + staging.dst,
+                              kCarryPlane,
+                              min(MMA_STAGE_CHANNELS, n_channels - i * MMA_STAGE_CHANNELS));
+            }
+            const T* buffer = staged + warp_row * kRowStride + (pxw - px0);
+#pragma unroll
+            for (int slab = 0; slab < MMA_SLABS; ++slab) {
+                const int c0 = i * MMA_STAGE_CHANNELS + slab * MMA_CHANNELS;
+                if (c0 >= n_channels) break;  // uniform over the block
+                // Channels past nc hold stale values; their D rows are computed and never stored.
+                const int nc = min(MMA_CHANNELS, n_channels - c0);
+                const T* row = buffer + slab * MMA_CHANNELS * kChunkPlane;
+                const int stored = out_y < out_h ? nc : 0;
+                if constexpr (kPaired) {
+                    unsigned int packed[2][MMA_PARENTS_X / 2];
+                    parent_pairs_mma<T, KS>(row, a_word, keep, bfrag, group_id, in_group, nc,
+                                            packed);
+                    store_pair_rows(packed, out_row + c0 * out_plane, out_plane, whole_rows, stored,
+                                    width - pxw, group_id, in_group);
+                } else {
+                    unsigned int packed[2][MMA_PARENTS_X];
+                    if (x_shift) {
+                        parents_mma<T, KS, 1>(row, a_word, keep, bfrag, packed);
+                    } else {
+                        parents_mma<T, KS, 0>(row, a_word, keep, bfrag, packed);
+                    }
+                    store_rows(packed, out_row + c0 * out_plane, out_plane, whole_rows, stored,
+                               width - pxw, group_id, in_group);
+                }
+            }
+        }
+        // the next tile's first stagings overwrite buffers that slower warps may still read
+        if (MMA_STRIP && t + 1 < n_tiles) __syncthreads();
     }
 }

@@ -4,7 +4,8 @@ For carafe and local_similarity at 1x256x120x120 -> 240^2 and 16x256x128x128 -> 
 in float32 and bfloat16 (the kernels as shipped, ``cuda``, and the kernel variants of
 KERNEL_VARIANTS that differ from it: the tiled kernels' plain-load halo staging ``cuda-sync``, their
 cp.async staging ``cuda-async``, carafe's tensor-core forward ``cuda-mma``, bfloat16, and that
-forward over wider tiles, ``cuda-mma-16x8`` and ``cuda-mma-32x4``): forward and
+forward over wider tiles, ``cuda-mma-16x8`` and ``cuda-mma-32x4``, or in strips of tiles,
+``cuda-mma-strip``): forward and
 forward+backward time (CUDA events around back-to-back calls, warm-up, median), achieved forward
 bandwidth (the bytes the op must move: inputs read once, output written once) against the device's
 measured device-to-device copy bandwidth (bytes read + written), and the peak
@@ -62,6 +63,8 @@ KERNEL_VARIANTS = {
     # sectors per parent than the shipped 8 x 8 (docs/benchmarks.md, next steps 1)
     "cuda-mma-16x8": KernelChoice("async", True, MmaVariant(warps_x=2)),
     "cuda-mma-32x4": KernelChoice("async", True, MmaVariant(warps_x=4, warps_y=4)),
+    # the shipped tile in strips down a column, halo rows carried over (next steps 6)
+    "cuda-mma-strip": KernelChoice("async", True, MmaVariant(strip=True)),
 }
 VARIANT_NAMES = {
     "cuda-sync": "plain-load staging",
@@ -69,6 +72,7 @@ VARIANT_NAMES = {
     "cuda-mma": "tensor-core forward",
     "cuda-mma-16x8": "tensor-core forward over 16 x 8 parents",
     "cuda-mma-32x4": "tensor-core forward over 32 x 4 parents",
+    "cuda-mma-strip": "tensor-core forward in strips of 8 x 8 parents",
 }
 IMPLS = ("cuda", *KERNEL_VARIANTS, "torch", "unfold")
 

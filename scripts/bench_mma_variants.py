@@ -1,9 +1,11 @@
 """Check and time the compile-time variants of carafe's tensor-core forward (``reassemble_mma``)
 on a GPU: MMA_STAGES cp.async buffers (2 to 4) of MMA_SLABS 16-channel slabs (1 or 2), and the
 tile, MMA_WARPS_X warps per parent row over MMA_WARPS_Y rows (8 x 8 parents and 256 threads, the
-shipped; 16 x 8 and 32 x 4 of 512, which read fewer feature sectors per parent), built with
-``_cupy_kernels.MmaVariant(stages, slabs, warps_x, warps_y).options()``; the 32 x 4 tile with one
-slab only (compile time), and variants whose shared memory passes the default 48 KiB left out.
+shipped; 16 x 8 and 32 x 4 of 512, which read fewer feature sectors per parent), and each tile
+in strips down a column with its halo rows carried over (MMA_STRIP, three stages of one slab),
+built with ``_cupy_kernels.MmaVariant(stages, slabs, warps_x, warps_y, strip).options()``; the
+32 x 4 tile with one slab only (compile time), and variants whose shared memory passes the default
+48 KiB left out.
 
 At the benchmark's large shape (16x256x128x128 -> 256^2, bfloat16, K in {3, 5}, s=2) every
 variant's output must equal the shipped variant's bit for bit (the same products summed in the
@@ -11,7 +13,7 @@ same order; each output lands in a block just filled with NaN, so an unwritten e
 then its forward is timed (CUDA-event median, as ``scripts/bench_gpu.py``) against the device's
 copy bandwidth.
 Prints a Markdown table (``--out`` writes it too), K=5 first. About 30 s on an H100 for run 5's
-6 variants, most of it compiling, so about a minute for the 13 of now.
+6 variants, most of it compiling, so about a minute for the 16 of now.
 
     PYTHONPATH=src python3 scripts/bench_mma_variants.py --out $OUT/mma_variants.md
 """
@@ -40,10 +42,14 @@ TILES = ((1, 8, (1, 2)), (2, 8, (1, 2)), (4, 4, (1,)))  # warps_x, warps_y, slab
 VARIANTS = tuple(
     variant
     for variant in (
-        kernels.MmaVariant(stages, slabs, warps_x, warps_y)
-        for warps_x, warps_y, slab_counts in TILES
-        for slabs in slab_counts
-        for stages in (2, 3, 4)
+        *(
+            kernels.MmaVariant(stages, slabs, warps_x, warps_y)
+            for warps_x, warps_y, slab_counts in TILES
+            for slabs in slab_counts
+            for stages in (2, 3, 4)
+        ),
+        # strips: each tile's bottom halo rows carried to the next tile down the column
+        *(kernels.MmaVariant(warps_x=x, warps_y=y, strip=True) for x, y, _ in TILES),
     )
     if kernels.mma_variant_fits(variant)
 )
@@ -59,6 +65,13 @@ def _inputs(kernel_size: int):
 def _forward(features, masks, kernel_size, variant):
     kernels.MMA_VARIANT = variant
     return kernels.reassemble(features, masks, kernel_size, SCALE, 1, path="mma")
+
+
+def _strip_tiles(features, kernel_size: int, variant) -> int:
+    """Tiles a block of ``variant`` computes down a column at this shape (1 without strips)."""
+    b, c, h, w = features.shape
+    n_sm = torch.cuda.get_device_properties(features.device).multi_processor_count
+    return kernels.mma_config(b, c, h, w, kernel_size, 1, n_sm, 2, variant).strip_tiles
 
 
 def measure(kernel_size: int, copy_bw: float) -> list[str]:
@@ -85,9 +98,10 @@ def measure(kernel_size: int, copy_bw: float) -> list[str]:
             )
             fraction = moved / (ms / 1e3) / copy_bw
             mark = " (shipped)" if variant == shipped else ""
+            strip = _strip_tiles(features, kernel_size, variant)
             rows.append(
-                f"| {kernel_size} | {'x'.join(map(str, variant.tile))} | {variant.stages} | "
-                f"{variant.slabs}{mark} | "
+                f"| {kernel_size} | {'x'.join(map(str, variant.tile))} | {strip} | "
+                f"{variant.stages} | {variant.slabs}{mark} | "
                 f"{'yes' if same else 'NO'} | {ms:.3f} | {100 * fraction:.0f} |"
             )
             print(rows[-1], flush=True)
@@ -108,8 +122,8 @@ def main(argv=None) -> int:
         f"reassemble_mma variants, {torch.cuda.get_device_name()}, carafe bf16 "
         f"{'x'.join(map(str, SHAPE))} -> s={SCALE}; copy bandwidth {copy_bw / 1e9:.0f} GB/s",
         "",
-        "| K | tile | stages | slabs | equals shipped | fwd ms | % of copy |",
-        "| ---: | --- | ---: | ---: | --- | ---: | ---: |",
+        "| K | tile | strip | stages | slabs | equals shipped | fwd ms | % of copy |",
+        "| ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     print("\n".join(header), flush=True)
     rows = [row for k in KERNEL_SIZES for row in measure(k, copy_bw)]

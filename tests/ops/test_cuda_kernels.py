@@ -314,11 +314,13 @@ def test_window_dot_async_staging_matches_sync_tiled_kernel_and_torch_path(k, s,
             torch.testing.assert_close(got.double(), want, atol=atol, rtol=rtol, msg=case)
 
 
-# The shipped tile and the wider ones bench_gpu.py and bench_mma_variants.py time beside it.
+# The shipped tile, and the wider ones and the strips bench_gpu.py and bench_mma_variants.py time
+# beside it.
 MMA_TILES = {
     "8x8": _cupy_kernels.MmaVariant(),
     "16x8": _cupy_kernels.MmaVariant(warps_x=2),
     "32x4": _cupy_kernels.MmaVariant(warps_x=4, warps_y=4),
+    "8x8-strip": _cupy_kernels.MmaVariant(strip=True),
 }
 
 
@@ -329,8 +331,11 @@ def test_tensor_core_forward_matches_torch_path(k, dtype, tile, monkeypatch):
     # reassemble_mma on the real mma.sync (the CPU emulation checks the same cases against its
     # lane-by-lane model, tests/ops/test_kernels_on_cpu.py): ragged tiles, a full and a ragged
     # 16-channel chunk per group, groups, every cp.async copy width, misaligned base; for the
-    # shipped 8 x 8-parent tile and the wider ones a GPU run may make the default.
+    # shipped 8 x 8-parent tile and the variants a GPU run may make the default; strips of 3
+    # tiles (the launcher would take 1 at these sizes), so that 37 rows end in a ragged strip.
     monkeypatch.setattr(_cupy_kernels, "MMA_VARIANT", MMA_TILES[tile])
+    if MMA_TILES[tile].strip:
+        monkeypatch.setattr(_cupy_kernels, "mma_strip_tiles", lambda *args: 3)
     torch.manual_seed(0)
     atol, rtol = TOL[dtype]
     cases = ((1, (19, 0)), (2, (20, 0)), (1, (24, 0)), (2, (22, 1)), (1, (70, 0)))  # 70: 2+ tiles

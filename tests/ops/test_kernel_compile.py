@@ -177,7 +177,7 @@ MMA_VARIANTS = [
     for slabs in (1, 2)
     for stages in (2, 4)
     if kernels.mma_variant_fits(kernels.MmaVariant(stages, slabs, warps_x, warps_y))
-]
+] + [kernels.MmaVariant(strip=True), kernels.MmaVariant(warps_x=4, warps_y=4, strip=True)]
 
 
 @pytest.mark.skipif(not HAS_NVRTC and NVCC is None, reason="neither NVRTC nor nvcc is present")
@@ -304,7 +304,7 @@ def test_tensor_core_variant_defaults_match_the_kernel_source():
     # MmaVariant() is what reassemble_mma builds by default, with -D options; the .cu defaults
     # (what the CPU emulator and the compile tests build) must be the same variant.
     source = (kernels.kernel_dir() / "carafe_mma.cu").read_text()
-    pattern = r"#define (MMA_STAGES|MMA_SLABS|MMA_WARPS_X|MMA_WARPS_Y) (\d+)"
+    pattern = r"#define (MMA_STAGES|MMA_SLABS|MMA_WARPS_X|MMA_WARPS_Y|MMA_STRIP) (\d+)"
     defaults = dict(re.findall(pattern, source))
     variant = kernels.MmaVariant()
     assert defaults == {
@@ -312,6 +312,7 @@ def test_tensor_core_variant_defaults_match_the_kernel_source():
         "MMA_SLABS": str(variant.slabs),
         "MMA_WARPS_X": str(variant.warps_x),
         "MMA_WARPS_Y": str(variant.warps_y),
+        "MMA_STRIP": str(int(variant.strip)),
     }
     assert kernels.MMA_VARIANT == variant
     small = kernels.mma_shared_mem(5, 2, kernels.MmaVariant(stages=2, slabs=1))
@@ -331,6 +332,38 @@ def test_tensor_core_variant_defaults_match_the_kernel_source():
     assert not kernels.mma_variant_fits(too_big)
     with pytest.raises(ValueError, match="bytes of shared memory at K=5"):
         kernels.mma_config(2, 64, 20, 40, 5, 1, 132, 2, too_big)
+
+
+def test_strip_launch_carries_every_channel_of_a_block_and_picks_its_length():
+    # MmaVariant(strip=True): the carry (2R halo rows per channel of the block) joins the buffers
+    # in shared memory, so a block's channels are capped by what fits; the strip length minimises
+    # the model of mma_strip_tiles (at the benchmark's shape: whole columns of 16 tiles, 256 blocks
+    # for 264 resident on 132 SMs, one round).
+    strip = kernels.MmaVariant(strip=True)
+    assert (
+        "-DMMA_STRIP=1" in strip.options() and "-DMMA_STRIP=1" not in kernels.MmaVariant().options()
+    )
+    assert kernels.mma_carry_plane(5) == 4 * kernels.mma_row_stride(5) == 56
+    cfg = kernels.mma_config(16, 256, 128, 128, 5, 1, 132, 2, strip)
+    assert cfg.strip_tiles == 16 and cfg.grid == (16, 1, 16) and cfg.per_block == 256
+    assert (
+        cfg.shared_mem == kernels.mma_shared_mem(5, 2) + 256 * 56 * 2 <= kernels.SHARED_MEMORY_LIMIT
+    )
+    # 1037 channels do not fit one block's carry (288 at most at K=5): split into 4 of 272
+    cfg = kernels.mma_config(16, 1037, 128, 128, 5, 1, 132, 2, strip)
+    assert (
+        cfg.per_block == 272 and cfg.grid[1] == 4 and cfg.shared_mem <= kernels.SHARED_MEMORY_LIMIT
+    )
+    assert cfg.grid[0] == 16 * math.ceil(16 / cfg.strip_tiles)
+    # the shipped variant computes one tile a block whatever the model would say
+    assert kernels.mma_config(16, 256, 128, 128, 5, 1, 132, 2).strip_tiles == 1
+    assert kernels.mma_strip_tiles(16, 16, 16, 256, 5, 132, kernels.MmaVariant()) == 1
+    # few blocks: a strip of one tile keeps the SMs busy
+    assert kernels.mma_strip_tiles(4, 4, 1, 256, 5, 132, strip) == 1
+    # the model: rounds of resident blocks x one block's sectors per channel
+    assert kernels.mma_strip_tiles(16, 16, 16, 256, 5, 132, strip) == 16
+    assert kernels.mma_strip_tiles(16, 16, 64, 256, 5, 132, strip) == 16
+    assert kernels.mma_strip_tiles(16, 16, 16, 256, 5, 33, strip) == 16
 
 
 @pytest.mark.parametrize(

@@ -111,6 +111,7 @@ def mma_translation_unit() -> str:
 MMA_VARIANT_BUILDS = {
     "mma_16x8": kernels.MmaVariant(warps_x=2),
     "mma_32x4": kernels.MmaVariant(warps_x=4, warps_y=4),
+    "mma_8x8_strip": kernels.MmaVariant(strip=True),
 }
 
 
@@ -180,7 +181,8 @@ def test_emulator_counts_global_sectors(builds, tmp_path):
     assert result.returncode == 0, result.stderr
     lanes = torch.arange(n)
     assert torch.equal(out, values[:n] + torch.where(lanes < 16, values[8 * lanes % 128], 0))
-    assert report.read_text().split() == ["4", "22", "16"]
+    # lane copies reading a sector: 32, then 16 (zero-filled past lane 15), then 32 + 8
+    assert report.read_text().split() == ["4", "22", "16", "88"]
 
 
 def faulty_translation_unit() -> str:
@@ -561,49 +563,92 @@ def test_tensor_core_forward_with_wider_tiles(emulate, monkeypatch, tmp_path, k,
     assert int(loads) > 0 and loads == wavefronts and worst == "1"
 
 
-def feature_sectors(variant, shape, kernel_size: int) -> int:
-    """The 32-byte sectors of a contiguous, 256-byte-aligned bfloat16 feature map ``shape`` (b, c,
-    h, w: an even width, 4-byte staging copies) that ``reassemble_mma`` built as ``variant``
-    stages, counted once per block: per tile and channel, the halo rows' copies inside the map."""
+def feature_staging(variant, shape, kernel_size: int, strip_tiles: int = 1) -> tuple[int, int]:
+    """What ``reassemble_mma`` built as ``variant`` stages of a contiguous, 256-byte-aligned
+    bfloat16 feature map ``shape`` (b, c, h, w: an even width, 4-byte copies) from global memory:
+    the 32-byte sectors each block reads, counted once per block, and the 4-byte copies inside the
+    map. A block computes ``strip_tiles`` tiles down a column; past its first, a tile's top 2R halo
+    rows come from the carry (strip builds), not from a copy."""
     b, c, h, w = shape
     r = (kernel_size - 1) // 2
     tile_w, tile_h = variant.tile
-    total = 0
-    for py0 in range(0, h, tile_h):
-        for px0 in range(0, w, tile_w):
-            xa = (px0 - r) & -2  # the copies start at an even column
-            n_copies = math.ceil((px0 - r - xa + tile_w + 2 * r) / 2)
-            sectors = set()
-            for y in range(max(py0 - r, 0), min(py0 + tile_h + r, h)):
-                for x in range(max(xa, 0), min(xa + 2 * n_copies, w), 2):
-                    sectors.add((y * w + x) * 2 // 32)
-            total += len(sectors)
-    return total * b * c  # no plane shares a sector with another (w h 2 bytes, a multiple of 32)
+    sectors = copies = 0
+    for px0 in range(0, w, tile_w):
+        xa = (px0 - r) & -2  # the copies start at an even column
+        n_copies = math.ceil((px0 - r - xa + tile_w + 2 * r) / 2)
+        columns = range(max(xa, 0), min(xa + 2 * n_copies, w), 2)
+        for strip_y in range(0, h, tile_h * strip_tiles):
+            block = set()
+            for py0 in range(strip_y, min(strip_y + tile_h * strip_tiles, h), tile_h):
+                first = py0 - r if py0 == strip_y or not variant.strip else py0 + r
+                for y in range(max(first, 0), min(py0 + tile_h + r, h)):
+                    block.update((y * w + x) * 2 // 32 for x in columns)
+                    copies += len(columns)
+            sectors += len(block)
+    # no plane shares a sector with another (w h 2 bytes, a multiple of 32)
+    return sectors * b * c, copies * b * c
 
 
 @pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
 def test_tensor_core_forward_feature_sectors_per_tile(emulate, monkeypatch, tmp_path, k):
     # The emulator's sector trace (CUDA_ON_CPU_SECTORS) of the feature staging's cp.async copies,
-    # against feature_sectors(): what the wider tiles are for. Per warp copy instruction (no L1
-    # hits) a block reads more than its distinct sectors, never fewer. docs/benchmarks.md has
-    # both counts at the benchmark's shape.
-    shape = (1, 16, 16, 64)
+    # against feature_staging(): what the wider tiles and the strips are for. Per warp copy
+    # instruction (no L1 hits) a block reads more than its distinct sectors, never fewer; a strip
+    # reads its tiles' shared halo rows once (its lane copies), so fewer sectors per instruction.
+    # docs/benchmarks.md has the counts at the benchmark's shape.
+    shape = (1, 16, 32, 64)
     features = torch.randn(shape).to(torch.bfloat16)
-    masks = torch.randn(1, k * k, 32, 128).to(torch.bfloat16)
+    masks = torch.randn(1, k * k, 64, 128).to(torch.bfloat16)
     want = carafe(features.double(), masks.double(), k, 2, backend="torch")
-    per_variant = {}
+    per_copy = {}
     for variant in (kernels.MmaVariant(), *MMA_VARIANT_BUILDS.values()):
         monkeypatch.setattr(kernels, "MMA_VARIANT", variant)
-        report = tmp_path / f"sectors_{'x'.join(map(str, variant.tile))}.txt"
-        emulate("address", {"CUDA_ON_CPU_SECTORS": str(report)})
-        got = kernels.reassemble(features, masks, k, 2, 1, path="mma")
-        torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=1e-2)
-        copies, sectors, block_sectors = map(int, report.read_text().split())
-        assert block_sectors == feature_sectors(variant, shape, k), variant
-        assert copies > 0 and sectors >= block_sectors
-        per_variant[variant.tile] = block_sectors
-    # a halo row of 8 parents spans 2 sectors, of 16 three, of 32 four; 12, 12, 8 rows at K = 5
-    assert per_variant[(32, 4)] < per_variant[(16, 8)] < per_variant[(8, 8)], per_variant
+        for strip_tiles in (1, 2, 4) if variant.strip else (1,):
+            monkeypatch.setattr(kernels, "mma_strip_tiles", lambda *args, n=strip_tiles: n)
+            case = f"{variant} strips of {strip_tiles}"
+            report = tmp_path / f"sectors_{len(per_copy)}.txt"
+            emulate("address", {"CUDA_ON_CPU_SECTORS": str(report)})
+            got = kernels.reassemble(features, masks, k, 2, 1, path="mma")
+            torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=1e-2)
+            copies, sectors, block_sectors, lane_copies = map(int, report.read_text().split())
+            assert (block_sectors, lane_copies) == feature_staging(variant, shape, k, strip_tiles)
+            assert copies > 0 and sectors >= block_sectors, case
+            per_copy[variant.tile, variant.strip and strip_tiles] = sectors
+    # a halo row of 8 parents spans 2 sectors, of 16 three, of 32 four; 12, 12, 8 rows at K = 5;
+    # an 8 x 8 strip of 4 tiles stages 12 + 3 x 8 rows for 4 tiles
+    assert per_copy[(32, 4), 0] < per_copy[(16, 8), 0] < per_copy[(8, 8), 0], per_copy
+    assert per_copy[(8, 8), 4] < per_copy[(8, 8), 2] < per_copy[(8, 8), 1] == per_copy[(8, 8), 0]
+
+
+@pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
+def test_tensor_core_forward_strips_equal_the_shipped_tiles_bit_for_bit(emulate, monkeypatch, k):
+    # MmaVariant(strip=True): a block computes strip_tiles tiles down a column and carries each
+    # tile's bottom 2R staged halo rows over to the next in shared memory. Same products, same
+    # order as the shipped kernel, so the same bits: strips of one tile to more than a column has
+    # (the last strip ragged or past the bottom), ragged tiles, several chunks, groups, 4-byte and
+    # element copies (odd width, misaligned base); then under ThreadSanitizer, since the carry has
+    # no barrier of its own (each thread restores only what it kept).
+    emulate()
+    strip = MMA_VARIANT_BUILDS["mma_8x8_strip"]
+    cases = ((1, 20, 27, 0, 40), (2, 24, 16, 0, 20), (1, 19, 21, 0, 36), (1, 22, 25, 1, 20))
+    for groups, width, height, offset, per_group in cases:
+        features = _at_offset((2, per_group * groups, height, width), offset, torch.bfloat16)
+        masks = torch.randn(2, groups * k * k, 2 * height, 2 * width).to(torch.bfloat16)
+        monkeypatch.setattr(kernels, "MMA_VARIANT", kernels.MmaVariant())
+        want = kernels.reassemble(features, masks, k, 2, groups, path="mma")
+        monkeypatch.setattr(kernels, "MMA_VARIANT", strip)
+        for strip_tiles in (1, 2, 3, 5):
+            monkeypatch.setattr(kernels, "mma_strip_tiles", lambda *args, n=strip_tiles: n)
+            got = kernels.reassemble(features, masks, k, 2, groups, path="mma")
+            case = f"groups={groups} {width}x{height} offset={offset} strips of {strip_tiles}"
+            assert torch.equal(got, want), case
+    emulate("thread")
+    features = torch.randn(1, 18, 20, 12).to(torch.bfloat16)
+    masks = torch.randn(1, k * k, 40, 24).to(torch.bfloat16)
+    monkeypatch.setattr(kernels, "mma_strip_tiles", lambda *args: 3)
+    got = kernels.reassemble(features, masks, k, 2, 1, path="mma")
+    want = carafe(features.double(), masks.double(), k, 2, backend="torch")
+    torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=1e-2)
 
 
 @pytest.mark.parametrize("staging", kernels.STAGINGS)

@@ -22,8 +22,16 @@ def test_variants_include_the_shipped_one_and_fit_the_default_shared_memory():
     assert kernels.MMA_VARIANT in bench.VARIANTS
     assert len(set(bench.VARIANTS)) == len(bench.VARIANTS)
     assert {v.tile for v in bench.VARIANTS} == {(8, 8), (16, 8), (32, 4)}
-    assert len([v for v in bench.VARIANTS if v.tile == (8, 8)]) == 6  # all fit at 8 x 8 parents
+    plain = [v for v in bench.VARIANTS if not v.strip]
+    assert len([v for v in plain if v.tile == (8, 8)]) == 6  # all fit at 8 x 8 parents
     assert {v.slabs for v in bench.VARIANTS if v.tile == (32, 4)} == {1}
+    # each tile in strips too, at the shipped pipeline, with room for a block's carry
+    strips = [v for v in bench.VARIANTS if v.strip]
+    assert {v.tile for v in strips} == {(8, 8), (16, 8), (32, 4)}
+    assert {(v.stages, v.slabs) for v in strips} == {(kernels.MMA_VARIANT.stages, 1)}
+    for variant in strips:
+        for k in kernels.MMA_KERNEL_SIZES:
+            assert kernels.mma_config(16, 256, 128, 128, k, 1, 132, 2, variant).strip_tiles > 1
     assert sorted(bench.KERNEL_SIZES) == sorted(kernels.MMA_KERNEL_SIZES)
     for variant in bench.VARIANTS:
         for k in kernels.MMA_KERNEL_SIZES:

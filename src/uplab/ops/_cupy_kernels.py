@@ -167,6 +167,7 @@ class LaunchConfig:
     shared_mem: int
     per_block: int
     stage: int = 0  # channels staged in shared memory per barrier (tiled kernels)
+    strip_tiles: int = 1  # tiles a block computes down a column (reassemble_mma's strip builds)
 
 
 def _check_batch_groups(batch: int, groups: int) -> None:
@@ -332,16 +333,19 @@ def tiled_async_shared_mem(
 
 @dataclass(frozen=True)
 class MmaVariant:
-    """Compile-time shape of ``reassemble_mma`` (MMA_STAGES, MMA_SLABS, MMA_WARPS_X, MMA_WARPS_Y
-    in carafe_mma.cu, whose defaults are this class's): ``stages`` cp.async buffers (2 to 4), each
-    of ``slabs`` 16-channel slabs (1 or 2) staged under one barrier, and a tile of ``warps_y``
-    parent rows of ``8 * warps_x`` parents, one warp per 8 (8 x 8 parents and 8 warps by default;
-    16 x 8 and 32 x 4 take 16 warps)."""
+    """Compile-time shape of ``reassemble_mma`` (MMA_STAGES, MMA_SLABS, MMA_WARPS_X, MMA_WARPS_Y,
+    MMA_STRIP in carafe_mma.cu, whose defaults are this class's): ``stages`` cp.async buffers (2 to
+    4), each of ``slabs`` 16-channel slabs (1 or 2) staged under one barrier, and a tile of
+    ``warps_y`` parent rows of ``8 * warps_x`` parents, one warp per 8 (8 x 8 parents and 8 warps
+    by default; 16 x 8 and 32 x 4 take 16 warps). With ``strip`` a block computes
+    :func:`mma_strip_tiles` tiles down a column and carries each tile's bottom halo rows over to
+    the next in shared memory, instead of reading them from global memory again."""
 
     stages: int = 3
     slabs: int = 1
     warps_x: int = 1
     warps_y: int = 8
+    strip: bool = False
 
     def options(self) -> tuple[str, ...]:
         return NVRTC_OPTIONS + (
@@ -349,6 +353,7 @@ class MmaVariant:
             f"-DMMA_SLABS={self.slabs}",
             f"-DMMA_WARPS_X={self.warps_x}",
             f"-DMMA_WARPS_Y={self.warps_y}",
+            *(("-DMMA_STRIP=1",) if self.strip else ()),
         )
 
     @property
@@ -364,6 +369,8 @@ class MmaVariant:
 
 # Read at each launch, so a benchmark may switch it (scripts/bench_mma_variants.py).
 MMA_VARIANT = MmaVariant()
+# Threads of reassemble_mma an SM holds (its registers: about 120 a thread, 2 blocks of 256).
+MMA_BLOCK_THREADS_PER_SM = 512
 
 
 def mma_row_stride(kernel_size: int, variant: MmaVariant | None = None) -> int:
@@ -384,12 +391,62 @@ def mma_chunk_plane(kernel_size: int, variant: MmaVariant | None = None) -> int:
     return 2 * (words + (12 - words % 8) % 8)
 
 
-def mma_shared_mem(kernel_size: int, itemsize: int, variant: MmaVariant | None = None) -> int:
+def mma_shared_mem(
+    kernel_size: int,
+    itemsize: int,
+    variant: MmaVariant | None = None,
+    channels_per_block: int = MMA_CHANNELS,
+) -> int:
     """Dynamic shared memory of ``reassemble_mma``: the variant's buffers of MMA_CHANNELS staged
-    channels per slab, :func:`mma_chunk_plane` elements each."""
+    channels per slab, :func:`mma_chunk_plane` elements each, and for a strip build the carry of
+    :func:`mma_carry_plane` elements per channel of the block."""
     variant = variant or MMA_VARIANT
     plane = mma_chunk_plane(kernel_size, variant)
-    return variant.stages * variant.slabs * MMA_CHANNELS * plane * itemsize
+    buffers = variant.stages * variant.slabs * MMA_CHANNELS * plane * itemsize
+    if not variant.strip:
+        return buffers
+    return buffers + channels_per_block * mma_carry_plane(kernel_size, variant) * itemsize
+
+
+def mma_carry_plane(kernel_size: int, variant: MmaVariant | None = None) -> int:
+    """Elements per channel of a strip build's carry (kCarryPlane in carafe_mma.cu): the 2R halo
+    rows of :func:`mma_row_stride` elements that a tile hands to the next one down its strip."""
+    return (kernel_size - 1) * mma_row_stride(kernel_size, variant)
+
+
+def mma_strip_tiles(
+    tiles_x: int,
+    tiles_y: int,
+    stacks: int,
+    channels_per_block: int,
+    kernel_size: int,
+    n_sm: int,
+    variant: MmaVariant | None = None,
+) -> int:
+    """Tiles per block down a column for a strip build (1 otherwise): the strip length that
+    minimises a model of the kernel's time, rounds of resident blocks (``stacks`` blocks per tile,
+    batch x groups x channel splits, MMA_BLOCK_THREADS_PER_SM threads an SM) times one block's
+    L2 sectors per channel: per tile its outputs and its share of the masks, per staged halo row
+    about its bytes plus one sector (a row seldom starts on a sector boundary), bfloat16. A strip
+    of S tiles stages S * tile rows + 2R halo rows instead of S * (tile rows + 2R); a long strip
+    leaves few blocks, and a last round that fills few SMs, which the rounds count."""
+    variant = variant or MMA_VARIANT
+    if not variant.strip:
+        return 1
+    tile_w, tile_h = variant.tile
+    radius = (kernel_size - 1) // 2
+    outputs = 4 * tile_w * tile_h * 2 / 32  # sectors of a tile's outputs, per channel
+    masks = kernel_size**2 * outputs / channels_per_block
+    row = math.ceil((tile_w + 2 * radius) * 2 / 32) + 1
+    slots = max(1, MMA_BLOCK_THREADS_PER_SM // variant.threads) * n_sm
+
+    def time(strip: int) -> float:
+        blocks = tiles_x * math.ceil(tiles_y / strip) * stacks
+        return math.ceil(blocks / slots) * (
+            strip * (outputs + masks) + (strip * tile_h + 2 * radius) * row
+        )
+
+    return min(range(1, tiles_y + 1), key=time)
 
 
 def mma_variant_fits(variant: MmaVariant, itemsize: int = 2) -> bool:
@@ -416,23 +473,39 @@ def mma_config(
     grid.y in multiples of MMA_CHANNELS until the GPU has TILED_BLOCKS_PER_SM blocks per SM."""
     variant = variant or MMA_VARIANT
     _check_batch_groups(batch, groups)
-    shared_mem = mma_shared_mem(kernel_size, itemsize, variant)
+    shared_mem = mma_shared_mem(kernel_size, itemsize, variant, channels_per_block=0)
     if shared_mem > SHARED_MEMORY_LIMIT:
         raise ValueError(
             f"{variant} needs {shared_mem} bytes of shared memory at K={kernel_size}, more than "
             f"the {SHARED_MEMORY_LIMIT} a block may use without opting in"
         )
     tile_w, tile_h = variant.tile
-    tiles = math.ceil(width / tile_w) * math.ceil(height / tile_h)
+    tiles_x, tiles_y = math.ceil(width / tile_w), math.ceil(height / tile_h)
     group_channels = channels // groups
-    wanted = math.ceil(TILED_BLOCKS_PER_SM * n_sm / (tiles * batch * groups))
-    per_block = _split(group_channels, wanted, MMA_CHANNELS)
+    parts = math.ceil(TILED_BLOCKS_PER_SM * n_sm / (tiles_x * tiles_y * batch * groups))
+    if variant.strip:  # the carry holds every channel of the block
+        carry = mma_carry_plane(kernel_size, variant) * itemsize
+        room = (SHARED_MEMORY_LIMIT - shared_mem) // carry // MMA_CHANNELS * MMA_CHANNELS
+        if room < MMA_CHANNELS:
+            raise ValueError(
+                f"{variant} leaves room for the carry of {room} channels at K={kernel_size} in "
+                f"the {SHARED_MEMORY_LIMIT} bytes a block may use without opting in; it needs "
+                f"{MMA_CHANNELS}"
+            )
+        parts = max(parts, math.ceil(group_channels / room))
+    per_block = _split(group_channels, parts, MMA_CHANNELS)
+    shared_mem = mma_shared_mem(kernel_size, itemsize, variant, per_block)
     chunks = math.ceil(group_channels / per_block)
+    strip = 1
+    if variant.strip:
+        stacks = chunks * batch * groups
+        strip = mma_strip_tiles(tiles_x, tiles_y, stacks, per_block, kernel_size, n_sm, variant)
     return LaunchConfig(
-        (tiles, chunks, batch * groups),
+        (tiles_x * math.ceil(tiles_y / strip), chunks, batch * groups),
         (variant.threads, 1, 1),
         shared_mem,
         per_block,
+        strip_tiles=strip,
     )
 
 
@@ -578,7 +651,7 @@ def reassemble(
             "carafe_mma.cu",
             config,
             (features, masks, out),
-            (c, h, w, groups, config.per_block),
+            (c, h, w, groups, config.per_block, config.strip_tiles),
             kernel_size,
             MMA_VARIANT.options(),
         )

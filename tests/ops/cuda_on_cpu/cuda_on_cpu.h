@@ -36,10 +36,11 @@
 //    commit group of every lane of a warp that has one is taken as one warp instruction (a copy
 //    loop whose trip count differs between lanes issues its k-th iteration together) and costs the
 //    distinct 32-byte sectors it reads (a zero-filled copy reads none): the L2's share with no L1
-//    hits. The launch appends "COPIES SECTORS BLOCK_SECTORS" to PATH: the warp copy instructions,
-//    the sum of their sectors, and the sum over blocks of the distinct sectors a block reads (the
-//    L2's share if the L1 caught every repeat within a block). Buffers are 256-byte aligned, as
-//    from cudaMalloc, so the sectors are the GPU's.
+//    hits. The launch appends "COPIES SECTORS BLOCK_SECTORS LANE_COPIES" to PATH: the warp copy
+//    instructions, the sum of their sectors, the sum over blocks of the distinct sectors a block
+//    reads (the L2's share if the L1 caught every repeat within a block), and the lanes' copies
+//    that read a sector (zero-filled ones left out). Buffers are 256-byte aligned, as from
+//    cudaMalloc, so the sectors are the GPU's.
 //  - half: _Float16 (round to nearest even, like cvt.rn.f16.f32); bfloat16 is plain bit
 //    arithmetic in uplab_scalar.cuh already.
 #pragma once
@@ -236,7 +237,7 @@ inline void note_copy_source(const void* src, int bytes, bool valid) {
 }
 
 struct SectorTally {
-    unsigned long copies = 0, sectors = 0, block_sectors = 0;
+    unsigned long copies = 0, sectors = 0, block_sectors = 0, lane_copies = 0;
 };
 inline SectorTally sector_tally;
 
@@ -260,6 +261,7 @@ inline void tally_sectors(ThreadState* const* lanes, std::size_t n_lanes,
                 const std::uintptr_t sector = groups[g][k];
                 if (sector == kNoSector) continue;
                 block.push_back(sector);
+                ++sector_tally.lane_copies;
                 if (std::find(sectors, sectors + n_sectors, sector) == sectors + n_sectors) {
                     sectors[n_sectors++] = sector;
                 }
@@ -275,8 +277,8 @@ inline void tally_sectors(ThreadState* const* lanes, std::size_t n_lanes,
 inline void write_sector_report() {
     std::FILE* file = std::fopen(sectors_report(), "a");
     if (file == nullptr) fail("cannot open CUDA_ON_CPU_SECTORS for appending");
-    std::fprintf(file, "%lu %lu %lu\n", sector_tally.copies, sector_tally.sectors,
-                 sector_tally.block_sectors);
+    std::fprintf(file, "%lu %lu %lu %lu\n", sector_tally.copies, sector_tally.sectors,
+                 sector_tally.block_sectors, sector_tally.lane_copies);
     if (std::fclose(file) != 0) fail("cannot write CUDA_ON_CPU_SECTORS");
 }
 
