@@ -53,8 +53,9 @@
 // K = 3), about 5 after the compiler merges the loads of parents p and p + 1, which read the same
 // words with different masks. The first version needed about 58 (16-bit A loads at 3.6
 // wavefronts, outputs staged through shared memory). Measured on an H100: docs/benchmarks.md.
-// Grid: x = tiles of 8 x 8 parents, y = chunks of channels_per_block channels (a multiple of 16),
-// z = batch * groups. Dynamic shared memory: mma_shared_mem() in _cupy_kernels.py.
+// Grid: x = tiles of 8 x 8 parents (with MMA_STRIP, strips of strip_tiles tiles down a column),
+// y = chunks of channels_per_block channels (a multiple of 16), z = batch * groups. Dynamic shared
+// memory: mma_shared_mem() in _cupy_kernels.py.
 #define CP_ASYNC_HELPERS 1
 #include "uplab_scalar.cuh"
 
