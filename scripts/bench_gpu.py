@@ -5,7 +5,7 @@ in float32 and bfloat16 (the kernels as shipped, ``cuda``, and the kernel varian
 KERNEL_VARIANTS that differ from it: the tiled kernels' plain-load halo staging ``cuda-sync``, their
 cp.async staging ``cuda-async``, carafe's tensor-core forward ``cuda-mma``, bfloat16, and that
 forward over wider tiles, ``cuda-mma-16x8`` and ``cuda-mma-32x4``, or in strips of tiles,
-``cuda-mma-strip``): forward and
+``cuda-mma-strip`` and ``cuda-mma-32x4-strip``): forward and
 forward+backward time (CUDA events around back-to-back calls, warm-up, median), achieved forward
 bandwidth (the bytes the op must move: inputs read once, output written once) against the device's
 measured device-to-device copy bandwidth (bytes read + written), and the peak
@@ -63,8 +63,12 @@ KERNEL_VARIANTS = {
     # sectors per parent than the shipped 8 x 8 (docs/benchmarks.md, next steps 1)
     "cuda-mma-16x8": KernelChoice("async", True, MmaVariant(warps_x=2)),
     "cuda-mma-32x4": KernelChoice("async", True, MmaVariant(warps_x=4, warps_y=4)),
-    # the shipped tile in strips down a column, halo rows carried over (next steps 6)
+    # the shipped tile and the 32 x 4 one in strips down a column, halo rows carried over in
+    # shared memory (next steps 6)
     "cuda-mma-strip": KernelChoice("async", True, MmaVariant(strip=True)),
+    "cuda-mma-32x4-strip": KernelChoice(
+        "async", True, MmaVariant(warps_x=4, warps_y=4, strip=True)
+    ),
 }
 VARIANT_NAMES = {
     "cuda-sync": "plain-load staging",
@@ -73,6 +77,7 @@ VARIANT_NAMES = {
     "cuda-mma-16x8": "tensor-core forward over 16 x 8 parents",
     "cuda-mma-32x4": "tensor-core forward over 32 x 4 parents",
     "cuda-mma-strip": "tensor-core forward in strips of 8 x 8 parents",
+    "cuda-mma-32x4-strip": "tensor-core forward in strips of 32 x 4 parents",
 }
 IMPLS = ("cuda", *KERNEL_VARIANTS, "torch", "unfold")
 

@@ -321,6 +321,7 @@ MMA_TILES = {
     "16x8": _cupy_kernels.MmaVariant(warps_x=2),
     "32x4": _cupy_kernels.MmaVariant(warps_x=4, warps_y=4),
     "8x8-strip": _cupy_kernels.MmaVariant(strip=True),
+    "32x4-strip": _cupy_kernels.MmaVariant(warps_x=4, warps_y=4, strip=True),
 }
 
 
@@ -347,6 +348,28 @@ def test_tensor_core_forward_matches_torch_path(k, dtype, tile, monkeypatch):
         got = _cupy_kernels.reassemble(features, masks, k, 2, groups, path="mma")
         case = f"groups={groups} width={width} offset={offset}"
         torch.testing.assert_close(got.double(), want, atol=atol, rtol=rtol, msg=case)
+
+
+@pytest.mark.parametrize("tile", [t for t in MMA_TILES if MMA_TILES[t].strip])
+def test_tensor_core_strips_opt_in_to_shared_memory_past_48_kib(tile, monkeypatch):
+    # A strip build's carry holds every channel of its block: 512 channels in one block (no
+    # split for occupancy here) take 73 KiB at K=5 for 8 x 8 tiles and 185 KiB for 32 x 4 (two
+    # blocks of 105 KiB on an A100), which the launch must opt in to (cuFuncSetAttribute).
+    variant = MMA_TILES[tile]
+    monkeypatch.setattr(_cupy_kernels, "MMA_VARIANT", variant)
+    monkeypatch.setattr(_cupy_kernels, "mma_strip_tiles", lambda *args: 3)
+    monkeypatch.setattr(_cupy_kernels, "TILED_BLOCKS_PER_SM", 0)
+    features = torch.randn(2, 512, 37, 70, device="cuda").to(torch.bfloat16)
+    masks = torch.randn(2, 25, 74, 140, device="cuda").to(torch.bfloat16)
+    limit = _cupy_kernels.mma_shared_limit(0, variant)
+    n_sm = _cupy_kernels._multiprocessors(0)
+    config = _cupy_kernels.mma_config(2, 512, 37, 70, 5, 1, n_sm, 2, variant, shared_limit=limit)
+    assert config.shared_mem > _cupy_kernels.SHARED_MEMORY_LIMIT
+    want = carafe(features.double(), masks.double(), 5, 2, backend="torch")
+    _leave_nan_block(want.shape, torch.bfloat16)
+    got = _cupy_kernels.reassemble(features, masks, 5, 2, 1, path="mma")
+    atol, rtol = TOL[torch.bfloat16]
+    torch.testing.assert_close(got.double(), want, atol=atol, rtol=rtol)
 
 
 def test_tensor_core_forward_through_autograd(monkeypatch):

@@ -366,6 +366,46 @@ def test_strip_launch_carries_every_channel_of_a_block_and_picks_its_length():
     assert kernels.mma_strip_tiles(16, 16, 16, 256, 5, 33, strip) == 16
 
 
+def test_strip_builds_opt_in_to_more_shared_memory_for_their_carry(monkeypatch):
+    # A strip build's carry grows with the block's channels: past the default 48 KiB it may take
+    # what the device lets a block opt in to, as long as the blocks an SM holds still fit (an
+    # H100: 2 x 256 threads of 113 KiB, or one block of 512 threads of 227 KiB); other builds
+    # keep 48 KiB.
+    monkeypatch.setattr(kernels, "_shared_memory", lambda device_index: (232_448, 233_472))
+    strip = kernels.MmaVariant(strip=True)
+    flat_strip = kernels.MmaVariant(warps_x=4, warps_y=4, strip=True)
+    assert kernels.mma_shared_limit(0, kernels.MmaVariant()) == kernels.SHARED_MEMORY_LIMIT
+    assert kernels.mma_shared_limit(0, strip) == 233_472 // 2 - 1024
+    assert kernels.mma_shared_limit(0, flat_strip) == 232_448
+    limit = kernels.mma_shared_limit(0, strip)
+    # room for 880 channels' carry at K=5 (288 in 48 KiB): 512 in one block, 1037 in two
+    cfg = kernels.mma_config(16, 512, 128, 128, 5, 1, 132, 2, strip, shared_limit=limit)
+    assert cfg.grid[1] == 1 and cfg.shared_mem == kernels.mma_shared_mem(5, 2, strip, 512) <= limit
+    cfg = kernels.mma_config(16, 1037, 128, 128, 5, 1, 132, 2, strip, shared_limit=limit)
+    assert cfg.grid[1] == 2 and cfg.shared_mem <= limit
+    # 32 x 4 in strips: its 256 channels in one block, masks read once (6 splits in 48 KiB)
+    limit = kernels.mma_shared_limit(0, flat_strip)
+    cfg = kernels.mma_config(16, 256, 128, 128, 5, 1, 132, 2, flat_strip, shared_limit=limit)
+    assert cfg.per_block == 256 and cfg.shared_mem > kernels.SHARED_MEMORY_LIMIT
+    assert kernels.mma_config(16, 256, 128, 128, 5, 1, 132, 2, flat_strip).grid[1] == 6
+
+
+def test_launch_opts_a_kernel_in_to_shared_memory_past_48_kib_once():
+    class Kernel:  # CuPy's RawKernel: the attribute's setter calls cuFuncSetAttribute
+        def __init__(self):
+            self.sets = []
+
+        def __setattr__(self, name, value):
+            if name == "max_dynamic_shared_size_bytes":
+                self.sets.append(value)
+            object.__setattr__(self, name, value)
+
+    kernel = Kernel()
+    for shared_mem in (1024, kernels.SHARED_MEMORY_LIMIT, 80_000, 60_000, 80_000, 100_000):
+        kernels._opt_in(kernel, shared_mem)
+    assert kernel.sets == [80_000, 100_000]
+
+
 @pytest.mark.parametrize(
     "shape", [(16, 256, 128, 128, 5, 1), (1, 1037, 9, 13, 3, 1), (2, 40, 11, 19, 5, 2)]
 )

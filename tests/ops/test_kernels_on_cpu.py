@@ -54,6 +54,8 @@ SANITIZER_ENV = {
 # Multiprocessors of the emulated GPU: small, so that the launch code splits channels and window
 # offsets over grid.y as it does for small images on a real GPU.
 N_SM = 2
+# Its shared memory, bytes: opt-in per block and per SM, an H100's (strip builds may opt in)
+H100_SHARED_MEMORY = (232_448, 233_472)
 TOL = {  # (atol, rtol) vs the float64 PyTorch path on the same rounded inputs
     torch.float64: (1e-10, 0.0),
     torch.float32: (1e-4, 1e-4),
@@ -335,6 +337,7 @@ def emulate(builds, monkeypatch, tmp_path):
 
     monkeypatch.setattr(kernels, "_launch", launch)
     monkeypatch.setattr(kernels, "_multiprocessors", lambda device_index: N_SM)
+    monkeypatch.setattr(kernels, "_shared_memory", lambda device_index: H100_SHARED_MEMORY)
 
     def configure(sanitizer="address", env=None):
         """The names of the kernels launched from now on are appended to the returned list (and
@@ -630,7 +633,15 @@ def test_tensor_core_forward_strips_equal_the_shipped_tiles_bit_for_bit(emulate,
     # no barrier of its own (each thread restores only what it kept).
     emulate()
     strip = MMA_VARIANT_BUILDS["mma_8x8_strip"]
-    cases = ((1, 20, 27, 0, 40), (2, 24, 16, 0, 20), (1, 19, 21, 0, 36), (1, 22, 25, 1, 20))
+    # the last case's carry (400 channels, 112 bytes each at K=5) takes the block past 48 KiB of
+    # shared memory (opt-in)
+    cases = (
+        (1, 20, 27, 0, 40),
+        (2, 24, 16, 0, 20),
+        (1, 19, 21, 0, 36),
+        (1, 22, 25, 1, 20),
+        (1, 20, 17, 0, 400),
+    )
     for groups, width, height, offset, per_group in cases:
         features = _at_offset((2, per_group * groups, height, width), offset, torch.bfloat16)
         masks = torch.randn(2, groups * k * k, 2 * height, 2 * width).to(torch.bfloat16)
@@ -642,6 +653,11 @@ def test_tensor_core_forward_strips_equal_the_shipped_tiles_bit_for_bit(emulate,
             got = kernels.reassemble(features, masks, k, 2, groups, path="mma")
             case = f"groups={groups} {width}x{height} offset={offset} strips of {strip_tiles}"
             assert torch.equal(got, want), case
+    limit = kernels.mma_shared_limit(0, strip)  # an H100's, from the fixture
+    config = kernels.mma_config(2, 400, 17, 20, k, 1, N_SM, 2, strip, shared_limit=limit)
+    assert config.per_block == 400
+    assert config.shared_mem == kernels.mma_shared_mem(k, 2, strip, 400)
+    assert (config.shared_mem > kernels.SHARED_MEMORY_LIMIT) == (k == 5)  # K=3: 48 bytes each
     emulate("thread")
     features = torch.randn(1, 18, 20, 12).to(torch.bfloat16)
     masks = torch.randn(1, k * k, 40, 24).to(torch.bfloat16)

@@ -48,8 +48,18 @@ def test_wider_tile_rows_launch_the_variants_the_emulator_tests():
         for impl, choice in bench_gpu.KERNEL_VARIANTS.items()
         if choice.mma_variant is not None
     }
-    assert tiles == {"cuda-mma-16x8": (16, 8), "cuda-mma-32x4": (32, 4), "cuda-mma-strip": (8, 8)}
-    assert bench_gpu.KERNEL_VARIANTS["cuda-mma-strip"].mma_variant.strip
+    assert tiles == {
+        "cuda-mma-16x8": (16, 8),
+        "cuda-mma-32x4": (32, 4),
+        "cuda-mma-strip": (8, 8),
+        "cuda-mma-32x4-strip": (32, 4),
+    }
+    assert {
+        i for i, v in bench_gpu.KERNEL_VARIANTS.items() if v.mma_variant and v.mma_variant.strip
+    } == {
+        "cuda-mma-strip",
+        "cuda-mma-32x4-strip",
+    }
     for impl in tiles:
         assert _cupy_kernels.mma_variant_fits(bench_gpu.KERNEL_VARIANTS[impl].mma_variant)
 
@@ -63,7 +73,7 @@ def test_table_skips_variants_that_launch_the_shipped_kernels(monkeypatch):
     # the tensor-core forward (carafe bf16 with TILED_MMA); "cuda-mma*" only apply there.
     monkeypatch.setattr(_cupy_kernels, "TILED_STAGING", "async")
     monkeypatch.setattr(_cupy_kernels, "TILED_MMA", False)
-    wide = ["cuda-mma-16x8", "cuda-mma-32x4", "cuda-mma-strip"]
+    wide = ["cuda-mma-16x8", "cuda-mma-32x4", "cuda-mma-strip", "cuda-mma-32x4-strip"]
     assert _timed_impls("carafe", "fp32") == ["cuda", "cuda-sync", "torch", "unfold"]
     assert _timed_impls("carafe", "bf16") == [
         "cuda",

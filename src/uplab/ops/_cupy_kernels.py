@@ -467,10 +467,14 @@ def mma_config(
     n_sm: int,
     itemsize: int,
     variant: MmaVariant | None = None,
+    shared_limit: int = SHARED_MEMORY_LIMIT,
 ) -> LaunchConfig:
     """Launch of ``reassemble_mma`` (``variant``, default :data:`MMA_VARIANT`): one block of
     ``warps_x * warps_y`` warps per tile of ``variant.tile`` parents, a group's channels split over
-    grid.y in multiples of MMA_CHANNELS until the GPU has TILED_BLOCKS_PER_SM blocks per SM."""
+    grid.y in multiples of MMA_CHANNELS until the GPU has TILED_BLOCKS_PER_SM blocks per SM. A
+    strip build's blocks take a strip of :func:`mma_strip_tiles` tiles each, and as many channels
+    as their carry leaves room for in ``shared_limit`` bytes (:func:`mma_shared_limit`: the
+    device's opt-in shared memory where it has more than the default 48 KiB)."""
     variant = variant or MMA_VARIANT
     _check_batch_groups(batch, groups)
     shared_mem = mma_shared_mem(kernel_size, itemsize, variant, channels_per_block=0)
@@ -485,11 +489,12 @@ def mma_config(
     parts = math.ceil(TILED_BLOCKS_PER_SM * n_sm / (tiles_x * tiles_y * batch * groups))
     if variant.strip:  # the carry holds every channel of the block
         carry = mma_carry_plane(kernel_size, variant) * itemsize
-        room = (SHARED_MEMORY_LIMIT - shared_mem) // carry // MMA_CHANNELS * MMA_CHANNELS
+        room = (max(shared_limit, SHARED_MEMORY_LIMIT) - shared_mem) // carry
+        room = room // MMA_CHANNELS * MMA_CHANNELS
         if room < MMA_CHANNELS:
             raise ValueError(
                 f"{variant} leaves room for the carry of {room} channels at K={kernel_size} in "
-                f"the {SHARED_MEMORY_LIMIT} bytes a block may use without opting in; it needs "
+                f"the {shared_limit} bytes of shared memory a block may use; it needs "
                 f"{MMA_CHANNELS}"
             )
         parts = max(parts, math.ceil(group_channels / room))
@@ -516,6 +521,39 @@ def _acc_bytes(dtype: torch.dtype) -> int:
 @functools.cache
 def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.cache
+def _shared_memory(device_index: int) -> tuple[int, int]:
+    """Opt-in shared memory of one block and an SM's shared memory, in bytes."""
+    properties = torch.cuda.get_device_properties(device_index)
+    return properties.shared_memory_per_block_optin, properties.shared_memory_per_multiprocessor
+
+
+def mma_shared_limit(device_index: int, variant: MmaVariant | None = None) -> int:
+    """Shared memory a block of ``variant`` may take on this device: the default 48 KiB, or for a
+    strip build (whose carry grows with the block's channels) what the device lets a block opt in
+    to, as long as the MMA_BLOCK_THREADS_PER_SM threads an SM holds still fit (1 KiB of each
+    block is the system's)."""
+    variant = variant or MMA_VARIANT
+    if not variant.strip:
+        return SHARED_MEMORY_LIMIT
+    per_block, per_sm = _shared_memory(device_index)
+    blocks = max(1, MMA_BLOCK_THREADS_PER_SM // variant.threads)
+    return max(SHARED_MEMORY_LIMIT, min(per_block, per_sm // blocks - 1024))
+
+
+# id of a compiled kernel (cached for the process) -> the dynamic shared memory it was opted in to
+_OPTED_IN: dict[int, int] = {}
+
+
+def _opt_in(function, shared_mem: int) -> None:
+    """Let ``function`` take ``shared_mem`` bytes of dynamic shared memory: past 48 KiB the driver
+    refuses a launch that did not opt in. Once per kernel and larger size; under its device."""
+    if shared_mem <= max(SHARED_MEMORY_LIMIT, _OPTED_IN.get(id(function), 0)):
+        return
+    function.max_dynamic_shared_size_bytes = shared_mem
+    _OPTED_IN[id(function)] = shared_mem
 
 
 @functools.cache
@@ -557,6 +595,7 @@ def _launch(
     args = tuple(np.uint64(t.data_ptr()) for t in tensors) + tuple(np.int32(i) for i in ints)
     stream = _cupy_stream(device.index, torch.cuda.current_stream(device).cuda_stream)
     with cupy.cuda.Device(device.index):
+        _opt_in(function, config.shared_mem)
         function(config.grid, config.block, args, shared_mem=config.shared_mem, stream=stream)
 
 
@@ -645,7 +684,10 @@ def reassemble(
             raise ValueError("the tensor-core kernel (path='mma') needs compute capability 8.0+")
         chosen = _choose_path("auto", features.dtype, kernel_size, scale)
     if chosen == "mma":
-        config = mma_config(b, c, h, w, kernel_size, groups, n_sm, features.element_size())
+        limit = mma_shared_limit(features.device.index)
+        config = mma_config(
+            b, c, h, w, kernel_size, groups, n_sm, features.element_size(), shared_limit=limit
+        )
         _launch(
             "reassemble_mma",
             "carafe_mma.cu",
