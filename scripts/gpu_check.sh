@@ -20,7 +20,7 @@
 # Opt-in extras, after the budgeted part, informative (not part of the exit status):
 #   KERNEL_VARIANTS=1  scripts/bench_kernel_variants.py (at most $VARIANTS_TIMEOUT s, default 180);
 #   MMA_VARIANTS=1     scripts/bench_mma_variants.py (at most $MMA_VARIANTS_TIMEOUT s, default
-#                      150): the tensor-core forward's compile-time variants, K=5 first;
+#                      180): the tensor-core forward's compile-time variants, K=5 first;
 #   PROFILE=1          scripts/profile_kernels.sh: Nsight Compute on one warm carafe forward per
 #                      kernel at the large shape; about 20 s per kernel.
 # Files, in $OUT when it is set (else /tmp/uplab_gpu_check), at most eight (a device call returns at
@@ -115,7 +115,7 @@ fi
 if [ "${MMA_VARIANTS:-0}" = 1 ]; then
     # informative: the tensor-core forward's variants (tile width, stages x slabs), bit for bit
     section "tensor-core forward variants"
-    timeout "${MMA_VARIANTS_TIMEOUT:-150}" "$PYTHON" scripts/bench_mma_variants.py \
+    timeout "${MMA_VARIANTS_TIMEOUT:-180}" "$PYTHON" scripts/bench_mma_variants.py \
         --out "$OUT_DIR/mma_variants.md"
 fi
 
