@@ -633,6 +633,7 @@ def test_tensor_core_forward_strips_equal_the_shipped_tiles_bit_for_bit(emulate,
     # no barrier of its own (each thread restores only what it kept).
     emulate()
     strip = MMA_VARIANT_BUILDS["mma_8x8_strip"]
+    # 8 x 9 with 70 channels: split over 3 blocks (grid.y) for occupancy, the last one ragged;
     # the last case's carry (400 channels, 112 bytes each at K=5) takes the block past 48 KiB of
     # shared memory (opt-in)
     cases = (
@@ -640,6 +641,7 @@ def test_tensor_core_forward_strips_equal_the_shipped_tiles_bit_for_bit(emulate,
         (2, 24, 16, 0, 20),
         (1, 19, 21, 0, 36),
         (1, 22, 25, 1, 20),
+        (1, 8, 9, 0, 70),
         (1, 20, 17, 0, 400),
     )
     for groups, width, height, offset, per_group in cases:
@@ -654,6 +656,7 @@ def test_tensor_core_forward_strips_equal_the_shipped_tiles_bit_for_bit(emulate,
             case = f"groups={groups} {width}x{height} offset={offset} strips of {strip_tiles}"
             assert torch.equal(got, want), case
     limit = kernels.mma_shared_limit(0, strip)  # an H100's, from the fixture
+    assert kernels.mma_config(2, 70, 9, 8, k, 1, N_SM, 2, strip, shared_limit=limit).grid[1] == 3
     config = kernels.mma_config(2, 400, 17, 20, k, 1, N_SM, 2, strip, shared_limit=limit)
     assert config.per_block == 400
     assert config.shared_mem == kernels.mma_shared_mem(k, 2, strip, 400)
