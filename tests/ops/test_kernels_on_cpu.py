@@ -636,21 +636,22 @@ def test_tensor_core_forward_strips_equal_the_shipped_tiles_bit_for_bit(emulate,
     # 8 x 9 with 70 channels: split over 3 blocks (grid.y) for occupancy, the last one ragged;
     # the last case's carry (400 channels, 112 bytes each at K=5) takes the block past 48 KiB of
     # shared memory (opt-in)
-    cases = (
-        (1, 20, 27, 0, 40),
-        (2, 24, 16, 0, 20),
-        (1, 19, 21, 0, 36),
-        (1, 22, 25, 1, 20),
-        (1, 8, 9, 0, 70),
-        (1, 20, 17, 0, 400),
+    every = (1, 2, 3, 5)
+    cases = (  # groups, width, height, base offset, channels per group, strip lengths
+        (1, 20, 27, 0, 40, every),
+        (2, 24, 16, 0, 20, every),
+        (1, 19, 21, 0, 36, every),
+        (1, 22, 25, 1, 20, every),
+        (1, 8, 9, 0, 70, every),
+        (1, 20, 17, 0, 400, (3,)),  # the whole column, two carries
     )
-    for groups, width, height, offset, per_group in cases:
+    for groups, width, height, offset, per_group, lengths in cases:
         features = _at_offset((2, per_group * groups, height, width), offset, torch.bfloat16)
         masks = torch.randn(2, groups * k * k, 2 * height, 2 * width).to(torch.bfloat16)
         monkeypatch.setattr(kernels, "MMA_VARIANT", kernels.MmaVariant())
         want = kernels.reassemble(features, masks, k, 2, groups, path="mma")
         monkeypatch.setattr(kernels, "MMA_VARIANT", strip)
-        for strip_tiles in (1, 2, 3, 5):
+        for strip_tiles in lengths:
             monkeypatch.setattr(kernels, "mma_strip_tiles", lambda *args, n=strip_tiles: n)
             got = kernels.reassemble(features, masks, k, 2, groups, path="mma")
             case = f"groups={groups} {width}x{height} offset={offset} strips of {strip_tiles}"
