@@ -69,12 +69,7 @@ def _forward(features, masks, kernel_size, variant):
 
 def _strip_tiles(features, kernel_size: int, variant) -> int:
     """Tiles a block of ``variant`` computes down a column at this shape (1 without strips)."""
-    b, c, h, w = features.shape
-    index = features.device.index
-    n_sm = torch.cuda.get_device_properties(index).multi_processor_count
-    limit = kernels.mma_shared_limit(index, variant)
-    config = kernels.mma_config(b, c, h, w, kernel_size, 1, n_sm, 2, variant, shared_limit=limit)
-    return config.strip_tiles
+    return kernels.mma_device_config(features, kernel_size, 1, variant).strip_tiles
 
 
 def measure(kernel_size: int, copy_bw: float) -> list[str]:

@@ -361,9 +361,7 @@ def test_tensor_core_strips_opt_in_to_shared_memory_past_48_kib(tile, monkeypatc
     monkeypatch.setattr(_cupy_kernels, "TILED_BLOCKS_PER_SM", 0)
     features = torch.randn(2, 512, 37, 70, device="cuda").to(torch.bfloat16)
     masks = torch.randn(2, 25, 74, 140, device="cuda").to(torch.bfloat16)
-    limit = _cupy_kernels.mma_shared_limit(0, variant)
-    n_sm = _cupy_kernels._multiprocessors(0)
-    config = _cupy_kernels.mma_config(2, 512, 37, 70, 5, 1, n_sm, 2, variant, shared_limit=limit)
+    config = _cupy_kernels.mma_device_config(features, 5, 1)
     assert config.shared_mem > _cupy_kernels.SHARED_MEMORY_LIMIT
     want = carafe(features.double(), masks.double(), 5, 2, backend="torch")
     _leave_nan_block(want.shape, torch.bfloat16)

@@ -390,6 +390,21 @@ def test_strip_builds_opt_in_to_more_shared_memory_for_their_carry(monkeypatch):
     assert kernels.mma_config(16, 256, 128, 128, 5, 1, 132, 2, flat_strip).grid[1] == 6
 
 
+def test_device_config_takes_the_devices_multiprocessors_and_shared_memory(monkeypatch):
+    # what reassemble, the variant benchmark and the GPU tests launch: mma_config with the
+    # device's SM count and, for a strip build, its opt-in shared memory
+    monkeypatch.setattr(kernels, "_multiprocessors", lambda device_index: 132)
+    monkeypatch.setattr(kernels, "_shared_memory", lambda device_index: (232_448, 233_472))
+    features = torch.empty(16, 512, 128, 128, dtype=torch.bfloat16)
+    strip = kernels.MmaVariant(strip=True)
+    got = kernels.mma_device_config(features, 5, 1, strip)
+    assert got == kernels.mma_config(16, 512, 128, 128, 5, 1, 132, 2, strip, 115_712)
+    assert got.per_block == 512  # past 48 KiB: 288 channels at most there
+    assert kernels.mma_device_config(features, 5, 1) == kernels.mma_config(
+        16, 512, 128, 128, 5, 1, 132, 2
+    )
+
+
 def test_launch_opts_a_kernel_in_to_shared_memory_past_48_kib_once():
     class Kernel:  # CuPy's RawKernel: the attribute's setter calls cuFuncSetAttribute
         def __init__(self):

@@ -543,6 +543,21 @@ def mma_shared_limit(device_index: int, variant: MmaVariant | None = None) -> in
     return max(SHARED_MEMORY_LIMIT, min(per_block, per_sm // blocks - 1024))
 
 
+def mma_device_config(
+    features: torch.Tensor, kernel_size: int, groups: int, variant: MmaVariant | None = None
+) -> LaunchConfig:
+    """:func:`mma_config` for ``features`` on their device: its multiprocessors, and the shared
+    memory a block of ``variant`` (default :data:`MMA_VARIANT`) may take there."""
+    variant = variant or MMA_VARIANT
+    index = features.device.index
+    b, c, h, w = features.shape
+    return mma_config(
+        *(b, c, h, w, kernel_size, groups, _multiprocessors(index), features.element_size()),
+        variant,
+        shared_limit=mma_shared_limit(index, variant),
+    )
+
+
 # id of a compiled kernel (cached for the process) -> the dynamic shared memory it was opted in to
 _OPTED_IN: dict[int, int] = {}
 
@@ -684,10 +699,7 @@ def reassemble(
             raise ValueError("the tensor-core kernel (path='mma') needs compute capability 8.0+")
         chosen = _choose_path("auto", features.dtype, kernel_size, scale)
     if chosen == "mma":
-        limit = mma_shared_limit(features.device.index)
-        config = mma_config(
-            b, c, h, w, kernel_size, groups, n_sm, features.element_size(), shared_limit=limit
-        )
+        config = mma_device_config(features, kernel_size, groups)
         _launch(
             "reassemble_mma",
             "carafe_mma.cu",
