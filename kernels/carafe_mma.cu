@@ -19,9 +19,10 @@
 // Why this shape. The FFMA kernel (reassemble_tiled) spends 100 FMA and 25 shared loads per
 // channel and parent; for bfloat16 at the benchmark shape that issue alone is about the 60%
 // target's time. Here the FMAs go to the tensor cores, and what remains is feeding them:
-//  - Block: 8 warps; warp w owns parent row w of an 8 x 8-parent tile (16 x 16 outputs), one
-//    parent at a time along x (the variants: MMA_WARPS_X = 2, 16 warps over 16 x 8 parents, two
-//    warps a row; with MMA_WARPS_Y = 4 and MMA_WARPS_X = 4, 16 warps over 32 x 4). B fragments
+//  - Block: MMA_WARPS_Y x MMA_WARPS_X warps over a tile of MMA_WARPS_Y parent rows, MMA_WARPS_X
+//    warps a row, each warp 8 parents of its row, one parent at a time along x. Shipped: 16 warps
+//    over 32 x 4 parents (64 x 8 outputs), the fastest tile on an H100 (docs/benchmarks.md); the
+//    variants: 8 warps over 8 x 8 (shipped until the ninth session), 16 over 16 x 8. B fragments
 //    (the masks) are loaded once per block into registers (8 parents x k-steps x 2 registers) and
 //    reused for every channel.
 //  - Features: the tile plus halo, 16 channels (one mma M) per slab, in a cp.async pipeline of
@@ -53,9 +54,9 @@
 // K = 3), about 5 after the compiler merges the loads of parents p and p + 1, which read the same
 // words with different masks. The first version needed about 58 (16-bit A loads at 3.6
 // wavefronts, outputs staged through shared memory). Measured on an H100: docs/benchmarks.md.
-// Grid: x = tiles of 8 x 8 parents (with MMA_STRIP, strips of strip_tiles tiles down a column),
-// y = chunks of channels_per_block channels (a multiple of 16), z = batch * groups. Dynamic shared
-// memory: mma_shared_mem() in _cupy_kernels.py.
+// Grid: x = tiles of MMA_TILE_W x MMA_WARPS_Y parents (with MMA_STRIP, strips of strip_tiles
+// tiles down a column), y = chunks of channels_per_block channels (a multiple of 16),
+// z = batch * groups. Dynamic shared memory: mma_shared_mem() in _cupy_kernels.py.
 #define CP_ASYNC_HELPERS 1
 #include "uplab_scalar.cuh"
 
@@ -66,10 +67,10 @@
 // spans two 32-byte sectors, one of 16 parents three, one of 32 four (the emulator's sector trace,
 // docs/benchmarks.md); the halo rows' share shrinks with the rows.
 #ifndef MMA_WARPS_Y
-#define MMA_WARPS_Y 8
+#define MMA_WARPS_Y 4
 #endif
 #ifndef MMA_WARPS_X
-#define MMA_WARPS_X 1
+#define MMA_WARPS_X 4
 #endif
 #define MMA_TILE_W (MMA_PARENTS_X * MMA_WARPS_X)
 #define MMA_THREADS (MMA_WARPS_Y * MMA_WARPS_X * 32)
@@ -97,7 +98,7 @@
 #define MMA_ROW_STRIDE(K) (MMA_TILE_W + (K) + 1)
 // Elements per staged channel: the halo rows, padded to a size in 4-byte words of 4 past a
 // multiple of 8, so that the 8 channels of an A load start at 8 distinct multiples of 4 banks. The
-// shipped 8 x 8 and the 16 x 8 tiles need no padding; the 32 x 4 tile at K = 5 needs 4 words
+// 8 x 8 and the 16 x 8 tiles need no padding; the shipped 32 x 4 tile at K = 5 needs 4 words
 // (152 -> 156), without which its A loads take two wavefronts.
 #define MMA_CHUNK_PLANE(K) \
     (2 * ((MMA_WARPS_Y + (K) - 1) * MMA_ROW_STRIDE(K) / 2 + \

@@ -4,8 +4,8 @@ For carafe and local_similarity at 1x256x120x120 -> 240^2 and 16x256x128x128 -> 
 in float32 and bfloat16 (the kernels as shipped, ``cuda``, and the kernel variants of
 KERNEL_VARIANTS that differ from it: the tiled kernels' plain-load halo staging ``cuda-sync``, their
 cp.async staging ``cuda-async``, carafe's tensor-core forward ``cuda-mma``, bfloat16, and that
-forward over wider tiles, ``cuda-mma-16x8`` and ``cuda-mma-32x4``, or in strips of tiles,
-``cuda-mma-strip`` and ``cuda-mma-32x4-strip``): forward and
+forward over the other tiles, ``cuda-mma-8x8`` and ``cuda-mma-16x8``, or in strips of tiles,
+``cuda-mma-8x8-strip`` and ``cuda-mma-strip``): forward and
 forward+backward time (CUDA events around back-to-back calls, warm-up, median), achieved forward
 bandwidth (the bytes the op must move: inputs read once, output written once) against the device's
 measured device-to-device copy bandwidth (bytes read + written), and the peak
@@ -59,25 +59,24 @@ KERNEL_VARIANTS = {
     "cuda-sync": KernelChoice("sync", False),  # FFMA tiled kernels, halo staged with plain loads
     "cuda-async": KernelChoice("async", False),  # FFMA tiled kernels, halo staged with cp.async
     "cuda-mma": KernelChoice("async", True),  # carafe's tensor-core forward (bfloat16)
-    # the tensor-core forward over 16 x 8 and 32 x 4 parents, 512 threads a block, fewer feature
-    # sectors per parent than the shipped 8 x 8 (docs/benchmarks.md, next steps 1)
-    "cuda-mma-16x8": KernelChoice("async", True, MmaVariant(warps_x=2)),
-    "cuda-mma-32x4": KernelChoice("async", True, MmaVariant(warps_x=4, warps_y=4)),
-    # the shipped tile and the 32 x 4 one in strips down a column, halo rows carried over in
+    # the tensor-core forward over the tiles it does not ship (32 x 4 parents since the ninth
+    # session): 8 x 8, 256 threads a block (shipped until then), and 16 x 8, 512 threads
+    # (docs/benchmarks.md, next steps 1)
+    "cuda-mma-8x8": KernelChoice("async", True, MmaVariant(warps_x=1, warps_y=8)),
+    "cuda-mma-16x8": KernelChoice("async", True, MmaVariant(warps_x=2, warps_y=8)),
+    # the 8 x 8 tile and the shipped one in strips down a column, halo rows carried over in
     # shared memory (next steps 6)
+    "cuda-mma-8x8-strip": KernelChoice("async", True, MmaVariant(warps_x=1, warps_y=8, strip=True)),
     "cuda-mma-strip": KernelChoice("async", True, MmaVariant(strip=True)),
-    "cuda-mma-32x4-strip": KernelChoice(
-        "async", True, MmaVariant(warps_x=4, warps_y=4, strip=True)
-    ),
 }
 VARIANT_NAMES = {
     "cuda-sync": "plain-load staging",
     "cuda-async": "cp.async staging",
     "cuda-mma": "tensor-core forward",
+    "cuda-mma-8x8": "tensor-core forward over 8 x 8 parents",
     "cuda-mma-16x8": "tensor-core forward over 16 x 8 parents",
-    "cuda-mma-32x4": "tensor-core forward over 32 x 4 parents",
-    "cuda-mma-strip": "tensor-core forward in strips of 8 x 8 parents",
-    "cuda-mma-32x4-strip": "tensor-core forward in strips of 32 x 4 parents",
+    "cuda-mma-8x8-strip": "tensor-core forward in strips of 8 x 8 parents",
+    "cuda-mma-strip": "tensor-core forward in strips of 32 x 4 parents",
 }
 IMPLS = ("cuda", *KERNEL_VARIANTS, "torch", "unfold")
 

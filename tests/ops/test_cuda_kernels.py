@@ -314,14 +314,14 @@ def test_window_dot_async_staging_matches_sync_tiled_kernel_and_torch_path(k, s,
             torch.testing.assert_close(got.double(), want, atol=atol, rtol=rtol, msg=case)
 
 
-# The shipped tile, and the wider ones and the strips bench_gpu.py and bench_mma_variants.py time
-# beside it.
+# The shipped tile (32 x 4 parents), and the other tiles and the strips bench_gpu.py and
+# bench_mma_variants.py time beside it.
 MMA_TILES = {
-    "8x8": _cupy_kernels.MmaVariant(),
-    "16x8": _cupy_kernels.MmaVariant(warps_x=2),
-    "32x4": _cupy_kernels.MmaVariant(warps_x=4, warps_y=4),
-    "8x8-strip": _cupy_kernels.MmaVariant(strip=True),
-    "32x4-strip": _cupy_kernels.MmaVariant(warps_x=4, warps_y=4, strip=True),
+    "32x4": _cupy_kernels.MmaVariant(),
+    "8x8": _cupy_kernels.MmaVariant(warps_x=1, warps_y=8),
+    "16x8": _cupy_kernels.MmaVariant(warps_x=2, warps_y=8),
+    "8x8-strip": _cupy_kernels.MmaVariant(warps_x=1, warps_y=8, strip=True),
+    "32x4-strip": _cupy_kernels.MmaVariant(strip=True),
 }
 
 
@@ -332,7 +332,7 @@ def test_tensor_core_forward_matches_torch_path(k, dtype, tile, monkeypatch):
     # reassemble_mma on the real mma.sync (the CPU emulation checks the same cases against its
     # lane-by-lane model, tests/ops/test_kernels_on_cpu.py): ragged tiles, a full and a ragged
     # 16-channel chunk per group, groups, every cp.async copy width, misaligned base; for the
-    # shipped 8 x 8-parent tile and the variants a GPU run may make the default; strips of 3
+    # shipped 32 x 4-parent tile and the variants a GPU run may make the default; strips of 3
     # tiles (the launcher would take 1 at these sizes), so that 37 rows end in a ragged strip.
     monkeypatch.setattr(_cupy_kernels, "MMA_VARIANT", MMA_TILES[tile])
     if MMA_TILES[tile].strip:

@@ -177,7 +177,7 @@ MMA_VARIANTS = [
     for slabs in (1, 2)
     for stages in (2, 4)
     if kernels.mma_variant_fits(kernels.MmaVariant(stages, slabs, warps_x, warps_y))
-] + [kernels.MmaVariant(strip=True), kernels.MmaVariant(warps_x=4, warps_y=4, strip=True)]
+] + [kernels.MmaVariant(warps_x=1, warps_y=8, strip=True), kernels.MmaVariant(strip=True)]
 
 
 @pytest.mark.skipif(not HAS_NVRTC and NVCC is None, reason="neither NVRTC nor nvcc is present")
@@ -317,18 +317,21 @@ def test_tensor_core_variant_defaults_match_the_kernel_source():
     assert kernels.MMA_VARIANT == variant
     small = kernels.mma_shared_mem(5, 2, kernels.MmaVariant(stages=2, slabs=1))
     assert kernels.mma_shared_mem(5, 2, kernels.MmaVariant(stages=4, slabs=2)) == 4 * small
-    wide = kernels.MmaVariant(warps_x=2)
-    assert kernels.mma_row_stride(5, wide) == kernels.mma_row_stride(5) + kernels.MMA_PARENTS_X
+    square = kernels.MmaVariant(warps_x=1, warps_y=8)  # the 8 x 8 tile, shipped until session 9
+    wide = kernels.MmaVariant(warps_x=2, warps_y=8)
+    assert kernels.mma_row_stride(5, wide) == kernels.mma_row_stride(5, square) + 8
     cfg = kernels.mma_config(2, 64, 20, 40, 5, 1, 132, 2, wide)
     assert cfg.block == (512, 1, 1) and cfg.grid[0] == 3 * 3  # ceil(40 / 16) x ceil(20 / 8)
-    # the 32 x 4 tile's channel plane at K = 5 is padded from 152 words to 156 (A-load banks)
-    flat = kernels.MmaVariant(warps_x=4, warps_y=4)
-    assert kernels.mma_chunk_plane(5, flat) == 2 * 156 and kernels.mma_chunk_plane(3, flat) == 216
-    assert kernels.mma_chunk_plane(5) == 12 * kernels.mma_row_stride(5)  # shipped: unpadded
+    # the shipped 32 x 4 tile's channel plane at K = 5 is padded from 152 words to 156 (A-load
+    # banks); the 8 x 8 and 16 x 8 ones need no padding
+    flat = kernels.MmaVariant()
+    assert flat.tile == (32, 4) and flat.threads == 512
+    assert kernels.mma_chunk_plane(5) == 2 * 156 and kernels.mma_chunk_plane(3) == 216
+    assert kernels.mma_chunk_plane(5, square) == 12 * kernels.mma_row_stride(5, square)
     assert kernels.mma_chunk_plane(5, wide) == 12 * kernels.mma_row_stride(5, wide)
     cfg = kernels.mma_config(2, 64, 20, 40, 5, 1, 132, 2, flat)
     assert cfg.block == (512, 1, 1) and cfg.grid[0] == 2 * 5  # ceil(40 / 32) x ceil(20 / 4)
-    too_big = kernels.MmaVariant(stages=4, slabs=2, warps_x=2)  # 67,584 bytes at K=5
+    too_big = kernels.MmaVariant(stages=4, slabs=2, warps_x=2, warps_y=8)  # 67,584 bytes at K=5
     assert not kernels.mma_variant_fits(too_big)
     with pytest.raises(ValueError, match="bytes of shared memory at K=5"):
         kernels.mma_config(2, 64, 20, 40, 5, 1, 132, 2, too_big)
@@ -339,15 +342,17 @@ def test_strip_launch_carries_every_channel_of_a_block_and_picks_its_length():
     # in shared memory, so a block's channels are capped by what fits; the strip length minimises
     # the model of mma_strip_tiles (at the benchmark's shape: whole columns of 16 tiles, 256 blocks
     # for 264 resident on 132 SMs, one round).
-    strip = kernels.MmaVariant(strip=True)
+    strip = kernels.MmaVariant(warps_x=1, warps_y=8, strip=True)  # 8 x 8 tiles
     assert (
         "-DMMA_STRIP=1" in strip.options() and "-DMMA_STRIP=1" not in kernels.MmaVariant().options()
     )
-    assert kernels.mma_carry_plane(5) == 4 * kernels.mma_row_stride(5) == 56
+    assert kernels.mma_carry_plane(5, strip) == 4 * kernels.mma_row_stride(5, strip) == 56
     cfg = kernels.mma_config(16, 256, 128, 128, 5, 1, 132, 2, strip)
     assert cfg.strip_tiles == 16 and cfg.grid == (16, 1, 16) and cfg.per_block == 256
     assert (
-        cfg.shared_mem == kernels.mma_shared_mem(5, 2) + 256 * 56 * 2 <= kernels.SHARED_MEMORY_LIMIT
+        cfg.shared_mem
+        == kernels.mma_shared_mem(5, 2, kernels.MmaVariant(warps_x=1, warps_y=8)) + 256 * 56 * 2
+        <= kernels.SHARED_MEMORY_LIMIT
     )
     # 1037 channels do not fit one block's carry (288 at most at K=5): split into 4 of 272
     cfg = kernels.mma_config(16, 1037, 128, 128, 5, 1, 132, 2, strip)
@@ -372,8 +377,8 @@ def test_strip_builds_opt_in_to_more_shared_memory_for_their_carry(monkeypatch):
     # H100: 2 x 256 threads of 113 KiB, or one block of 512 threads of 227 KiB); other builds
     # keep 48 KiB.
     monkeypatch.setattr(kernels, "_shared_memory", lambda device_index: (232_448, 233_472))
-    strip = kernels.MmaVariant(strip=True)
-    flat_strip = kernels.MmaVariant(warps_x=4, warps_y=4, strip=True)
+    strip = kernels.MmaVariant(warps_x=1, warps_y=8, strip=True)  # 8 x 8 tiles
+    flat_strip = kernels.MmaVariant(strip=True)  # the shipped 32 x 4 tiles
     assert kernels.mma_shared_limit(0, kernels.MmaVariant()) == kernels.SHARED_MEMORY_LIMIT
     assert kernels.mma_shared_limit(0, strip) == 233_472 // 2 - 1024
     assert kernels.mma_shared_limit(0, flat_strip) == 232_448
@@ -396,7 +401,7 @@ def test_device_config_takes_the_devices_multiprocessors_and_shared_memory(monke
     monkeypatch.setattr(kernels, "_multiprocessors", lambda device_index: 132)
     monkeypatch.setattr(kernels, "_shared_memory", lambda device_index: (232_448, 233_472))
     features = torch.empty(16, 512, 128, 128, dtype=torch.bfloat16)
-    strip = kernels.MmaVariant(strip=True)
+    strip = kernels.MmaVariant(warps_x=1, warps_y=8, strip=True)  # 8 x 8 tiles
     got = kernels.mma_device_config(features, 5, 1, strip)
     assert got == kernels.mma_config(16, 512, 128, 128, 5, 1, 132, 2, strip, 115_712)
     assert got.per_block == 512  # past 48 KiB: 288 channels at most there

@@ -111,9 +111,9 @@ def mma_translation_unit() -> str:
 
 # reassemble_mma variants with their own emulator build (the kernels' builds take the default)
 MMA_VARIANT_BUILDS = {
-    "mma_16x8": kernels.MmaVariant(warps_x=2),
-    "mma_32x4": kernels.MmaVariant(warps_x=4, warps_y=4),
-    "mma_8x8_strip": kernels.MmaVariant(strip=True),
+    "mma_8x8": kernels.MmaVariant(warps_x=1, warps_y=8),  # shipped until the ninth session
+    "mma_16x8": kernels.MmaVariant(warps_x=2, warps_y=8),
+    "mma_8x8_strip": kernels.MmaVariant(warps_x=1, warps_y=8, strip=True),
 }
 
 
@@ -490,17 +490,20 @@ def test_tiled_staging_default_reaches_forward_and_backward(emulate, monkeypatch
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
-def test_tensor_core_forward_matches_torch_path(emulate, k, dtype):
-    # reassemble_mma (mma.sync emulated lane by lane): ragged 8 x 8-parent tiles, 20 channels per
+def test_tensor_core_forward_matches_torch_path(emulate, monkeypatch, k, dtype):
+    # reassemble_mma (mma.sync emulated lane by lane): ragged 32 x 4-parent tiles, 20 channels per
     # group (a full and a ragged 16-channel chunk), 70 (five chunks, every buffer of the
     # three-stage pipeline refilled), groups, the copy widths of its cp.async staging and a
-    # misaligned base.
+    # misaligned base; a group's chunks in one block (no split for occupancy), then, last case,
+    # split over blocks (grid.y) as the launcher does for few tiles.
     launches = emulate()
     s = 2
     cases = ((1, 19, 0, 20), (2, 20, 0, 20), (1, 24, 0, 70), (2, 22, 1, 20), (1, 21, 0, 70))
-    for groups, width, offset, per_group in cases:
+    for i, (groups, width, offset, per_group) in enumerate(cases):
+        split = i == len(cases) - 1
+        monkeypatch.setattr(kernels, "TILED_BLOCKS_PER_SM", 6 if split else 0)
         config = kernels.mma_config(2, per_group * groups, 11, width, k, groups, N_SM, 2)
-        assert config.per_block >= per_group, "all chunks of a group in one block"
+        assert (config.grid[1] > 1) == split, config
         features = _at_offset((2, per_group * groups, 11, width), offset, dtype)
         masks = torch.randn(2, groups * k * k, 11 * s, width * s).to(dtype)
         got = kernels.reassemble(features, masks, k, s, groups, path="mma")
@@ -538,11 +541,11 @@ def test_tensor_core_forward_a_loads_are_free_of_bank_conflicts(emulate, tmp_pat
 
 @pytest.mark.parametrize("build", MMA_VARIANT_BUILDS)
 @pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
-def test_tensor_core_forward_with_wider_tiles(emulate, monkeypatch, tmp_path, k, build):
-    # The variants timed by scripts/bench_mma_variants.py beside the shipped 8 x 8 parents: blocks
-    # of 16 warps over 16 x 8 or 32 x 4 parents. Ragged tiles (widths 19, 40, 22; height 11),
+def test_tensor_core_forward_with_other_tiles(emulate, monkeypatch, tmp_path, k, build):
+    # The variants timed by scripts/bench_mma_variants.py beside the shipped 32 x 4 parents: 8
+    # warps over 8 x 8 parents, 16 over 16 x 8, 8 x 8 in strips. Ragged tiles (widths 19, 40, 22; height 11),
     # several chunks, groups, a misaligned base; then under ThreadSanitizer, and the bank trace of
-    # its A loads (one wavefront each, with its wider rows and, for 32 x 4, a padded plane).
+    # its A loads (one wavefront each, whatever the tile's row width).
     monkeypatch.setattr(kernels, "MMA_VARIANT", MMA_VARIANT_BUILDS[build])
     launches = emulate()
     for groups, width, offset, per_group in ((1, 19, 0, 70), (2, 40, 0, 20), (1, 22, 1, 20)):
@@ -625,9 +628,9 @@ def test_tensor_core_forward_feature_sectors_per_tile(emulate, monkeypatch, tmp_
 
 @pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
 def test_tensor_core_forward_strips_equal_the_shipped_tiles_bit_for_bit(emulate, monkeypatch, k):
-    # MmaVariant(strip=True): a block computes strip_tiles tiles down a column and carries each
+    # The 8 x 8 tile in strips: a block computes strip_tiles tiles down a column and carries each
     # tile's bottom 2R staged halo rows over to the next in shared memory. Same products, same
-    # order as the shipped kernel, so the same bits: strips of one tile to more than a column has
+    # order as the 8 x 8 tile without strips, so the same bits: strips of one tile to more than a column has
     # (the last strip ragged or past the bottom), ragged tiles, several chunks, groups, 4-byte and
     # element copies (odd width, misaligned base); then under ThreadSanitizer, since the carry has
     # no barrier of its own (each thread restores only what it kept).
@@ -648,7 +651,7 @@ def test_tensor_core_forward_strips_equal_the_shipped_tiles_bit_for_bit(emulate,
     for groups, width, height, offset, per_group, lengths in cases:
         features = _at_offset((2, per_group * groups, height, width), offset, torch.bfloat16)
         masks = torch.randn(2, groups * k * k, 2 * height, 2 * width).to(torch.bfloat16)
-        monkeypatch.setattr(kernels, "MMA_VARIANT", kernels.MmaVariant())
+        monkeypatch.setattr(kernels, "MMA_VARIANT", MMA_VARIANT_BUILDS["mma_8x8"])
         want = kernels.reassemble(features, masks, k, 2, groups, path="mma")
         monkeypatch.setattr(kernels, "MMA_VARIANT", strip)
         for strip_tiles in lengths:

@@ -28,37 +28,37 @@ def test_variant_rows_switch_the_kernels_and_restore_them():
         with bench_gpu._kernel_choice(impl):
             assert _switches() == (staging, mma, variant or shipped[2])
         assert _switches() == shipped
-    with pytest.raises(RuntimeError), bench_gpu._kernel_choice("cuda-mma-32x4"):
-        assert _cupy_kernels.MMA_VARIANT.tile == (32, 4)
+    with pytest.raises(RuntimeError), bench_gpu._kernel_choice("cuda-mma-8x8"):
+        assert _cupy_kernels.MMA_VARIANT.tile == (8, 8)
         raise RuntimeError("a failed measurement")
     assert _switches() == shipped
     with bench_gpu._kernel_choice("cuda"):
         assert _switches() == shipped
-    for impl in ("cuda-mma", "cuda-mma-16x8", "cuda-mma-32x4"):
+    for impl in ("cuda-mma", "cuda-mma-8x8", "cuda-mma-16x8"):
         assert bench_gpu._applies("carafe", "bf16", impl)
         assert not bench_gpu._applies("carafe", "fp32", impl)
         assert not bench_gpu._applies("local_similarity", "bf16", impl)
 
 
 def test_wider_tile_rows_launch_the_variants_the_emulator_tests():
-    # the rows time the tiles of docs/benchmarks.md's next steps 1, which fit the default shared
-    # memory at every K the tensor-core forward takes
+    # the rows time the tiles of docs/benchmarks.md's next steps 1 that are not shipped (32 x 4),
+    # which fit the default shared memory at every K the tensor-core forward takes
     tiles = {
         impl: choice.mma_variant.tile
         for impl, choice in bench_gpu.KERNEL_VARIANTS.items()
         if choice.mma_variant is not None
     }
     assert tiles == {
+        "cuda-mma-8x8": (8, 8),
         "cuda-mma-16x8": (16, 8),
-        "cuda-mma-32x4": (32, 4),
-        "cuda-mma-strip": (8, 8),
-        "cuda-mma-32x4-strip": (32, 4),
+        "cuda-mma-8x8-strip": (8, 8),
+        "cuda-mma-strip": _cupy_kernels.MMA_VARIANT.tile,
     }
     assert {
         i for i, v in bench_gpu.KERNEL_VARIANTS.items() if v.mma_variant and v.mma_variant.strip
     } == {
+        "cuda-mma-8x8-strip",
         "cuda-mma-strip",
-        "cuda-mma-32x4-strip",
     }
     for impl in tiles:
         assert _cupy_kernels.mma_variant_fits(bench_gpu.KERNEL_VARIANTS[impl].mma_variant)
@@ -73,7 +73,7 @@ def test_table_skips_variants_that_launch_the_shipped_kernels(monkeypatch):
     # the tensor-core forward (carafe bf16 with TILED_MMA); "cuda-mma*" only apply there.
     monkeypatch.setattr(_cupy_kernels, "TILED_STAGING", "async")
     monkeypatch.setattr(_cupy_kernels, "TILED_MMA", False)
-    wide = ["cuda-mma-16x8", "cuda-mma-32x4", "cuda-mma-strip", "cuda-mma-32x4-strip"]
+    wide = ["cuda-mma-8x8", "cuda-mma-16x8", "cuda-mma-8x8-strip", "cuda-mma-strip"]
     assert _timed_impls("carafe", "fp32") == ["cuda", "cuda-sync", "torch", "unfold"]
     assert _timed_impls("carafe", "bf16") == [
         "cuda",
@@ -88,7 +88,7 @@ def test_table_skips_variants_that_launch_the_shipped_kernels(monkeypatch):
     shipped_mma = ["cuda", "cuda-sync", "cuda-async"]  # cuda-async: the FFMA kernel
     assert _timed_impls("carafe", "bf16") == [*shipped_mma, *wide, "torch", "unfold"]
     assert bench_gpu._timed("carafe", "fp32", "cuda-async") is False
-    # once a wider tile is shipped, its row repeats "cuda" and is left out
+    # once another tile is shipped, its row repeats "cuda" and is left out
     shipped = bench_gpu.KERNEL_VARIANTS[wide[0]].mma_variant
     monkeypatch.setattr(_cupy_kernels, "MMA_VARIANT", shipped)
     assert _timed_impls("carafe", "bf16") == [*shipped_mma, *wide[1:], "torch", "unfold"]
@@ -137,7 +137,7 @@ def test_targets_report_the_tensor_core_forward_for_bfloat16():
     rows = [
         _row("bf16", "cuda", 1.0, 3.0),
         _row("bf16", "cuda-mma", 0.3, 2.4),
-        _row("bf16", "cuda-mma-32x4", 0.4, 2.3),
+        _row("bf16", "cuda-mma-16x8", 0.4, 2.3),
         _row("bf16", "cuda-mma-strip", 0.45, 2.3),  # 55%: short of the target
         _row("bf16", "torch", 9.0, 7.0),
         _row("bf16", "unfold", 20.0, 30.0),
@@ -147,7 +147,7 @@ def test_targets_report_the_tensor_core_forward_for_bfloat16():
         "  - with the tensor-core forward (cuda-mma): 83% (0.300 ms vs 1.000 ms shipped" in report
     )
     assert (
-        "  - with the tensor-core forward over 32 x 4 parents (cuda-mma-32x4): 62% (0.400 ms vs "
+        "  - with the tensor-core forward over 16 x 8 parents (cuda-mma-16x8): 62% (0.400 ms vs "
         "1.000 ms shipped; fwd+bwd 2.300 vs 3.000 ms) (would meet the target)"
     ) in report
     strip = next(line for line in report.splitlines() if "(cuda-mma-strip)" in line)

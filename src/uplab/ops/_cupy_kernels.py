@@ -336,15 +336,16 @@ class MmaVariant:
     """Compile-time shape of ``reassemble_mma`` (MMA_STAGES, MMA_SLABS, MMA_WARPS_X, MMA_WARPS_Y,
     MMA_STRIP in carafe_mma.cu, whose defaults are this class's): ``stages`` cp.async buffers (2 to
     4), each of ``slabs`` 16-channel slabs (1 or 2) staged under one barrier, and a tile of
-    ``warps_y`` parent rows of ``8 * warps_x`` parents, one warp per 8 (8 x 8 parents and 8 warps
-    by default; 16 x 8 and 32 x 4 take 16 warps). With ``strip`` a block computes
+    ``warps_y`` parent rows of ``8 * warps_x`` parents, one warp per 8 (32 x 4 parents and 16 warps
+    by default, the fastest tile on an H100, docs/benchmarks.md; 8 x 8 takes 8 warps, 16 x 8 16).
+    With ``strip`` a block computes
     :func:`mma_strip_tiles` tiles down a column and carries each tile's bottom halo rows over to
     the next in shared memory, instead of reading them from global memory again."""
 
     stages: int = 3
     slabs: int = 1
-    warps_x: int = 1
-    warps_y: int = 8
+    warps_x: int = 4
+    warps_y: int = 4
     strip: bool = False
 
     def options(self) -> tuple[str, ...]:
