@@ -223,3 +223,20 @@ def test_cuda_timings_queue_a_call_before_the_first_event(monkeypatch):
     monkeypatch.setattr(bench_gpu.torch.cuda, "Event", FakeEvent)
     assert bench_gpu._event_ms(lambda: log.append("call"), 3) == 6.0
     assert log == ["call", "begin", "call", "call", "call", "end", "sync"]
+
+
+def test_kernel_rows_are_measured_before_the_baselines():
+    # a baseline's seconds of work slowed the kernel row measured right after it (H100, ninth
+    # session): every cuda* row is measured first, each group in table order
+    plan = [
+        (op, LARGE, None, dtype, impl)
+        for op in ("carafe", "local_similarity")
+        for dtype in ("fp32", "bf16")
+        for impl in ("cuda", "cuda-mma-8x8", "torch", "unfold")
+    ]
+    order = [plan[i] for i in bench_gpu.measuring_order(plan)]
+    impls = [entry[4] for entry in order]
+    assert impls == ["cuda", "cuda-mma-8x8"] * 4 + ["torch", "unfold"] * 4
+    assert sorted(order) == sorted(plan)
+    kernels = [entry for entry in plan if entry[4].startswith("cuda")]
+    assert order[: len(kernels)] == kernels
