@@ -1,7 +1,7 @@
 """Check and time the compile-time variants of carafe's tensor-core forward (``reassemble_mma``)
 on a GPU: MMA_STAGES cp.async buffers (2 to 4) of MMA_SLABS 16-channel slabs (1 or 2), and the
-tile, MMA_WARPS_X warps per parent row over MMA_WARPS_Y rows (8 x 8 parents and 256 threads, the
-shipped; 16 x 8 and 32 x 4 of 512, which read fewer feature sectors per parent), and each tile
+tile, MMA_WARPS_X warps per parent row over MMA_WARPS_Y rows (32 x 4 parents and 512 threads, the
+shipped since the ninth session; 16 x 8 of 512; 8 x 8 of 256, shipped until then), and each tile
 in strips down a column with its halo rows carried over (MMA_STRIP, three stages of one slab),
 built with ``_cupy_kernels.MmaVariant(stages, slabs, warps_x, warps_y, strip).options()``; the
 32 x 4 tile with one slab only (compile time), and variants whose shared memory passes the default
@@ -12,8 +12,8 @@ variant's output must equal the shipped variant's bit for bit (the same products
 same order; each output lands in a block just filled with NaN, so an unwritten element fails),
 then its forward is timed (CUDA-event median, as ``scripts/bench_gpu.py``) against the device's
 copy bandwidth.
-Prints a Markdown table (``--out`` writes it too), K=5 first. About 30 s on an H100 for run 5's
-6 variants, most of it compiling, so about a minute for the 16 of now.
+Prints a Markdown table (``--out`` writes it too), K=5 first. About 22 s on an H100 for the 16
+variants at both K (2026-11-26, ninth session), most of it compiling.
 
     PYTHONPATH=src python3 scripts/bench_mma_variants.py --out $OUT/mma_variants.md
 """
