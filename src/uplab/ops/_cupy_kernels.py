@@ -338,9 +338,9 @@ class MmaVariant:
     4), each of ``slabs`` 16-channel slabs (1 or 2) staged under one barrier, and a tile of
     ``warps_y`` parent rows of ``8 * warps_x`` parents, one warp per 8 (32 x 4 parents and 16 warps
     by default, the fastest tile on an H100, docs/benchmarks.md; 8 x 8 takes 8 warps, 16 x 8 16).
-    With ``strip`` a block computes
-    :func:`mma_strip_tiles` tiles down a column and carries each tile's bottom halo rows over to
-    the next in shared memory, instead of reading them from global memory again."""
+    With ``strip`` a block computes :func:`mma_strip_tiles` tiles down a column and carries each
+    tile's bottom halo rows over to the next in shared memory, instead of reading them from global
+    memory again."""
 
     stages: int = 3
     slabs: int = 1
