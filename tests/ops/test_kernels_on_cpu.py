@@ -498,10 +498,11 @@ def test_tensor_core_forward_matches_torch_path(emulate, monkeypatch, k, dtype):
     # split over blocks (grid.y) as the launcher does for few tiles.
     launches = emulate()
     s = 2
+    occupancy = kernels.TILED_BLOCKS_PER_SM  # the launcher's blocks per SM
     cases = ((1, 19, 0, 20), (2, 20, 0, 20), (1, 24, 0, 70), (2, 22, 1, 20), (1, 21, 0, 70))
     for i, (groups, width, offset, per_group) in enumerate(cases):
         split = i == len(cases) - 1
-        monkeypatch.setattr(kernels, "TILED_BLOCKS_PER_SM", 6 if split else 0)
+        monkeypatch.setattr(kernels, "TILED_BLOCKS_PER_SM", occupancy if split else 0)
         config = kernels.mma_config(2, per_group * groups, 11, width, k, groups, N_SM, 2)
         assert (config.grid[1] > 1) == split, config
         features = _at_offset((2, per_group * groups, 11, width), offset, dtype)
@@ -543,9 +544,9 @@ def test_tensor_core_forward_a_loads_are_free_of_bank_conflicts(emulate, tmp_pat
 @pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
 def test_tensor_core_forward_with_other_tiles(emulate, monkeypatch, tmp_path, k, build):
     # The variants timed by scripts/bench_mma_variants.py beside the shipped 32 x 4 parents: 8
-    # warps over 8 x 8 parents, 16 over 16 x 8, 8 x 8 in strips. Ragged tiles (widths 19, 40, 22; height 11),
-    # several chunks, groups, a misaligned base; then under ThreadSanitizer, and the bank trace of
-    # its A loads (one wavefront each, whatever the tile's row width).
+    # warps over 8 x 8 parents, 16 over 16 x 8, 8 x 8 in strips. Ragged tiles (widths 19, 40, 22;
+    # height 11), several chunks, groups, a misaligned base; then under ThreadSanitizer, and the
+    # bank trace of its A loads (one wavefront each, whatever the tile's row width).
     monkeypatch.setattr(kernels, "MMA_VARIANT", MMA_VARIANT_BUILDS[build])
     launches = emulate()
     for groups, width, offset, per_group in ((1, 19, 0, 70), (2, 40, 0, 20), (1, 22, 1, 20)):
@@ -627,11 +628,11 @@ def test_tensor_core_forward_feature_sectors_per_tile(emulate, monkeypatch, tmp_
 
 
 @pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
-def test_tensor_core_forward_strips_equal_the_shipped_tiles_bit_for_bit(emulate, monkeypatch, k):
+def test_tensor_core_forward_strips_equal_the_tiles_bit_for_bit(emulate, monkeypatch, k):
     # The 8 x 8 tile in strips: a block computes strip_tiles tiles down a column and carries each
     # tile's bottom 2R staged halo rows over to the next in shared memory. Same products, same
-    # order as the 8 x 8 tile without strips, so the same bits: strips of one tile to more than a column has
-    # (the last strip ragged or past the bottom), ragged tiles, several chunks, groups, 4-byte and
+    # order as the 8 x 8 tile without strips, so the same bits: strips of one tile to more than a
+    # column has (the last strip ragged or past the bottom), ragged tiles, several chunks, groups, 4-byte and
     # element copies (odd width, misaligned base); then under ThreadSanitizer, since the carry has
     # no barrier of its own (each thread restores only what it kept).
     emulate()
