@@ -13,8 +13,8 @@ measured device-to-device copy bandwidth (bytes read + written), and the peak
 and input gradients themselves. Ends with the issue's targets, met or missed, and writes the table
 as Markdown (``--out``; default ``$OUT/gpu_bench.md`` when ``OUT`` is set).
 
-    PYTHONPATH=src python scripts/bench_gpu.py                 # on a GPU (scripts/gpu_check.sh)
-    PYTHONPATH=src python scripts/bench_gpu.py --dry-run --device cpu   # tiny shapes, no GPU
+    PYTHONPATH=src python benchmarks/bench_gpu.py             # on a GPU (benchmarks/gpu_check.sh)
+    PYTHONPATH=src python benchmarks/bench_gpu.py --dry-run --device cpu   # tiny shapes, no GPU
 """
 
 from __future__ import annotations

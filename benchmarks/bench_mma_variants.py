@@ -10,12 +10,12 @@ built with ``_cupy_kernels.MmaVariant(stages, slabs, warps_x, warps_y, strip).op
 At the benchmark's large shape (16x256x128x128 -> 256^2, bfloat16, K in {3, 5}, s=2) every
 variant's output must equal the shipped variant's bit for bit (the same products summed in the
 same order; each output lands in a block just filled with NaN, so an unwritten element fails),
-then its forward is timed (CUDA-event median, as ``scripts/bench_gpu.py``) against the device's
+then its forward is timed (CUDA-event median, as ``benchmarks/bench_gpu.py``) against the device's
 copy bandwidth.
 Prints a Markdown table (``--out`` writes it too), K=5 first. About 22 s on an H100 for the 16
 variants at both K (2026-11-26, ninth session), most of it compiling.
 
-    PYTHONPATH=src python3 scripts/bench_mma_variants.py --out $OUT/mma_variants.md
+    PYTHONPATH=src python3 benchmarks/bench_mma_variants.py --out $OUT/mma_variants.md
 """
 
 from __future__ import annotations

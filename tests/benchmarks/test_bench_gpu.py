@@ -1,4 +1,4 @@
-"""scripts/bench_gpu.py without a GPU: the kernel switches of the variant rows, the targets'
+"""benchmarks/bench_gpu.py without a GPU: the kernel switches of the variant rows, the targets'
 verdicts from measured rows, and a dry run of the whole script on the CPU."""
 
 import importlib.util
@@ -10,7 +10,7 @@ import pytest
 from uplab.ops import _cupy_kernels
 
 ROOT = Path(__file__).parents[2]
-spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "scripts" / "bench_gpu.py")
+spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "bench_gpu.py")
 bench_gpu = importlib.util.module_from_spec(spec)
 sys.modules["bench_gpu"] = bench_gpu
 spec.loader.exec_module(bench_gpu)
