@@ -5,7 +5,7 @@
 # (at most $SEGFORMER_RECOMPUTE_TIMEOUT seconds, default 60; informative, not part of the exit
 # status).
 # The whole script keeps within $GPU_CHECK_BUDGET seconds (default 290: issue 4 asks for 5 minutes
-# on one H100, so that a rerun fits in the same GPU session): the SegFormer steps get what the
+# on one H100, so that a rerun fits in the same GPU lease): the SegFormer steps get what the
 # tests and the benchmark leave. A step run stopped by its limit keeps the rows it measured (the
 # table is rewritten after each upsampler) and does not fail the script. Each section prints the
 # seconds elapsed when it starts.
