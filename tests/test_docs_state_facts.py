@@ -67,7 +67,8 @@ def _joined_lines(text: str):
 def _files():
     for folder in FOLDERS:
         for path in sorted((ROOT / folder).rglob("*")):
-            if path.suffix in SUFFIXES and path.is_file():
+            # this file quotes the phrases it looks for
+            if path.suffix in SUFFIXES and path.is_file() and path != Path(__file__).resolve():
                 yield path
 
 
