@@ -24,7 +24,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts benchmarks
 
 reproduce-table: setup
 	$(PY) scripts/reproduce_table.py --table $(TABLE) $(if $(LAUNCHER),--launcher $(LAUNCHER))
@@ -33,13 +33,13 @@ sweep: setup
 	$(VENV)/bin/uplab-train -m hparams_search=toy_seg_upsampler
 
 bench: setup
-	$(PY) scripts/bench_ops.py
+	$(PY) benchmarks/bench_ops.py
 
 gpu-check:
-	bash scripts/gpu_check.sh
+	bash benchmarks/gpu_check.sh
 
 gpu-profile:
-	bash scripts/profile_kernels.sh
+	bash benchmarks/profile_kernels.sh
 
 cost: setup
 	$(VENV)/bin/uplab-cost

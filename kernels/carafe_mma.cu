@@ -21,10 +21,10 @@
 // target's time. Here the FMAs go to the tensor cores, and what remains is feeding them:
 //  - Block: MMA_WARPS_Y x MMA_WARPS_X warps over a tile of MMA_WARPS_Y parent rows, MMA_WARPS_X
 //    warps a row, each warp 8 parents of its row, one parent at a time along x. Shipped: 16 warps
-//    over 32 x 4 parents (64 x 8 outputs), the fastest tile on an H100 (docs/benchmarks.md); the
-//    variants: 8 warps over 8 x 8 (shipped until the ninth session), 16 over 16 x 8. B fragments
-//    (the masks) are loaded once per block into registers (8 parents x k-steps x 2 registers) and
-//    reused for every channel.
+//    over 32 x 4 parents (64 x 8 outputs), the fastest tile on an H100 (0.364 ms bf16 at K = 5
+//    against 0.386 ms for 8 x 8, 66b4ab2, 2026-11-26; docs/benchmarks.md); the variants: 8 warps
+//    over 8 x 8, 16 over 16 x 8. B fragments (the masks) are loaded once per block into
+//    registers (8 parents x k-steps x 2 registers) and reused for every channel.
 //  - Features: the tile plus halo, 16 channels (one mma M) per slab, in a cp.async pipeline of
 //    MMA_STAGES buffers of MMA_SLABS slabs (one barrier per buffer), in 4-byte copies (element
 //    copies for an odd width or a misaligned base); each thread owns one (row, copy) position of
@@ -40,9 +40,9 @@
 //  - Bank conflicts: a warp's A load has 8 channels (group_id) x 4 pair slots (in_group). With
 //    row-major slots and rows of halo_w + 2 elements (MMA_ROW_STRIDE, the staged width of the
 //    4-byte copies) each load touches 32 distinct banks, one wavefront (checked for K = 3 and 5
-//    by enumeration and by the emulator's bank trace, tests/ops/test_kernels_on_cpu.py). The first
-//    version loaded A element by element from rows padded to 16-byte copies: 16 loads per parent
-//    and step, at 3.6 (K = 5) and 2.8 (K = 3) wavefronts each by the same trace.
+//    by enumeration and by the emulator's bank trace, tests/ops/test_kernels_on_cpu.py). Loading
+//    A element by element from rows padded to 16-byte copies would take 16 loads per parent and
+//    step, at 3.6 (K = 5) and 2.8 (K = 3) wavefronts each by the same trace.
 //  - Outputs straight from the D fragments: lane (group_id, in_group < 2) holds, after a warp's 8
 //    parents, 16 consecutive outputs (32 bytes) of child row in_group for channels group_id and
 //    group_id + 8. It hands the second half of each row to lane in_group + 2 (whose D columns are
@@ -52,8 +52,8 @@
 //    The 16-byte store is PTX (store_16_bytes): the compilers split the C++ one into four.
 // Shared-memory wavefronts per parent and 16 channels: 8 A loads in the source for K = 5 (4 for
 // K = 3), about 5 after the compiler merges the loads of parents p and p + 1, which read the same
-// words with different masks. The first version needed about 58 (16-bit A loads at 3.6
-// wavefronts, outputs staged through shared memory). Measured on an H100: docs/benchmarks.md.
+// words with different masks; 16-bit A loads at 3.6 wavefronts and outputs staged through shared
+// memory would need about 58. Measured on an H100: docs/benchmarks.md.
 // Grid: x = tiles of MMA_TILE_W x MMA_WARPS_Y parents (with MMA_STRIP, strips of strip_tiles
 // tiles down a column), y = chunks of channels_per_block channels (a multiple of 16),
 // z = batch * groups. Dynamic shared memory: mma_shared_mem() in _cupy_kernels.py.
@@ -273,8 +273,8 @@ __device__ __forceinline__ void parent_pairs_mma(
 
 // Four words to 16-byte-aligned global memory in one instruction. Written in PTX because nvcc
 // and NVRTC (CUDA 13) split the equivalent uint4 store here into four 4-byte stores: each output
-// sector then took four L2 write requests (Nsight Compute on an H100: 3.5x the output's sectors,
-// L2 at 78% of its peak, DRAM at 17%).
+// sector then takes four L2 write requests (Nsight Compute on an H100, 9735def, 2026-11-26: 3.5x
+// the output's sectors, L2 at 78% of its peak, DRAM at 17%).
 __device__ __forceinline__ void store_16_bytes(void* to, const unsigned int (&words)[4]) {
 #if defined(UPLAB_CUDA_ON_CPU)
     if (reinterpret_cast<unsigned long long>(to) % 16 != 0) {
@@ -372,11 +372,12 @@ __device__ __forceinline__ void store_pair_rows(const unsigned int (&packed)[2][
 
 // This thread's share of staging any chunk: one (row, copy) position of the halo, fixed for the
 // whole kernel, for channels first, first + step, ... of the chunk (n_positions = halo rows x
-// copies per row <= the block's 256 threads; step = 256 / n_positions threads share a position).
-// Fixing it once replaces the flattened-index walk of stage_halo_async, whose carries and 64-bit
-// address arithmetic took about 48 instructions per 4-byte copy (sm_90 SASS), most of this
-// kernel's instructions at 5 to 6 copies per thread and chunk; the loop below takes about 12
-// (Nsight Compute on an H100: 360 M -> 199 M warp instructions at 16x256x128x128).
+// copies per row <= the block's threads; step = blockDim.x / n_positions threads share a
+// position). Fixing it once replaces the flattened-index walk of stage_halo_async, whose carries
+// and 64-bit address arithmetic take about 48 instructions per 4-byte copy (sm_90 SASS), most of
+// this kernel's instructions at 5 to 6 copies per thread and chunk; the loop below takes about 12
+// (Nsight Compute on an H100, 9735def -> adb83b0, 2026-11-26, with the 16-byte stores: 360 M ->
+// 199 M warp instructions at 16x256x128x128).
 struct StagingPosition {
     long long src;  // element offset in a channel plane (0, still a valid address, outside the map)
     int dst;        // element offset in a staged channel
@@ -496,7 +497,7 @@ __launch_bounds__(MMA_THREADS) __global__ void reassemble_mma(
     // frees the buffer of chunk i - 1 for chunk i + MMA_STAGES - 1. A commit every iteration (empty
     // past the last chunk) keeps "all but the newest MMA_STAGES - 2 groups" equal to "chunks up
     // to i". The first chunks are staged before the lane's masks are loaded into B (below), so
-    // their copies are in flight while the block waits for the masks, instead of after.
+    // their copies are in flight while the block waits for the masks.
     static_assert(MMA_STAGES >= 2 && MMA_STAGES <= 4 && MMA_SLABS >= 1 && MMA_SLABS <= 2,
                   "2 to 4 stages of 1 or 2 slabs");
     const int n_chunks = (n_channels + MMA_STAGE_CHANNELS - 1) / MMA_STAGE_CHANNELS;
@@ -572,8 +573,8 @@ __launch_bounds__(MMA_THREADS) __global__ void reassemble_mma(
         // parity, which alternates with p at K = 3 (x_shift + p) and is the lane's own at K = 5
         // (group_id / 4). So the lane's pointers are computed once per parity class (p % 2 at
         // K = 3) and offset (2 STEPS x 2 of them), and each parent's load adds a compile-time
-        // offset, where every load did its own 64-bit plane arithmetic before (instruction
-        // counts: docs/benchmarks.md, next steps 3).
+        // offset instead of its own 64-bit plane arithmetic (sm_90 SASS, bf16, K = 5: 1,072
+        // static instructions against 1,264, 5576b13; docs/benchmarks.md, "Tensor cores").
         constexpr bool kPaired = KS == 5;
         constexpr int kBParents = kPaired ? MMA_PARENTS_X / 2 : MMA_PARENTS_X;
         constexpr int kClasses = kPaired ? 1 : 2;  // window start parities among the lane's parents

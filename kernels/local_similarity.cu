@@ -263,10 +263,10 @@ __launch_bounds__(TILED_MAX_THREADS, TILED_MIN_BLOCKS) __global__ void window_do
 #if TILED_ASYNC_STAGING
     // Chunk i is summed from buffer i % 2 while chunk i + 1 is copied into the other one. This
     // pipeline repeats reassemble_tiled's (and reassemble_mma's) on purpose: folding them into one
-    // helper (a lambda or a struct, both tried) changed ptxas's register allocation of the carafe
-    // build at its 128-register bound. Tried again with a struct of the staging arguments and a
-    // per-iteration helper (sm_90): spills of reassemble_tiled<half_t, 5> 0 -> 20 bytes and
-    // <bfloat16_t / half_t, 7> 8 -> 32 bytes. Fold it when a GPU can judge.
+    // helper (a lambda, or a struct of the staging arguments with a per-iteration helper) changes
+    // ptxas's register allocation of the carafe build at its 128-register bound (sm_90): spills
+    // of reassemble_tiled<half_t, 5> 0 -> 20 bytes and <bfloat16_t / half_t, 7> 8 -> 32 bytes.
+    // Whether those spills cost time is for a GPU measurement to decide.
     const int row_stride = async_row_stride<T>(halo_w), chunk_plane = halo_h * row_stride;
     const int buffer = stage_channels * chunk_plane;
     const int copy_elems = async_copy_elems(key, width);

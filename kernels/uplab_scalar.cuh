@@ -168,15 +168,17 @@ __device__ __forceinline__ void stage_halo(const T* __restrict__ src, float* __r
     }
 }
 
-// Opt-in halo staging of the tiled kernels (reassemble_tiled, window_dot_tiled): compile with
-// -DTILED_ASYNC_STAGING=1 (_cupy_kernels.ASYNC_STAGING_OPTION; next steps 1 and 2 in
-// docs/benchmarks.md). The default (0) compiles none of what follows, and the kernels stage with
-// stage_halo above. The launch then needs tiled_async_shared_mem() bytes of dynamic shared memory
-// (src/uplab/ops/_cupy_kernels.py) instead of tiled_config's. Both kernels use it the same way:
+// cp.async halo staging of the tiled kernels (reassemble_tiled, window_dot_tiled), compiled with
+// -DTILED_ASYNC_STAGING=1 (_cupy_kernels.ASYNC_STAGING_OPTION; the launcher's default staging,
+// TILED_STAGING = "async": carafe fp32 forward 0.737 against 1.787 ms with plain loads on an
+// H100, fe702ff, 2026-11-26; docs/benchmarks.md, "Staging"). Without it (0) none of what follows
+// is compiled, and the kernels stage with stage_halo above. The launch then needs
+// tiled_async_shared_mem() bytes of dynamic shared memory (src/uplab/ops/_cupy_kernels.py)
+// instead of tiled_config's. Both kernels use it the same way:
 //  - Double buffer: the block stages channel chunk i + 1 while it computes chunk i, in two
 //    buffers of stage_channels * halo_h * row_stride elements of the storage type T. Two barriers
-//    per chunk as before: one after the wait (chunk i complete, from every thread), one after the
-//    compute (nobody still reads the buffer that the next iteration refills).
+//    per chunk: one after the wait (chunk i complete, from every thread), one after the compute
+//    (nobody still reads the buffer that the next iteration refills).
 //  - cp.async (sm_80+): global -> shared without passing through registers, so a thread issues
 //    all its copies of a chunk back to back and none waits for the previous one. Copies are as wide
 //    as the alignment allows, 16, 8 or 4 bytes (async_copy_elems): the staged row starts at the

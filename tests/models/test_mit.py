@@ -104,7 +104,7 @@ FIXTURE = Path(__file__).parents[1] / "fixtures" / "mit_hf_tiny.pt"
 @pytest.fixture(scope="module")
 def hf_tiny() -> dict:
     """A tiny random transformers SegFormer: its saved checkpoint, an input and its four stage
-    outputs (scripts/make_mit_hf_fixture.py)."""
+    outputs (tests/fixtures/make_mit_hf_fixture.py)."""
     return torch.load(FIXTURE, weights_only=True)
 
 

@@ -170,7 +170,7 @@ def test_async_staging_compiles_with_nvcc(file, arch, tmp_path):
     assert "cp.async.wait_group 1" in ptx
 
 
-# every compile-time variant of reassemble_mma that scripts/bench_mma_variants.py may time
+# every compile-time variant of reassemble_mma that benchmarks/bench_mma_variants.py may time
 MMA_VARIANTS = [
     kernels.MmaVariant(stages, slabs, warps_x, warps_y)
     for warps_x, warps_y in ((1, 8), (2, 8), (4, 4))

@@ -458,7 +458,7 @@ def test_tiled_kernels_at_multi_tile_sizes_match_torch_path(emulate, k, s, dtype
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("staging", kernels.STAGINGS)
 def test_tiled_launch_shapes_of_the_variant_benchmark_match_torch_path(emulate, staging, dtype):
-    # The block shapes scripts/bench_kernel_variants.py times (and one narrower), each with both
+    # The block shapes benchmarks/bench_kernel_variants.py times (and one narrower), each with both
     # halo stagings, so that a GPU session spends no time on a variant that is wrong.
     emulate()
     k, s = 5, 2
@@ -477,7 +477,7 @@ def test_tiled_launch_shapes_of_the_variant_benchmark_match_torch_path(emulate, 
 
 
 def test_tiled_staging_default_reaches_forward_and_backward(emulate, monkeypatch):
-    # scripts/bench_gpu.py times whole ops with TILED_STAGING switched: every tiled launch of
+    # benchmarks/bench_gpu.py times whole ops with TILED_STAGING switched: every tiled launch of
     # carafe's forward and backward must then take the async build, and still match.
     monkeypatch.setattr(kernels, "TILED_STAGING", "async")
     launches = emulate()
@@ -543,7 +543,7 @@ def test_tensor_core_forward_a_loads_are_free_of_bank_conflicts(emulate, tmp_pat
 @pytest.mark.parametrize("build", MMA_VARIANT_BUILDS)
 @pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
 def test_tensor_core_forward_with_other_tiles(emulate, monkeypatch, tmp_path, k, build):
-    # The variants timed by scripts/bench_mma_variants.py beside the shipped 32 x 4 parents: 8
+    # The variants timed by benchmarks/bench_mma_variants.py beside the shipped 32 x 4 parents: 8
     # warps over 8 x 8 parents, 16 over 16 x 8, 8 x 8 in strips. Ragged tiles (widths 19, 40, 22;
     # height 11), several chunks, groups, a misaligned base; then under ThreadSanitizer, and the
     # bank trace of its A loads (one wavefront each, whatever the tile's row width).

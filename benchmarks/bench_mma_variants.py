@@ -1,8 +1,8 @@
 """Check and time the compile-time variants of carafe's tensor-core forward (``reassemble_mma``)
 on a GPU: MMA_STAGES cp.async buffers (2 to 4) of MMA_SLABS 16-channel slabs (1 or 2), and the
-tile, MMA_WARPS_X warps per parent row over MMA_WARPS_Y rows (32 x 4 parents and 512 threads, the
-shipped since the ninth session; 16 x 8 of 512; 8 x 8 of 256, shipped until then), and each tile
-in strips down a column with its halo rows carried over (MMA_STRIP, three stages of one slab),
+tile, MMA_WARPS_X warps per parent row over MMA_WARPS_Y rows (32 x 4 parents and 512 threads,
+the shipped tile; 16 x 8 of 512; 8 x 8 of 256), and each tile in strips down a column with its
+halo rows carried over (MMA_STRIP, three stages of one slab),
 built with ``_cupy_kernels.MmaVariant(stages, slabs, warps_x, warps_y, strip).options()``; the
 32 x 4 tile with one slab only (compile time), and variants whose shared memory passes the default
 48 KiB left out.
@@ -10,12 +10,12 @@ built with ``_cupy_kernels.MmaVariant(stages, slabs, warps_x, warps_y, strip).op
 At the benchmark's large shape (16x256x128x128 -> 256^2, bfloat16, K in {3, 5}, s=2) every
 variant's output must equal the shipped variant's bit for bit (the same products summed in the
 same order; each output lands in a block just filled with NaN, so an unwritten element fails),
-then its forward is timed (CUDA-event median, as ``scripts/bench_gpu.py``) against the device's
+then its forward is timed (CUDA-event median, as ``benchmarks/bench_gpu.py``) against the device's
 copy bandwidth.
 Prints a Markdown table (``--out`` writes it too), K=5 first. About 22 s on an H100 for the 16
-variants at both K (2026-11-26, ninth session), most of it compiling.
+variants at both K (50a6ec7, 2026-11-26), most of it compiling.
 
-    PYTHONPATH=src python3 scripts/bench_mma_variants.py --out $OUT/mma_variants.md
+    PYTHONPATH=src python3 benchmarks/bench_mma_variants.py --out $OUT/mma_variants.md
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Check and time launch variants of the tiled kernels (``reassemble_tiled``, ``window_dot_tiled``)
 against the generic ones, in one GPU call: the forward of carafe and local_similarity at the
-benchmark shapes of ``scripts/bench_gpu.py`` (K=5, s=2, fp32 and bf16), for several block shapes,
+benchmark shapes of ``benchmarks/bench_gpu.py`` (K=5, s=2, fp32 and bf16), for several block shapes,
 channels staged per barrier and register budgets (``-DTILED_MIN_BLOCKS``), and both halo stagings:
 ``sync`` (plain loads) and ``async`` (the cp.async double buffer, ``-DTILED_ASYNC_STAGING=1``,
-shipped since adb83b0; there ``stage`` is the channels of each of the two buffers).
+the shipped staging; there ``stage`` is the channels of each of the two buffers).
 
 Every variant's output is first checked against the generic kernel on the same inputs (outputs
 poisoned with NaN beforehand, so an unwritten element fails). The tiled kernels are checked
@@ -12,11 +12,11 @@ groups, with a width of 37 and of 40 (the async staging copies 4 and 16 bytes at
 bf16 falls back to element copies at 37); the async builds there stage 3 channels per buffer in
 blocks that own every channel of their group, so several chunks pass through both buffers, and
 must equal the shipped tiled kernels bit for bit. Times are CUDA-event medians after a warm-up.
-Prints a table last; ``--out`` writes it as Markdown. Expected to take one to two minutes on an
-H100 or H200 (not yet timed), much of it compiling the 16 modules of tiled kernels.
+Prints a table last; ``--out`` writes it as Markdown. Most of its time goes to compiling the 16
+modules of tiled kernels (its run time on a GPU is not measured).
 
-    PYTHONPATH=src python3 scripts/bench_kernel_variants.py --out $OUT/variants.md
-    PYTHONPATH=src python3 scripts/bench_kernel_variants.py --profile   # one launch each, for ncu
+    PYTHONPATH=src python3 benchmarks/bench_kernel_variants.py --out $OUT/variants.md
+    PYTHONPATH=src python3 benchmarks/bench_kernel_variants.py --profile  # one launch each, for ncu
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ AdamW step) on random ADE20K-shaped data, batch 16 at 512x512 by default; report
 time and the peak memory per upsampler as a Markdown table. The released logs show 18.7 GB
 (bilinear), 21.7 GB (FADE) and 45.5 GB (CARAFE) at that setting.
 
-    python scripts/bench_segformer_step.py --device cuda --output docs/benchmarks_segformer.md
-    python scripts/bench_segformer_step.py --smoke        # tiny CPU run, for tests
-    python scripts/bench_segformer_step.py --saved-activations   # no GPU: what backward keeps
+    python benchmarks/bench_segformer_step.py --device cuda --output docs/benchmarks_segformer.md
+    python benchmarks/bench_segformer_step.py --smoke        # tiny CPU run, for tests
+    python benchmarks/bench_segformer_step.py --saved-activations   # no GPU: what backward keeps
 
 ``--saved-activations`` needs no GPU: it runs one forward per upsampler on the CPU at batch 1 under
 ``torch.autograd.graph.saved_tensors_hooks`` and sums the bytes of the distinct tensors autograd

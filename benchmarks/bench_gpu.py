@@ -13,8 +13,8 @@ measured device-to-device copy bandwidth (bytes read + written), and the peak
 and input gradients themselves. Ends with the issue's targets, met or missed, and writes the table
 as Markdown (``--out``; default ``$OUT/gpu_bench.md`` when ``OUT`` is set).
 
-    PYTHONPATH=src python scripts/bench_gpu.py                 # on a GPU (scripts/gpu_check.sh)
-    PYTHONPATH=src python scripts/bench_gpu.py --dry-run --device cpu   # tiny shapes, no GPU
+    PYTHONPATH=src python benchmarks/bench_gpu.py             # on a GPU (benchmarks/gpu_check.sh)
+    PYTHONPATH=src python benchmarks/bench_gpu.py --dry-run --device cpu   # tiny shapes, no GPU
 """
 
 from __future__ import annotations
@@ -59,13 +59,12 @@ KERNEL_VARIANTS = {
     "cuda-sync": KernelChoice("sync", False),  # FFMA tiled kernels, halo staged with plain loads
     "cuda-async": KernelChoice("async", False),  # FFMA tiled kernels, halo staged with cp.async
     "cuda-mma": KernelChoice("async", True),  # carafe's tensor-core forward (bfloat16)
-    # the tensor-core forward over the tiles it does not ship (32 x 4 parents since the ninth
-    # session): 8 x 8, 256 threads a block (shipped until then), and 16 x 8, 512 threads
-    # (docs/benchmarks.md, next steps 1)
+    # the tensor-core forward over the tiles it does not ship (it ships 32 x 4 parents): 8 x 8,
+    # 256 threads a block, and 16 x 8, 512 threads (docs/benchmarks.md, "Tensor cores")
     "cuda-mma-8x8": KernelChoice("async", True, MmaVariant(warps_x=1, warps_y=8)),
     "cuda-mma-16x8": KernelChoice("async", True, MmaVariant(warps_x=2, warps_y=8)),
     # the 8 x 8 tile and the shipped one in strips down a column, halo rows carried over in
-    # shared memory (next steps 6)
+    # shared memory
     "cuda-mma-8x8-strip": KernelChoice("async", True, MmaVariant(warps_x=1, warps_y=8, strip=True)),
     "cuda-mma-strip": KernelChoice("async", True, MmaVariant(strip=True)),
 }
@@ -115,9 +114,8 @@ def calls_per_timing(one_call_ms: float, min_span_ms: float = MIN_SPAN_MS) -> in
 def _event_ms(fn, calls: int, lead: int = 1) -> float:
     """GPU milliseconds of ``calls`` back-to-back calls of ``fn``. The ``lead`` untimed calls
     queue work ahead of the first event, so the GPU is still busy with them when the event is
-    recorded and the host's dispatch of the first timed call is not idle time between the events
-    (without them, one call per timing counted the op's Python dispatch: docs/benchmarks.md,
-    run 5)."""
+    recorded and the host's dispatch of the first timed call is not idle time between the
+    events."""
     begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     for _ in range(lead):
         fn()
@@ -134,8 +132,9 @@ def time_ms(fn, device, budget_s: float, max_iters: int) -> float:
     ``budget_s``. On CUDA a timing is a pair of events around :func:`calls_per_timing` calls (from
     one timed call), after one untimed call queued ahead of them (:func:`_event_ms`), divided by
     their number: the host's launch work then overlaps the GPU's, as in a training loop, instead of
-    counting as idle GPU time between the events. (Until 2026-11-26 each timing was one call,
-    which for sub-millisecond kernels added the op's Python dispatch: docs/benchmarks.md, run 5.)"""
+    counting as idle GPU time between the events. With one call per timing, the bf16 carafe
+    forward at the large shape read 0.486 ms through ``carafe()`` against 0.426 ms for the same
+    kernel launched directly (H100, fe702ff, 2026-11-26)."""
     fn()
     _sync(device)
     calls = calls_per_timing(_event_ms(fn, 1)) if device.type == "cuda" else 1
@@ -155,9 +154,9 @@ def measuring_order(plan) -> list[int]:
     """Indices of ``plan``'s (op, shape name, shape, dtype, impl) rows in the order they are
     measured: the CUDA kernels' rows first, then the baselines (torch, unfold), each in table
     order. Measured right after the fp32 unfold baseline's seconds of work, a sub-millisecond
-    kernel row read about 5% slow on an H100 (0.384 ms against 0.363-0.366 ms for the same kernel
-    before and after; docs/benchmarks.md, ninth session), and the table's order put the bf16
-    carafe target's row there."""
+    kernel row reads about 5% slow on an H100 (0.384 ms against 0.363-0.366 ms for the same
+    kernel before and after, 3667d5e, 2026-11-26), and the table's order puts the bf16 carafe
+    target's row there."""
     return sorted(range(len(plan)), key=lambda i: not plan[i][4].startswith("cuda"))
 
 

@@ -1,4 +1,4 @@
-"""scripts/bench_gpu.py without a GPU: the kernel switches of the variant rows, the targets'
+"""benchmarks/bench_gpu.py without a GPU: the kernel switches of the variant rows, the targets'
 verdicts from measured rows, and a dry run of the whole script on the CPU."""
 
 import importlib.util
@@ -10,7 +10,7 @@ import pytest
 from uplab.ops import _cupy_kernels
 
 ROOT = Path(__file__).parents[2]
-spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "scripts" / "bench_gpu.py")
+spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "bench_gpu.py")
 bench_gpu = importlib.util.module_from_spec(spec)
 sys.modules["bench_gpu"] = bench_gpu
 spec.loader.exec_module(bench_gpu)
@@ -41,8 +41,8 @@ def test_variant_rows_switch_the_kernels_and_restore_them():
 
 
 def test_wider_tile_rows_launch_the_variants_the_emulator_tests():
-    # the rows time the tiles of docs/benchmarks.md's next steps 1 that are not shipped (32 x 4),
-    # which fit the default shared memory at every K the tensor-core forward takes
+    # the rows time the tensor-core tiles other than the shipped 32 x 4 (docs/benchmarks.md,
+    # "Tensor cores"), which fit the default shared memory at every K the forward takes
     tiles = {
         impl: choice.mma_variant.tile
         for impl, choice in bench_gpu.KERNEL_VARIANTS.items()
@@ -226,8 +226,8 @@ def test_cuda_timings_queue_a_call_before_the_first_event(monkeypatch):
 
 
 def test_kernel_rows_are_measured_before_the_baselines():
-    # a baseline's seconds of work slowed the kernel row measured right after it (H100, ninth
-    # session): every cuda* row is measured first, each group in table order
+    # a baseline's seconds of work slow the kernel row measured right after it (H100, 3667d5e,
+    # 2026-11-26): every cuda* row is measured first, each group in table order
     plan = [
         (op, LARGE, None, dtype, impl)
         for op in ("carafe", "local_similarity")

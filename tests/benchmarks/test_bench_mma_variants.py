@@ -1,4 +1,4 @@
-"""scripts/bench_mma_variants.py without a GPU: the variants it times, their shared memory, and
+"""benchmarks/bench_mma_variants.py without a GPU: the variants it times, their shared memory, and
 its refusal to run without a CUDA device."""
 
 import importlib.util
@@ -11,10 +11,10 @@ from uplab.ops import _cupy_kernels as kernels
 
 ROOT = Path(__file__).parents[2]
 spec = importlib.util.spec_from_file_location(
-    "bench_mma_variants", ROOT / "scripts" / "bench_mma_variants.py"
+    "bench_mma_variants", ROOT / "benchmarks" / "bench_mma_variants.py"
 )
 bench = importlib.util.module_from_spec(spec)
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 spec.loader.exec_module(bench)
 
 

@@ -3,9 +3,9 @@
 Each measurement runs in a fresh subprocess, so its peak memory is its own: peak resident memory
 above the process's baseline on CPU, ``torch.cuda.max_memory_allocated`` on CUDA.
 
-    python scripts/bench_ops.py                       # CPU, both shapes, ops and upsamplers
-    python scripts/bench_ops.py --quick               # the small shape only, ops only
-    python scripts/bench_ops.py --device cuda --output docs/bench_cuda.md
+    python benchmarks/bench_ops.py                       # CPU, both shapes, ops and upsamplers
+    python benchmarks/bench_ops.py --quick               # the small shape only, ops only
+    python benchmarks/bench_ops.py --device cuda --output docs/bench_cuda.md
 
 Shapes (batch x channels x low-res size -> high-res size): 1x256x120x120 -> 240^2 (the shape of
 the published runtime comparison) and 8x256x64x64 -> 128^2.

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # GPU check (make gpu-check): device name, the GPU tests of the ops, the ops benchmark, then the
-# SegFormer-B1 training step per upsampler (scripts/bench_segformer_step.py, at most
+# SegFormer-B1 training step per upsampler (benchmarks/bench_segformer_step.py, at most
 # $SEGFORMER_TIMEOUT seconds, default 150; 0 skips it), and the guided ones with recompute=True
 # (at most $SEGFORMER_RECOMPUTE_TIMEOUT seconds, default 60; informative, not part of the exit
 # status).
 # The whole script keeps within $GPU_CHECK_BUDGET seconds (default 290: issue 4 asks for 5 minutes
-# on one H100, so that a rerun fits in the same GPU session): the SegFormer steps get what the
+# on one H100, so that a rerun fits in the same GPU lease): the SegFormer steps get what the
 # tests and the benchmark leave. A step run stopped by its limit keeps the rows it measured (the
 # table is rewritten after each upsampler) and does not fail the script. Each section prints the
 # seconds elapsed when it starts.
@@ -18,16 +18,17 @@
 #       hydra-core==1.3.8 omegaconf==2.3.1
 #   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
 # Opt-in extras, after the budgeted part, informative (not part of the exit status):
-#   KERNEL_VARIANTS=1  scripts/bench_kernel_variants.py (at most $VARIANTS_TIMEOUT s, default 180);
-#   MMA_VARIANTS=1     scripts/bench_mma_variants.py (at most $MMA_VARIANTS_TIMEOUT s, default
+#   KERNEL_VARIANTS=1  benchmarks/bench_kernel_variants.py (at most $VARIANTS_TIMEOUT s, default
+#                      180);
+#   MMA_VARIANTS=1     benchmarks/bench_mma_variants.py (at most $MMA_VARIANTS_TIMEOUT s, default
 #                      180): the tensor-core forward's compile-time variants, K=5 first;
-#   PROFILE=1          scripts/profile_kernels.sh: Nsight Compute on one warm carafe forward per
+#   PROFILE=1          benchmarks/profile_kernels.sh: Nsight Compute on one warm carafe forward per
 #                      kernel at the large shape; about 20 s per kernel.
 # Files, in $OUT when it is set (else /tmp/uplab_gpu_check), at most eight (a device call returns at
 # most eight): gpu_check.log (everything printed), gpu_bench.md, segformer_step.md,
 # segformer_step_recompute.md, and with the extras variants.md, mma_variants.md, ncu.txt and
 # ncu_stalls.txt.
-# Usage: bash scripts/gpu_check.sh [extra arguments for scripts/bench_gpu.py]
+# Usage: bash benchmarks/gpu_check.sh [extra arguments for benchmarks/bench_gpu.py]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,7 +70,7 @@ section "GPU tests"
 tests_status=$?
 
 section "benchmark"
-"$PYTHON" scripts/bench_gpu.py --out "$OUT_DIR/gpu_bench.md" "$@"
+"$PYTHON" benchmarks/bench_gpu.py --out "$OUT_DIR/gpu_bench.md" "$@"
 bench_status=$?
 
 section "SegFormer-B1 training step"
@@ -86,7 +87,7 @@ elif [ "$step_limit" -lt 30 ]; then
     step_status=0
 else
     echo "limit ${step_limit} s"
-    timeout "$step_limit" "$PYTHON" scripts/bench_segformer_step.py --device cuda --steps 3 \
+    timeout "$step_limit" "$PYTHON" benchmarks/bench_segformer_step.py --device cuda --steps 3 \
         --warmup 1 --output "$OUT_DIR/segformer_step.md"
     step_status=$?
     if [ "$step_status" -eq 124 ]; then
@@ -97,7 +98,7 @@ else
     recompute_limit=$(smaller "${SEGFORMER_RECOMPUTE_TIMEOUT:-60}" $(( $(seconds_left) - 5 )))
     if [ "$recompute_limit" -ge 20 ]; then
         section "SegFormer-B1 training step, recompute=True (limit ${recompute_limit} s)"
-        timeout "$recompute_limit" "$PYTHON" scripts/bench_segformer_step.py --device cuda \
+        timeout "$recompute_limit" "$PYTHON" benchmarks/bench_segformer_step.py --device cuda \
             --steps 3 --warmup 1 --recompute --upsamplers bilinear,indexnet,sapa_g,fade \
             --output "$OUT_DIR/segformer_step_recompute.md"
     else
@@ -108,20 +109,20 @@ fi
 if [ "${KERNEL_VARIANTS:-0}" = 1 ]; then
     # informative: launch variants of the tiled kernels, both halo stagings
     section "kernel variants"
-    timeout "${VARIANTS_TIMEOUT:-180}" "$PYTHON" scripts/bench_kernel_variants.py \
+    timeout "${VARIANTS_TIMEOUT:-180}" "$PYTHON" benchmarks/bench_kernel_variants.py \
         --out "$OUT_DIR/variants.md"
 fi
 
 if [ "${MMA_VARIANTS:-0}" = 1 ]; then
     # informative: the tensor-core forward's variants (tile width, stages x slabs), bit for bit
     section "tensor-core forward variants"
-    timeout "${MMA_VARIANTS_TIMEOUT:-180}" "$PYTHON" scripts/bench_mma_variants.py \
+    timeout "${MMA_VARIANTS_TIMEOUT:-180}" "$PYTHON" benchmarks/bench_mma_variants.py \
         --out "$OUT_DIR/mma_variants.md"
 fi
 
 if [ "${PROFILE:-0}" = 1 ]; then
-    section "Nsight Compute: one warm carafe forward per kernel (scripts/profile_kernels.sh)"
-    PYTHON="$PYTHON" OUT="$OUT_DIR" bash scripts/profile_kernels.sh
+    section "Nsight Compute: one warm carafe forward per kernel (benchmarks/profile_kernels.sh)"
+    PYTHON="$PYTHON" OUT="$OUT_DIR" bash benchmarks/profile_kernels.sh
 fi
 
 echo "== done after $((SECONDS - start)) s: tests exit $tests_status, benchmark exit $bench_status, SegFormer step exit $step_status"

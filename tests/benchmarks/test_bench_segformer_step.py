@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_segformer_step.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_segformer_step.py"
 
 
 def _load():
