@@ -9,7 +9,7 @@ TABLE  ?= toy
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test lint reproduce-table sweep bench gpu-check gpu-profile cost clean
+.PHONY: setup test test-full lint reproduce-table sweep bench gpu-check gpu-profile cost clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# One pytest-xdist worker per core (each on one thread). `make test` is CI's suite; `make test-full`
+# adds the tests marked `full` (the emulator's long sweeps), which CI's time budget leaves out.
+PYTEST := $(PY) -m pytest -q -n auto --dist worksteal
+
 test: setup
-	$(PY) -m pytest -q
+	$(PYTEST) -m "not full"
+
+test-full: setup
+	$(PYTEST)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests scripts benchmarks
