@@ -106,7 +106,9 @@ def test_recompute_keeps_less_for_backward_and_is_off_in_eval():
 def test_recompute_needs_an_upsampler(monkeypatch):
     from uplab.upsamplers import registry
 
-    monkeypatch.setitem(registry._REGISTRY, "plain_conv", lambda in_channels, scale: torch.nn.Identity())
+    monkeypatch.setitem(
+        registry._REGISTRY, "plain_conv", lambda in_channels, scale: torch.nn.Identity()
+    )
     with pytest.raises(ValueError, match="recompute=True needs an Upsampler"):
         build("plain_conv", in_channels=C, recompute=True)
 
@@ -118,7 +120,9 @@ def _inputs(up, b=2, h=H, w=W, dtype=torch.float32):
 
 
 GUIDED = [n for n in available() if is_guided(n)]
-WITH_PARAMETERS = [n for n in available() if any(True for _ in build(n, in_channels=C).parameters())]
+WITH_PARAMETERS = [
+    n for n in available() if any(True for _ in build(n, in_channels=C).parameters())
+]
 WITH_KERNEL_SIZE = ["a2u", "carafe", "fade", "fade_lite", "pixelshuffle", "sapa_b", "sapa_g",
                     "sapa_i", "semishift"]  # fmt: skip
 WITH_OUT_CHANNELS = ["deconv", "pixelshuffle", "sapa_b", "sapa_g"]
@@ -144,7 +148,9 @@ def test_rejects_guide_that_is_not_a_tensor(name):
 def test_rejects_integer_inputs(name):
     up = build(name, in_channels=C)
     x, guide = _inputs(up)
-    with pytest.raises(ValueError, match="x must be a floating-point tensor, got dtype torch.int64"):
+    with pytest.raises(
+        ValueError, match="x must be a floating-point tensor, got dtype torch.int64"
+    ):
         up(x.long(), guide=guide)
     if guide is not None:
         with pytest.raises(ValueError, match="guide must be a floating-point tensor"):
@@ -155,7 +161,9 @@ def test_rejects_integer_inputs(name):
 def test_rejects_guide_of_another_dtype(name):
     up = build(name, in_channels=C)
     x, guide = _inputs(up)
-    with pytest.raises(ValueError, match="x has dtype torch.float32 but guide has dtype torch.float64"):
+    with pytest.raises(
+        ValueError, match="x has dtype torch.float32 but guide has dtype torch.float64"
+    ):
         up(x, guide=guide.double())
 
 
@@ -219,8 +227,15 @@ def test_nan_pixel_makes_its_children_nan(name):
 
 @pytest.mark.parametrize(
     "argument, value",
-    [("scale", 0), ("scale", True), ("scale", 2.0), ("in_channels", 0), ("in_channels", True),
-     ("guide_channels", 0), ("guide_channels", -32)],  # fmt: skip
+    [
+        ("scale", 0),
+        ("scale", True),
+        ("scale", 2.0),
+        ("in_channels", 0),
+        ("in_channels", True),
+        ("guide_channels", 0),
+        ("guide_channels", -32),
+    ],
 )
 @pytest.mark.parametrize("name", available())
 def test_build_rejects_sizes_that_are_not_positive_integers(name, argument, value):

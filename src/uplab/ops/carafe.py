@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch.overrides import handle_torch_function, has_torch_function
 
-from uplab.ops._checks import check_is_tensor, check_carafe_args
+from uplab.ops._checks import check_carafe_args, check_is_tensor
 from uplab.ops._windows import (
     compute_dtype,
     full_precision,

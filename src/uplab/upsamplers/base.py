@@ -93,7 +93,9 @@ class Upsampler(nn.Module):
             if t is None and label == "guide":
                 continue
             if not isinstance(t, torch.Tensor) or t.dim() != 4:
-                raise ValueError(f"{name}: {label} must be a 4-D tensor [B, C, H, W], got {_describe(t)}")
+                raise ValueError(
+                    f"{name}: {label} must be a 4-D tensor [B, C, H, W], got {_describe(t)}"
+                )
             if not t.is_floating_point():
                 raise ValueError(
                     f"{name}: {label} must be a floating-point tensor, got dtype {t.dtype}; "
