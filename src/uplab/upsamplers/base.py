@@ -34,6 +34,18 @@ def require_odd_int(name: str, value: object) -> int:
     return value
 
 
+def _first_parameter(module: nn.Module) -> nn.Parameter | None:
+    """The module's first parameter, depth first; without ``parameters()``' bookkeeping, which
+    costs several times more than the rest of the input check."""
+    for p in module._parameters.values():
+        if p is not None:
+            return p
+    for child in module._modules.values():
+        if child is not None and (p := _first_parameter(child)) is not None:
+            return p
+    return None
+
+
 def _describe(t: object) -> str:
     return f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
 
@@ -86,7 +98,6 @@ class Upsampler(nn.Module):
         """Raise ``ValueError`` unless ``x`` (and, for guided upsamplers, ``guide`` when given) are
         4-D floating tensors on the module's device, of one dtype with each other and the module
         (any dtypes under ``torch.autocast``)."""
-        name = type(self).__name__
         if not self.guided:
             guide = None  # unguided upsamplers ignore it
         for label, t in (("x", x), ("guide", guide)):
@@ -94,36 +105,33 @@ class Upsampler(nn.Module):
                 continue
             if not isinstance(t, torch.Tensor) or t.dim() != 4:
                 raise ValueError(
-                    f"{name}: {label} must be a 4-D tensor [B, C, H, W], got {_describe(t)}"
+                    f"{type(self).__name__}: {label} must be a 4-D tensor [B, C, H, W], got "
+                    f"{_describe(t)}"
                 )
             if not t.is_floating_point():
                 raise ValueError(
-                    f"{name}: {label} must be a floating-point tensor, got dtype {t.dtype}; "
-                    f"convert it with .float() (or the module's dtype)"
+                    f"{type(self).__name__}: {label} must be a floating-point tensor, got dtype "
+                    f"{t.dtype}; convert it with .float() (or the module's dtype)"
                 )
-        if guide is not None and guide.device != x.device:
-            raise ValueError(
-                f"{name}: x is on {x.device} but guide is on {guide.device}; move both to one device"
-            )
-        weight = next(self.parameters(), None)
-        if weight is not None and weight.device != x.device:
-            raise ValueError(
-                f"{name}: x is on {x.device} but the module's parameters are on {weight.device}; "
-                f"move one of them (module.to(x.device))"
-            )
-        if torch.is_autocast_enabled(x.device.type):
+        device, dtype = x.device, x.dtype
+        weight = _first_parameter(self)
+        for what, other in (("guide", guide), ("the module's parameters", weight)):
+            if other is not None and other.device != device:
+                raise ValueError(
+                    f"{type(self).__name__}: x is on {device} but {what} "
+                    f"{'is' if what == 'guide' else 'are'} on {other.device}; move them to one "
+                    "device (tensor.to(device), module.to(device))"
+                )
+        if torch.is_autocast_enabled(device.type):
             return
-        if guide is not None and guide.dtype != x.dtype:
-            raise ValueError(
-                f"{name}: x has dtype {x.dtype} but guide has dtype {guide.dtype}; cast them to one "
-                f"dtype (or run under torch.autocast, which promotes)"
-            )
-        if weight is not None and weight.dtype != x.dtype:
-            raise ValueError(
-                f"{name}: x has dtype {x.dtype} but the module's parameters have dtype "
-                f"{weight.dtype}; cast the inputs or the module (module.to(x.dtype)), or run under "
-                f"torch.autocast"
-            )
+        for what, other in (("guide", guide), ("the module's parameters", weight)):
+            if other is not None and other.dtype != dtype:
+                raise ValueError(
+                    f"{type(self).__name__}: x has dtype {dtype} but {what} "
+                    f"{'has' if what == 'guide' else 'have'} dtype {other.dtype}; cast them to one "
+                    "dtype (tensor.to(dtype), module.to(dtype)) or run under torch.autocast, "
+                    "which promotes"
+                )
 
     def check_inputs(self, x: torch.Tensor, guide: torch.Tensor | None) -> None:
         """Raise ``ValueError`` naming what does not fit: the tensors (:meth:`check_tensors`), the
