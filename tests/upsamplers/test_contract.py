@@ -266,3 +266,10 @@ def test_bilinear_rejects_a_boolean_option_as_scale():
     # True == 1 for Python, and a bilinear "upsampling" by 1 returns its input unchanged
     with pytest.raises(ValueError, match=r"scale must be a positive integer .* got True"):
         build("bilinear", in_channels=C, scale=True)
+
+
+def test_build_rejects_an_option_the_upsampler_does_not_have():
+    with pytest.raises(
+        ValueError, match=r"build\('bilinear'\): .*unexpected keyword argument 'kernel_size'"
+    ):
+        build("bilinear", in_channels=C, kernel_size=3)

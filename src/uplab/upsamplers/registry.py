@@ -2,8 +2,9 @@
 
 ``build(name, in_channels, scale=2, **kw)`` drops keyword arguments set to ``None`` so configs can
 leave options out, an unknown name lists what is available, and an argument the upsampler does not
-accept (a scale, channel count or kernel size that is not a positive integer, an even window) is a
-ValueError that names the upsampler, the argument and the values allowed.
+accept (a scale, channel count or kernel size that is not a positive integer, an even window, an
+option it does not have) is a ValueError that names the upsampler, the argument and the values
+allowed.
 """
 
 from __future__ import annotations
@@ -90,6 +91,13 @@ def build(
         module = factory(in_channels=in_channels, scale=scale, **kwargs)
     except ValueError as error:
         raise ValueError(f"build({name!r}): {error}") from None
+    except TypeError as error:
+        if "unexpected keyword argument" not in str(error):
+            raise
+        raise ValueError(
+            f"build({name!r}): {error}; see the options in the docstring of "
+            f"{getattr(factory, '__qualname__', factory)} (or conf/upsampler/{name}.yaml)"
+        ) from None
     if recompute:
         if not isinstance(module, Upsampler):
             raise ValueError(f"recompute=True needs an Upsampler; {name!r} built {type(module).__name__}")
