@@ -140,8 +140,9 @@ class DySample(Upsampler):
             align_corners=False,
         )
         # border padding clamps a NaN coordinate onto the first pixel; a point whose offset is NaN
-        # (a NaN in x reaches its offsets) has no defined sample, so it stays NaN
-        out = out.masked_fill(grid.isnan().any(dim=-1).unsqueeze(1), float("nan"))
+        # (a NaN in x reaches its offsets) has no defined sample, so it stays NaN. In place:
+        # grid_sample's backward does not read its output, and a copy would cost another pass.
+        out.masked_fill_(grid.isnan().any(dim=-1).unsqueeze(1), float("nan"))
         return out.view(b, c, s * h, s * w)
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
