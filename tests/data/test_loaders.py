@@ -1,10 +1,12 @@
 """The real datasets' loaders read the toy suite, and say clearly what is missing or broken."""
 
+import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import default_collate
 
 from uplab.data.ade20k import ADE20K, reduce_zero_label
@@ -144,3 +146,129 @@ def test_corrupt_file_names_the_file(toy_root, tmp_path):
 def test_invalid_split_is_a_value_error(toy_root):
     with pytest.raises(ValueError, match="split must be one of"):
         ADE20K(toy_root / "segmentation", "train")
+
+
+def _copy(toy_root, task, tmp_path):
+    shutil.copytree(toy_root / task, tmp_path / task)
+    return tmp_path / task
+
+
+def test_ade20k_label_out_of_range_names_the_file(toy_root, tmp_path):
+    root = _copy(toy_root, "segmentation", tmp_path)
+    dataset = ADE20K(root, "validation")
+    label = np.asarray(Image.open(dataset.labels[0])).copy()
+    label[0, 0] = 99  # the toy set has 6 classes: raw labels 0..6
+    Image.fromarray(label).save(dataset.labels[0])
+    with pytest.raises(DatasetError, match=rf"{dataset.labels[0].name}: label 99 is out of range"):
+        dataset[0]
+
+
+def test_ade20k_without_its_class_list_names_the_file(toy_root, tmp_path):
+    # a deleted objectInfo150.txt must not mean 150 classes
+    root = _copy(toy_root, "segmentation", tmp_path)
+    (root / "ADEChallengeData2016" / "objectInfo150.txt").unlink()
+    with pytest.raises(DatasetError, match="objectInfo150.txt, which does not exist"):
+        ADE20K(root, "validation")
+
+
+def _edit_coco(root, edit):
+    """Apply ``edit`` to the first annotation of the toy val file; returns that annotation's id."""
+    path = root / "annotations" / "instances_val2017.json"
+    document = json.loads(path.read_text())
+    edit(document["annotations"][0])
+    path.write_text(json.dumps(document))  # NaN is written as the bare token pycocotools reads
+    return document["annotations"][0]["id"]
+
+
+def _set_bbox(bbox):
+    def edit(annotation):
+        annotation["bbox"] = bbox
+
+    return edit
+
+
+def _set_category(annotation):
+    annotation["category_id"] = 99
+
+
+@pytest.mark.parametrize(
+    "edit, rule",
+    [
+        (
+            _set_bbox([1.0, 2.0, 3.0]),
+            r"bbox must be 4 numbers \[x, y, width, height\]; got \[1.0, 2.0, 3.0\]",
+        ),
+        (_set_bbox([1.0, 2.0, float("nan"), 3.0]), "bbox holds a non-finite number"),
+        (_set_bbox([1.0, 2.0, 0.0, 3.0]), "bbox width and height must be positive"),
+        (_set_bbox([40.0, 2.0, 5.0, 3.0]), "bbox lies outside its image"),
+        (_set_category, r"category_id 99 is not in the file's categories \[1, 2, 3\]"),
+    ],
+    ids=["three-numbers", "nan", "zero-area", "outside", "unknown-category"],
+)
+def test_coco_bad_annotation_names_the_file_the_annotation_and_the_rule(
+    edit, rule, toy_root, tmp_path
+):
+    root = _copy(toy_root, "detection", tmp_path)
+    annotation_id = _edit_coco(root, edit)
+    with pytest.raises(
+        DatasetError, match=rf"instances_val2017.json: annotation id {annotation_id} .*{rule}"
+    ):
+        COCODetection(root, "val")
+
+
+def test_coco_box_partly_outside_the_image_is_clipped(toy_root, tmp_path):
+    root = _copy(toy_root, "detection", tmp_path)
+    annotation_id = _edit_coco(root, _set_bbox([-4.0, 20.0, 10.0, 20.0]))  # 32 x 32: x -4, y 40
+    dataset = COCODetection(root, "val")
+    image_id = dataset.coco.anns[annotation_id]["image_id"]
+    _, target = dataset[dataset.image_ids.index(image_id)]
+    assert [0.0, 20.0, 6.0, 32.0] in target["boxes"].tolist()
+
+
+@pytest.mark.parametrize(
+    "line, rule",
+    [
+        ("/a/rgb.jpg /a/depth.png", "expected 'rgb_path depth_path focal'"),
+        ("{rgb} {depth} abc", "the focal length .* must be a positive number of pixels; got 'abc'"),
+        ("{rgb} {depth} -518.8", "the focal length .* got '-518.8'"),
+        ("{rgb} /nowhere/depth.png 518.8", "the file .*nowhere/depth.png it names does not exist"),
+    ],
+)
+def test_nyuv2_bad_list_line_names_the_list_and_line(line, rule, toy_root, tmp_path):
+    root = _copy(toy_root, "depth", tmp_path)
+    listing = root / "nyudepthv2_test_files_with_gt.txt"
+    rgb, depth, _ = listing.read_text().splitlines()[0].split()
+    listing.write_text(listing.read_text() + line.format(rgb=rgb, depth=depth) + "\n")
+    with pytest.raises(DatasetError, match=rf"nyudepthv2_test_files_with_gt.txt:3: {rule}"):
+        NYUv2(root, "test")
+
+
+@pytest.mark.parametrize(
+    "name, rule",
+    [
+        ("fg/extra.png", "expected a file name ending in .png, .jpg, .jpeg"),
+        ("extra.txt", "expected a file name ending in"),
+        (None, "is listed twice .first on line 1."),
+    ],
+    ids=["folder", "suffix", "duplicate"],
+)
+def test_composition1k_bad_name_list_line_names_the_list_and_line(name, rule, toy_root, tmp_path):
+    root = _copy(toy_root, "matting", tmp_path)
+    listing = root / "Combined_Dataset" / "Training_set" / "training_fg_names.txt"
+    lines = listing.read_text().splitlines()
+    listing.write_text("\n".join([*lines, name or lines[0]]) + "\n")
+    with pytest.raises(DatasetError, match=rf"training_fg_names.txt:{len(lines) + 1}: .*{rule}"):
+        Composition1k(root, "train")
+
+
+def test_composition1k_test_trimap_with_other_values_names_the_file(toy_root, tmp_path):
+    root = _copy(toy_root, "matting", tmp_path)
+    dataset = Composition1k(root, "test")
+    trimap_path = dataset.samples[0][2]
+    trimap = np.asarray(Image.open(trimap_path)).copy()
+    trimap[0, 0] = 100
+    Image.fromarray(trimap).save(trimap_path)
+    with pytest.raises(
+        DatasetError, match=rf"{trimap_path.name}: trimap values must be 0, 128 or 255; got \[100\]"
+    ):
+        dataset[0]

@@ -28,6 +28,8 @@ def write_ade(root: Path, counts=(("training", "train", 2), ("validation", "val"
                 path = base / folder / split / f"{stem}.{ext}"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(array).save(path)
+    lines = ["Idx\tRatio\tTrain\tVal\tName"] + [f"{i}\t0\t0\t0\tclass{i}" for i in range(1, 151)]
+    (base / "objectInfo150.txt").write_text("\n".join(lines) + "\n")
     return base
 
 
@@ -49,6 +51,13 @@ def test_missing_label_map_is_named_and_the_script_fails(tmp_path):
         [sys.executable, str(SCRIPT), "--root", str(base)], capture_output=True, text=True
     )
     assert run.returncode == 1 and "ADE_val_00000001.png" in run.stdout
+
+
+def test_missing_class_list_is_named_not_assumed(tmp_path):
+    base = write_ade(tmp_path)
+    (base / "objectInfo150.txt").unlink()
+    report = prepare_ade20k(base)
+    assert not report.ok and "objectInfo150.txt (the class list)" in report.text()
 
 
 def test_datamodule_error_names_the_path_and_the_prepare_command(tmp_path):

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from uplab.metrics import NothingToEvaluate
 from uplab.metrics.depth import DepthMetrics, depth_errors
 
 
@@ -52,3 +53,29 @@ def test_rejects_empty_mask_and_bad_shapes():
         depth_errors(torch.ones(2), torch.ones(2), torch.zeros(2, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
         DepthMetrics().update(torch.ones(1, 2, 2), torch.ones(1, 2, 2))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_predictions_are_refused_with_their_count(bad):
+    # nan_to_num would give an all-NaN prediction finite errors
+    pred = torch.full((2, 1, 1, 2), 2.0)
+    pred[0, 0, 0, 1] = pred[1, 0, 0, 0] = bad
+    with pytest.raises(
+        ValueError, match="DepthMetrics: 2 of 4 values of the predicted depth are not finite"
+    ):
+        DepthMetrics().update(pred, torch.ones(2, 1, 1, 2))
+
+
+def test_a_set_without_a_valid_depth_pixel_is_nothing_to_evaluate():
+    metric = DepthMetrics(min_depth=1e-3, max_depth=10.0)
+    metric.update(torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2))  # gt 0: no measurement
+    with pytest.raises(NothingToEvaluate, match="no image of the set has a pixel"):
+        metric.compute()
+    assert issubclass(NothingToEvaluate, ValueError)
+
+
+def test_depth_errors_refuses_a_nan_prediction_inside_the_mask():
+    with pytest.raises(ValueError, match="depth_errors: 1 of 2 values"):
+        depth_errors(
+            torch.tensor([1.0, float("nan")]), torch.ones(2), torch.ones(2, dtype=torch.bool)
+        )

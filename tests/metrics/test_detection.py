@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from uplab.metrics import NothingToEvaluate
 from uplab.metrics.detection import DetectionMetrics
 
 
@@ -10,7 +11,8 @@ def test_false_positive_ranked_first_halves_ap():
     # One 10x10 ground-truth box (area 100 < 32^2: "small"). Detections: a far-away box with
     # score 0.9 (false positive), then the exact box with score 0.5 (true positive at every IoU).
     # Ranked: FP, TP -> recall reaches 1 at precision 1/2; COCO's interpolated precision is 1/2 at
-    # every recall level, so AP = AP50 = AP75 = APs = 0.5; no medium/large objects -> -1.
+    # every recall level, so AP = AP50 = AP75 = APs = 0.5; no medium/large objects: APm and APl
+    # are not evaluated (pycocotools' -1), so they are left out.
     metric = DetectionMetrics()
     metric.update(
         [
@@ -25,7 +27,7 @@ def test_false_positive_ranked_first_halves_ap():
     result = metric.compute()
     for key in ("AP", "AP50", "AP75", "APs"):
         assert result[key].item() == pytest.approx(0.5), key
-    assert result["APm"].item() == -1 and result["APl"].item() == -1
+    assert "APm" not in result and "APl" not in result
 
 
 def test_box_with_iou_between_half_and_three_quarters():
@@ -54,3 +56,40 @@ def test_rejects_unpaired_lists():
         DetectionMetrics().update(
             [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)}], []
         )
+
+
+def _prediction(boxes, scores):
+    return {
+        "boxes": torch.tensor(boxes),
+        "scores": torch.tensor(scores),
+        "labels": torch.ones(len(scores), dtype=torch.long),
+    }
+
+
+def _truth(boxes):
+    return {
+        "boxes": torch.tensor(boxes).view(-1, 4),
+        "labels": torch.ones(len(boxes), dtype=torch.long),
+    }
+
+
+def test_a_set_without_ground_truth_boxes_is_nothing_to_evaluate():
+    metric = DetectionMetrics()
+    metric.update([_prediction([[0.0, 0, 10, 10]], [0.9])], [_truth([])])
+    with pytest.raises(
+        NothingToEvaluate, match="DetectionMetrics: the set has no ground-truth box"
+    ):
+        metric.compute()
+
+
+@pytest.mark.parametrize(
+    "key, bad", [("boxes", [[0.0, 0, float("nan"), 10]]), ("scores", [float("inf")])]
+)
+def test_non_finite_predictions_are_refused_with_their_count(key, bad):
+    pred = _prediction([[0.0, 0, 10, 10]], [0.9])
+    pred[key] = torch.tensor(bad)
+    with pytest.raises(
+        ValueError,
+        match=f"DetectionMetrics: 1 of {len(bad[0]) if key == 'boxes' else 1} values of the predicted {key}",
+    ):
+        DetectionMetrics().update([pred], [_truth([[0.0, 0, 10, 10]])])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from uplab.metrics import NothingToEvaluate
 from uplab.metrics.matting import (
     MattingMetrics,
     connectivity_error,
@@ -48,9 +49,10 @@ def test_sad_and_mse_by_hand():
     assert mse_error(pred, gt, trimap) == pytest.approx(0.52, rel=1e-6)
 
 
-def test_mse_of_empty_unknown_region_is_zero():
+def test_mse_of_empty_unknown_region_is_nothing_to_evaluate():
     a = np.zeros((3, 3), np.uint8)
-    assert mse_error(a, a + 1, np.zeros((3, 3), np.uint8)) == 0.0
+    with pytest.raises(NothingToEvaluate, match="no unknown pixel"):
+        mse_error(a, a + 1, np.zeros((3, 3), np.uint8))
 
 
 def test_gradient_filter_is_the_9x9_unit_norm_derivative_of_gaussian():
@@ -121,3 +123,30 @@ def test_metric_averages_per_image_errors():
     result = metric.compute()
     assert result["sad"].item() == pytest.approx(2e-3)
     assert result["mse"].item() == pytest.approx(0.5)
+
+
+def test_non_finite_predictions_are_refused_with_their_count():
+    pred = torch.full((1, 1, 2, 2), 0.5)
+    pred[0, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="MattingMetrics: 1 of 4 values of the predicted alpha"):
+        MattingMetrics().update(pred, torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), 0.5))
+
+
+def test_a_set_without_an_unknown_region_is_nothing_to_evaluate():
+    metric = MattingMetrics()
+    known = torch.tensor([0.0, 1.0, 1.0, 0.0]).view(1, 1, 2, 2)
+    metric.update(torch.full((1, 1, 2, 2), 0.5), known, known)
+    with pytest.raises(NothingToEvaluate, match="no trimap of the set has an unknown pixel"):
+        metric.compute()
+
+
+def test_an_image_without_an_unknown_region_is_left_out_of_the_mean():
+    # image 1: one unknown pixel, |pred - gt| = 255/255 -> SAD 1/1000; image 2: trimap all known
+    metric = MattingMetrics()
+    pred = torch.zeros(2, 1, 2, 2)
+    alpha = torch.zeros(2, 1, 2, 2)
+    alpha[0, 0, 0, 0] = 1.0
+    trimap = torch.zeros(2, 1, 2, 2)
+    trimap[0, 0, 0, 0] = 0.5
+    metric.update(pred, alpha, trimap)
+    assert metric.compute()["sad"].item() == pytest.approx(1e-3)

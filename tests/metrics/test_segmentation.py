@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from uplab.metrics import NothingToEvaluate
 from uplab.metrics.segmentation import (
     SegmentationMetrics,
     boundary_width,
@@ -77,3 +78,20 @@ def test_rejects_labels_out_of_range_and_shape_mismatch():
         confusion_matrix(
             torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 3, dtype=torch.long), 2
         )
+
+
+def test_non_finite_logits_are_refused_with_their_count():
+    # NaN logits argmax to one class, which scores as a (bad) segmentation
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, :, 0, 0] = float("nan")
+    with pytest.raises(
+        ValueError, match="SegmentationMetrics: 3 of 12 values of the logits are not finite"
+    ):
+        SegmentationMetrics(num_classes=3).update(logits, torch.zeros(1, 2, 2, dtype=torch.long))
+
+
+def test_a_set_of_ignored_pixels_only_is_nothing_to_evaluate():
+    metric = SegmentationMetrics(num_classes=3, ignore_index=255)
+    metric.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.full((1, 2, 2), 255))
+    with pytest.raises(NothingToEvaluate, match="no pixel of the set has a label"):
+        metric.compute()

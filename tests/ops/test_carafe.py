@@ -42,7 +42,9 @@ def test_one_hot_centre_mask_is_nearest_upsampling():
     for k, s in [(1, 2), (3, 2), (5, 3), (7, 4)]:
         m = torch.zeros(2, k * k, s * 5, s * 7)
         m[:, (k * k) // 2] = 1.0
-        torch.testing.assert_close(carafe(f, m, k, s), F.interpolate(f, scale_factor=s, mode="nearest"))
+        torch.testing.assert_close(
+            carafe(f, m, k, s), F.interpolate(f, scale_factor=s, mode="nearest")
+        )
 
 
 @settings(max_examples=20, deadline=None)
@@ -88,7 +90,9 @@ def test_half_precision_backward_runs_and_matches():
 def test_non_contiguous_inputs():
     f = torch.randn(2, 5, 6, 3).permute(0, 3, 1, 2)  # [2, 3, 5, 6], channels-last strides
     m = torch.randn(2, 10, 12, 9).permute(0, 3, 1, 2)
-    torch.testing.assert_close(carafe(f, m, 3, 2), carafe_unfold(f.contiguous(), m.contiguous(), 3, 2))
+    torch.testing.assert_close(
+        carafe(f, m, 3, 2), carafe_unfold(f.contiguous(), m.contiguous(), 3, 2)
+    )
 
 
 @pytest.mark.parametrize(
@@ -114,3 +118,28 @@ def test_dtype_mismatch_and_integer_inputs():
         carafe(torch.randn(1, 2, 3, 3), torch.randn(1, 9, 6, 6, dtype=torch.float64), 3, 2)
     with pytest.raises(ValueError, match="floating-point"):
         carafe(torch.ones(1, 2, 3, 3, dtype=torch.long), torch.randn(1, 9, 6, 6), 3, 2)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("which", ["features", "masks"])
+def test_an_input_that_is_not_a_tensor_is_named(which, autocast):
+    # the check must run before autocast promotion reads .dtype
+    f, m = _inputs(1, 2, 3, 3, 3, 2, dtype=torch.float32)
+    args = {"features": f, "masks": m}
+    args[which] = args[which].tolist()
+    with (
+        torch.autocast("cpu", enabled=autocast),
+        pytest.raises(ValueError, match=f"{which} must be a torch.Tensor, got list"),
+    ):
+        carafe(args["features"], args["masks"], 3, 2)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 3, 5), (2, 4, 0, 5), (2, 4, 3, 0)])
+def test_empty_batch_or_map_gives_an_empty_output_and_gradients(shape):
+    b, c, h, w = shape
+    f = torch.randn(shape, requires_grad=True)
+    m = torch.randn(b, 9, 2 * h, 2 * w, requires_grad=True)
+    out = carafe(f, m, 3, 2)
+    assert out.shape == (b, c, 2 * h, 2 * w)
+    out.sum().backward()
+    assert f.grad.shape == f.shape and m.grad.shape == m.shape

@@ -13,7 +13,8 @@ import torch
 
 from uplab.ops import carafe, dispatch, local_similarity
 
-CUDA_STUB = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0))
+CUDA_STUB = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0), numel=lambda: 6)
+EMPTY_CUDA_STUB = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0), numel=lambda: 0)
 MISSING = "CuPy is not installed (test)"
 
 
@@ -45,6 +46,12 @@ def test_cpu_tensors_take_the_torch_path_silently(backend, cupy_present):
 def test_auto_takes_the_kernels_for_cuda_tensors_with_cupy(cupy_present):
     assert dispatch.resolve_backend("auto", CUDA_STUB, "carafe") == "cuda"
     assert dispatch.resolve_backend("cuda", CUDA_STUB, "carafe") == "cuda"
+
+
+@pytest.mark.parametrize("backend", ["auto", "cuda"])
+def test_empty_cuda_tensors_take_the_torch_path(backend, cupy_present):
+    # nothing to launch: a zero-size grid is an error for the kernels, an empty result for torch
+    assert dispatch.resolve_backend(backend, EMPTY_CUDA_STUB, "carafe") == "torch"
 
 
 def test_torch_backend_never_takes_the_kernels(cupy_present):

@@ -18,13 +18,17 @@ def _inputs(b, c, h, w, s, dtype=torch.float64, grad=False):
 @pytest.mark.parametrize("s", [1, 2, 3, 4])
 def test_gradcheck_borders_odd_sizes(k, s):
     q, key = _inputs(1, 2, 3, 5, s, grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: local_similarity(a, b, k, s), (q, key), fast_mode=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: local_similarity(a, b, k, s), (q, key), fast_mode=True
+    )
 
 
 @pytest.mark.parametrize("k,s", [(1, 1), (3, 2), (5, 2), (5, 3), (7, 4)])
 def test_matches_unfold_reference(k, s):
     q, key = _inputs(2, 6, 5, 4, s)
-    torch.testing.assert_close(local_similarity(q, key, k, s), local_similarity_unfold(q, key, k, s))
+    torch.testing.assert_close(
+        local_similarity(q, key, k, s), local_similarity_unfold(q, key, k, s)
+    )
 
 
 def test_outside_neighbours_give_zero_logit():
@@ -63,3 +67,28 @@ def test_unknown_backend():
     q, key = _inputs(1, 2, 3, 3, 2, dtype=torch.float32)
     with pytest.raises(ValueError, match="backend must be one of"):
         local_similarity(q, key, 3, 2, backend="triton")
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("which", ["query", "key"])
+def test_an_input_that_is_not_a_tensor_is_named(which, autocast):
+    # the check must run before autocast promotion reads .dtype
+    q, key = _inputs(1, 2, 3, 3, 2, dtype=torch.float32)
+    args = {"query": q, "key": key}
+    args[which] = args[which].tolist()
+    with (
+        torch.autocast("cpu", enabled=autocast),
+        pytest.raises(ValueError, match=f"{which} must be a torch.Tensor, got list"),
+    ):
+        local_similarity(args["query"], args["key"], 3, 2)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 3, 5), (2, 4, 0, 5), (2, 4, 3, 0)])
+def test_empty_batch_or_map_gives_an_empty_output_and_gradients(shape):
+    b, c, h, w = shape
+    key = torch.randn(shape, requires_grad=True)
+    q = torch.randn(b, c, 2 * h, 2 * w, requires_grad=True)
+    out = local_similarity(q, key, 3, 2)
+    assert out.shape == (b, 9, 2 * h, 2 * w)
+    out.sum().backward()
+    assert q.grad.shape == q.shape and key.grad.shape == key.shape

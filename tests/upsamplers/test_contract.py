@@ -106,6 +106,170 @@ def test_recompute_keeps_less_for_backward_and_is_off_in_eval():
 def test_recompute_needs_an_upsampler(monkeypatch):
     from uplab.upsamplers import registry
 
-    monkeypatch.setitem(registry._REGISTRY, "plain_conv", lambda in_channels, scale: torch.nn.Identity())
+    monkeypatch.setitem(
+        registry._REGISTRY, "plain_conv", lambda in_channels, scale: torch.nn.Identity()
+    )
     with pytest.raises(ValueError, match="recompute=True needs an Upsampler"):
         build("plain_conv", in_channels=C, recompute=True)
+
+
+def _inputs(up, b=2, h=H, w=W, dtype=torch.float32):
+    x = torch.randn(b, C, h, w, dtype=dtype)
+    guide = torch.randn(b, C, 2 * h, 2 * w, dtype=dtype) if up.guided else None
+    return x, guide
+
+
+GUIDED = [n for n in available() if is_guided(n)]
+WITH_PARAMETERS = [
+    n for n in available() if any(True for _ in build(n, in_channels=C).parameters())
+]
+WITH_KERNEL_SIZE = ["a2u", "carafe", "fade", "fade_lite", "pixelshuffle", "sapa_b", "sapa_g",
+                    "sapa_i", "semishift"]  # fmt: skip
+WITH_OUT_CHANNELS = ["deconv", "pixelshuffle", "sapa_b", "sapa_g"]
+
+
+@pytest.mark.parametrize("name", available())
+def test_rejects_x_that_is_not_a_tensor(name):
+    up = build(name, in_channels=C)
+    x, guide = _inputs(up)
+    with pytest.raises(ValueError, match="x must be a 4-D tensor .* got ndarray"):
+        up(x.numpy(), guide=guide)
+
+
+@pytest.mark.parametrize("name", GUIDED)
+def test_rejects_guide_that_is_not_a_tensor(name):
+    up = build(name, in_channels=C)
+    x, guide = _inputs(up)
+    with pytest.raises(ValueError, match="guide must be a 4-D tensor .* got list"):
+        up(x, guide=guide.tolist())
+
+
+@pytest.mark.parametrize("name", available())
+def test_rejects_integer_inputs(name):
+    up = build(name, in_channels=C)
+    x, guide = _inputs(up)
+    with pytest.raises(
+        ValueError, match="x must be a floating-point tensor, got dtype torch.int64"
+    ):
+        up(x.long(), guide=guide)
+    if guide is not None:
+        with pytest.raises(ValueError, match="guide must be a floating-point tensor"):
+            up(x, guide=guide.long())
+
+
+@pytest.mark.parametrize("name", GUIDED)
+def test_rejects_guide_of_another_dtype(name):
+    up = build(name, in_channels=C)
+    x, guide = _inputs(up)
+    with pytest.raises(
+        ValueError, match="x has dtype torch.float32 but guide has dtype torch.float64"
+    ):
+        up(x, guide=guide.double())
+
+
+@pytest.mark.parametrize("name", WITH_PARAMETERS)
+def test_rejects_inputs_of_another_dtype_than_the_module(name):
+    up = build(name, in_channels=C)
+    x, guide = _inputs(up, dtype=torch.float64)
+    with pytest.raises(ValueError, match="parameters have dtype torch.float32"):
+        up(x, guide=guide)
+
+
+@pytest.mark.parametrize("name", GUIDED)
+def test_rejects_guide_on_another_device(name):
+    up = build(name, in_channels=C)
+    x, guide = _inputs(up)
+    with pytest.raises(ValueError, match="x is on cpu but guide is on meta"):
+        up(x, guide=guide.to("meta"))
+
+
+@pytest.mark.parametrize("name", WITH_PARAMETERS)
+def test_rejects_inputs_on_another_device_than_the_module(name):
+    up = build(name, in_channels=C).to("meta")
+    x, guide = _inputs(up)
+    with pytest.raises(ValueError, match="parameters are on meta"):
+        up(x, guide=guide)
+
+
+@pytest.mark.parametrize("name", ["sapa_b", "fade", "dysample"])
+def test_autocast_accepts_mixed_dtypes(name):
+    # under autocast the layers and ops promote: a bfloat16 guide beside a float32 x is no error
+    up = build(name, in_channels=C)
+    x, guide = _inputs(up)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = up(x.bfloat16(), guide=guide)
+    assert out.shape == (2, C, 2 * H, 2 * W)
+
+
+@pytest.mark.parametrize("shape", [(0, H, W), (2, 0, W), (2, H, 0)], ids=["B=0", "H=0", "W=0"])
+@pytest.mark.parametrize("name", available())
+def test_empty_batch_or_map_gives_an_empty_output(name, shape):
+    up = build(name, in_channels=C)
+    x, guide = _inputs(up, *shape)
+    x.requires_grad_()
+    out = up(x, guide=guide)
+    b, h, w = shape
+    assert out.shape == (b, up.out_channels, 2 * h, 2 * w) and out.dtype == x.dtype
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("name", available())
+def test_nan_pixel_makes_its_children_nan(name):
+    # every upsampler reads a pixel to build its own children: NaN in, NaN out there
+    up = build(name, in_channels=C)
+    x, guide = _inputs(up)
+    x[1, :, 2, 3] = float("nan")
+    out = up(x, guide=guide)
+    assert out[1, :, 4:6, 6:8].isnan().all()
+    assert not out[0].isnan().any()
+
+
+@pytest.mark.parametrize(
+    "argument, value",
+    [
+        ("scale", 0),
+        ("scale", True),
+        ("scale", 2.0),
+        ("in_channels", 0),
+        ("in_channels", True),
+        ("guide_channels", 0),
+        ("guide_channels", -32),
+    ],
+)
+@pytest.mark.parametrize("name", available())
+def test_build_rejects_sizes_that_are_not_positive_integers(name, argument, value):
+    kwargs = {"in_channels": C, "scale": 2, argument: value}
+    with pytest.raises(
+        ValueError, match=rf"build\('{name}'\): {argument} must be a positive integer \(1, 2, 3"
+    ):
+        build(name, **kwargs)
+
+
+@pytest.mark.parametrize("kernel_size", [4, 0, 3.0])
+@pytest.mark.parametrize("name", WITH_KERNEL_SIZE)
+def test_build_rejects_kernel_sizes_that_are_not_odd(name, kernel_size):
+    with pytest.raises(ValueError, match=r"kernel_size must be an odd integer >= 1 \(1, 3, 5"):
+        build(name, in_channels=C, kernel_size=kernel_size)
+
+
+@pytest.mark.parametrize("name", WITH_OUT_CHANNELS)
+def test_out_channels_is_honoured_or_rejected(name):
+    up = build(name, in_channels=C, out_channels=5)
+    x, guide = _inputs(up)
+    assert up(x, guide=guide).shape == (2, 5, 2 * H, 2 * W) and up.out_channels == 5
+    with pytest.raises(ValueError, match="out_channels must be a positive integer"):
+        build(name, in_channels=C, out_channels=0)
+
+
+def test_bilinear_rejects_a_boolean_option_as_scale():
+    # True == 1 for Python, and a bilinear "upsampling" by 1 returns its input unchanged
+    with pytest.raises(ValueError, match=r"scale must be a positive integer .* got True"):
+        build("bilinear", in_channels=C, scale=True)
+
+
+def test_build_rejects_an_option_the_upsampler_does_not_have():
+    with pytest.raises(
+        ValueError, match=r"build\('bilinear'\): .*unexpected keyword argument 'kernel_size'"
+    ):
+        build("bilinear", in_channels=C, kernel_size=3)

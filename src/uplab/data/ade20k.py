@@ -35,11 +35,34 @@ def resolve_root(root: str | Path) -> Path:
 
 
 def count_classes(root: Path) -> int:
-    """Classes listed in ``objectInfo150.txt`` (150 for ADE20K), without "other"."""
+    """Classes listed in ``objectInfo150.txt`` (150 for ADE20K), without "other".
+
+    The file must be there: the class count sizes the model's head and bounds every label, so it
+    is read, never assumed.
+    """
     info = root / "objectInfo150.txt"
     if not info.is_file():
-        return 150
-    return len(read_lines(info, "ADE20K class list")) - 1
+        raise DatasetError(
+            f"ADE20K class list: expected the file {info}, which does not exist (a header line, "
+            "then one line per class; it ships in ADEChallengeData2016.zip)"
+        )
+    classes = len(read_lines(info, "ADE20K class list")) - 1
+    if classes < 1:
+        raise DatasetError(
+            f"{info}: expected a header line and one line per class; found no class line"
+        )
+    return classes
+
+
+def check_labels(label: np.ndarray, num_classes: int, path: Path) -> None:
+    """Raise DatasetError naming ``path`` when a raw label exceeds ``num_classes`` (ADE's labels
+    are 0 for "other" and ``1..num_classes``)."""
+    highest = int(label.max()) if label.size else 0
+    if highest > num_classes:
+        raise DatasetError(
+            f"{path}: label {highest} is out of range: labels must be 0 (other) to {num_classes} "
+            f"(the classes of objectInfo150.txt); {int((label > num_classes).sum())} pixels exceed it"
+        )
 
 
 class ADE20K(Dataset):
@@ -76,10 +99,9 @@ class ADE20K(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        sample = {
-            "image": read_rgb(self.images[index]),
-            "mask": reduce_zero_label(read_gray(self.labels[index])),
-        }
+        label = read_gray(self.labels[index])
+        check_labels(label, self.num_classes, self.labels[index])
+        sample = {"image": read_rgb(self.images[index]), "mask": reduce_zero_label(label)}
         if sample["image"].shape[:2] != sample["mask"].shape:
             raise DatasetError(
                 f"{self.labels[index]}: label map {sample['mask'].shape} does not match image "

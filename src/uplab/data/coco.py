@@ -5,6 +5,13 @@ Samples follow torchvision's detection convention: ``(image float32 [3,H,W] in [
 dict(boxes=float32 [N,4] xyxy pixels, labels=int64 [N] from 1, image_id=int))``; COCO's
 category ids (not contiguous in the real set) are mapped to labels ``1..K`` in id order, and
 crowd annotations are left out, as in torchvision's reference training.
+
+The annotation file is checked once, when the dataset is built (:func:`boxes_per_image`): every
+image has a positive width and height, every annotation an image and a category from the file's
+lists and a ``bbox`` of 4 finite numbers ``[x, y, width, height]`` with positive width and height.
+A box that reaches past the image border is clipped to the image (COCO's own boxes overrun it by
+rounding); a box with no area left inside the image is an error. Each error names the file, the
+annotation id and the rule.
 """
 
 from __future__ import annotations
@@ -22,6 +29,85 @@ from uplab.data import transforms as T
 from uplab.data.io import DatasetError, read_rgb, require_dir, require_file
 
 SPLITS = ("train", "val")
+
+
+def _annotation_error(path: Path, annotation: dict, rule: str) -> DatasetError:
+    return DatasetError(
+        f"{path}: annotation id {annotation.get('id')!r} (image {annotation.get('image_id')!r}): "
+        f"{rule}; fix or remove the annotation"
+    )
+
+
+def boxes_per_image(
+    coco: COCO, path: Path, label_of: dict[int, int]
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Validate every annotation of ``coco`` (read from ``path``) and return, per image id, the
+    non-crowd boxes ``float32 [N, 4]`` (xyxy pixels, clipped to the image) and their labels
+    ``int64 [N]``. Raises DatasetError naming ``path``, the annotation and the rule it breaks."""
+    sizes = {}
+    for image_id, info in coco.imgs.items():
+        width, height = info.get("width"), info.get("height")
+        if not all(
+            isinstance(v, (int, float)) and np.isfinite(v) and v > 0 for v in (width, height)
+        ):
+            raise DatasetError(
+                f"{path}: image id {image_id!r}: width and height must be positive numbers; got "
+                f"width={width!r}, height={height!r}"
+            )
+        sizes[image_id] = (width, height)
+    annotations = list(coco.anns.values())
+    for annotation in annotations:
+        bbox = annotation.get("bbox")
+        if not (
+            isinstance(bbox, (list, tuple))
+            and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+        ):
+            raise _annotation_error(
+                path, annotation, f"bbox must be 4 numbers [x, y, width, height]; got {bbox!r}"
+            )
+        if annotation.get("image_id") not in sizes:
+            raise _annotation_error(path, annotation, "image_id is not in the file's images")
+        if annotation.get("category_id") not in label_of:
+            raise _annotation_error(
+                path,
+                annotation,
+                f"category_id {annotation.get('category_id')!r} is not in the file's categories "
+                f"{sorted(label_of)}",
+            )
+    xywh = np.array([a["bbox"] for a in annotations], np.float64).reshape(-1, 4)
+    size = np.array([sizes[a["image_id"]] for a in annotations], np.float64).reshape(-1, 2)
+    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    clipped = np.concatenate([xyxy[:, :2].clip(0, size), xyxy[:, 2:].clip(0, size)], axis=1)
+    rules = (
+        (~np.isfinite(xywh).all(axis=1), "bbox holds a non-finite number"),
+        ((xywh[:, 2] <= 0) | (xywh[:, 3] <= 0), "bbox width and height must be positive"),
+        (
+            (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]),
+            "bbox lies outside its image (no area left inside it)",
+        ),
+    )
+    for broken, rule in rules:
+        if broken.any():
+            first = int(np.argmax(broken))
+            a = annotations[first]
+            raise _annotation_error(
+                path,
+                a,
+                f"{rule}: bbox {a['bbox']} in an image of width x height "
+                f"{sizes[a['image_id']][0]} x {sizes[a['image_id']][1]} "
+                f"({int(broken.sum())} annotations of the file break this rule)",
+            )
+    per_image: dict[int, tuple[list, list]] = {image_id: ([], []) for image_id in sizes}
+    for annotation, box in zip(annotations, clipped.astype(np.float32), strict=True):
+        if not annotation.get("iscrowd", 0):
+            boxes, labels = per_image[annotation["image_id"]]
+            boxes.append(box)
+            labels.append(label_of[annotation["category_id"]])
+    return {
+        image_id: (np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64))
+        for image_id, (boxes, labels) in per_image.items()
+    }
 
 
 def collate_detection(batch):
@@ -57,6 +143,7 @@ class COCODetection(Dataset):
             ) from error
         self.category_ids = sorted(self.coco.getCatIds())
         self.label_of = {cat: label for label, cat in enumerate(self.category_ids, start=1)}
+        self.targets = boxes_per_image(self.coco, annotation_file, self.label_of)
         self.image_ids = sorted(self.coco.getImgIds())
         self.transform = transform
         self.seed = seed
@@ -74,15 +161,14 @@ class COCODetection(Dataset):
         image_id = self.image_ids[index]
         info = self.coco.loadImgs(image_id)[0]
         image = read_rgb(self.image_dir / info["file_name"])
-        annotations = [
-            a
-            for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id))
-            if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0
-        ]
-        boxes = np.array([a["bbox"] for a in annotations], np.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]
-        labels = np.array([self.label_of[a["category_id"]] for a in annotations], np.int64)
-        sample = {"image": image, "boxes": boxes, "labels": labels}
+        boxes, labels = self.targets[image_id]
+        if image.shape[:2] != (info["height"], info["width"]):
+            raise DatasetError(
+                f"{self.image_dir / info['file_name']}: image is {image.shape[1]} x "
+                f"{image.shape[0]} (width x height) but its entry in the annotation file says "
+                f"{info['width']} x {info['height']}"
+            )
+        sample = {"image": image, "boxes": boxes.copy(), "labels": labels.copy()}
         if self.transform is not None:
             sample = self.transform(sample, T.sample_rng(self.seed, self.epoch, index))
         target = {

@@ -5,7 +5,8 @@ Training samples are composited on the fly, ``I = alpha F + (1 - alpha) B``, fro
 ``training_fg_names.txt`` and ``training_bg_names.txt``: sample ``i`` uses fg ``i // k`` and bg
 ``i`` where ``k = n_bg // n_fg`` (DIM's pairing; 100 backgrounds per foreground in the real set).
 Its trimap is drawn from the alpha with a random band width. Test samples are read from
-``Test_set/{merged,alpha,trimaps}/<name>`` (trimaps 0 / 128 / 255).
+``Test_set/{merged,alpha,trimaps}/<name>`` (trimaps 0 / 128 / 255). The name lists are checked line
+by line when the dataset is built (:func:`read_names`), each test trimap when it is read.
 """
 
 from __future__ import annotations
@@ -41,6 +42,39 @@ def trimap_to_unit(trimap: np.ndarray) -> np.ndarray:
 
 
 LAYER_KEYS = ("fg", "bg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_names(path: Path, what: str, unique: bool) -> list[str]:
+    """The image names of a list file, one per line, or DatasetError naming the file, the line and
+    the rule: a bare file name (no folder) with an image suffix, and listed once when ``unique``
+    (a foreground listed twice would get twice the backgrounds)."""
+    names = read_lines(path, what)
+    seen: dict[str, int] = {}
+    for number, name in enumerate(names, 1):
+        if "/" in name or "\\" in name or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+            raise DatasetError(
+                f"{path}:{number}: expected a file name ending in {', '.join(IMAGE_SUFFIXES)} "
+                f"(no folder); got {name!r}"
+            )
+        if unique and name in seen:
+            raise DatasetError(
+                f"{path}:{number}: {name!r} is listed twice (first on line {seen[name]})"
+            )
+        seen[name] = number
+    return names
+
+
+def read_trimap(path: Path) -> np.ndarray:
+    """A test trimap (uint8 0 / 128 / 255), or DatasetError naming the file and the values."""
+    trimap = read_gray(path)
+    bad = ~np.isin(trimap, (0, 128, 255))
+    if bad.any():
+        raise DatasetError(
+            f"{path}: trimap values must be 0, 128 or 255; got "
+            f"{np.unique(trimap[bad])[:5].tolist()} in {int(bad.sum())} pixels"
+        )
+    return trimap
 
 
 class Composition1k(Dataset):
@@ -83,8 +117,12 @@ class Composition1k(Dataset):
             base = require_dir(self.root / "Training_set", "Composition-1k training set")
             for folder in ("fg", "alpha", "bg"):
                 require_dir(base / folder, f"Composition-1k training {folder}")
-            fg_names = read_lines(base / "training_fg_names.txt", "Composition-1k foreground list")
-            bg_names = read_lines(base / "training_bg_names.txt", "Composition-1k background list")
+            fg_names = read_names(
+                base / "training_fg_names.txt", "Composition-1k foreground list", unique=True
+            )
+            bg_names = read_names(
+                base / "training_bg_names.txt", "Composition-1k background list", unique=False
+            )
             if not fg_names or len(bg_names) < len(fg_names):
                 raise DatasetError(
                     f"{base}: need at least one background per foreground; got {len(fg_names)} "
@@ -127,7 +165,7 @@ class Composition1k(Dataset):
             return {
                 "image": read_rgb(merged),
                 "alpha": read_gray(alpha),
-                "trimap": read_gray(trimap),
+                "trimap": read_trimap(trimap),
             }
         fg_path, alpha_path, bg_path = self.samples[index]
         fg, alpha, bg = read_rgb(fg_path), read_gray(alpha_path), read_rgb(bg_path)

@@ -2,7 +2,8 @@
 
 A file list (``nyudepthv2_{train,test}_files_with_gt.txt``) holds lines ``rgb_path depth_path
 focal``, relative to ``sync/`` (training) or ``official_splits/test/`` (test); depth maps are
-16-bit PNGs in millimetres with 0 where there is no measurement (BTS divides by 1000).
+16-bit PNGs in millimetres with 0 where there is no measurement (BTS divides by 1000). The list
+is checked line by line when the dataset is built (:func:`parse_list_line`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,30 @@ SPLITS = {
     "test": (Path("official_splits") / "test", "nyudepthv2_test_files_with_gt.txt"),
 }
 DEPTH_SCALE = 1000.0
+
+
+def parse_list_line(line: str, list_path: Path, number: int, data_dir: Path):
+    """``(rgb path, depth path, focal)`` from line ``number`` of a file list, or DatasetError
+    naming the list, the line and the rule: three fields, both files present under ``data_dir``,
+    a finite positive focal length in pixels."""
+    fields = line.split()
+    where = f"{list_path}:{number}"
+    if len(fields) != 3 or fields[1] == "None":
+        raise DatasetError(f"{where}: expected 'rgb_path depth_path focal'; got {line!r}")
+    try:
+        focal = float(fields[2])
+    except ValueError:
+        focal = float("nan")
+    if not (np.isfinite(focal) and focal > 0):
+        raise DatasetError(
+            f"{where}: the focal length (third field) must be a positive number of pixels; "
+            f"got {fields[2]!r}"
+        )
+    rgb, depth = (data_dir / f.lstrip("/") for f in fields[:2])
+    for path in (rgb, depth):
+        if not path.is_file():
+            raise DatasetError(f"{where}: the file {path} it names does not exist")
+    return rgb, depth, focal
 
 
 class NYUv2(Dataset):
@@ -44,20 +69,12 @@ class NYUv2(Dataset):
         folder, default_list = SPLITS[split]
         self.data_dir = require_dir(self.root / folder, f"NYUv2 {split} images")
         list_path = self.root / (filenames_file or default_list)
-        self.samples = []
-        for number, line in enumerate(read_lines(list_path, f"NYUv2 {split} file list"), 1):
-            fields = line.split()
-            if len(fields) != 3 or fields[1] == "None":
-                raise DatasetError(
-                    f"{list_path}:{number}: expected 'rgb_path depth_path focal'; got {line!r}"
-                )
-            self.samples.append(
-                (
-                    self.data_dir / fields[0].lstrip("/"),
-                    self.data_dir / fields[1].lstrip("/"),
-                    float(fields[2]),
-                )
-            )
+        self.samples = [
+            parse_list_line(line, list_path, number, self.data_dir)
+            for number, line in enumerate(read_lines(list_path, f"NYUv2 {split} file list"), 1)
+        ]
+        if not self.samples:
+            raise DatasetError(f"{list_path}: the file list holds no sample")
         self.transform = transform
         self.seed = seed
         self.epoch = 0

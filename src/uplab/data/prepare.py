@@ -78,7 +78,7 @@ def _missing_files(report: Report, paths: list[Path], what: str) -> None:
 
 ADE20K_LAYOUT = """
 ADEChallengeData2016/                 (http://sceneparsing.csail.mit.edu, ADEChallengeData2016.zip)
-  objectInfo150.txt                   151 lines: header + 150 classes (optional; 150 assumed)
+  objectInfo150.txt                   151 lines: header + 150 classes
   images/training/ADE_train_*.jpg     20,210
   images/validation/ADE_val_*.jpg     2,000
   annotations/training/*.png          8-bit label maps, same stems, 0 = other (ignored)
@@ -102,7 +102,7 @@ def prepare_ade20k(root: str | Path) -> Report:
             report.missing.append(f"{images}/*.jpg (no {split} images)")
         _missing_files(report, [labels / f"{s}.png" for s in stems], f"{split} label maps")
     if not (root / "objectInfo150.txt").is_file():
-        report.warnings.append(f"{root / 'objectInfo150.txt'} not found: 150 classes assumed")
+        report.missing.append(f"{root / 'objectInfo150.txt'} (the class list)")
     return report
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
+from uplab.metrics.errors import NothingToEvaluate, require_finite
+
 DEPTH_KEYS = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10")
 # Eigen et al.'s crop of the 480x640 NYUv2 test images (rows 45:471, columns 41:601).
 EIGEN_CROP = (45, 471, 41, 601)
@@ -23,7 +25,8 @@ def depth_errors(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> di
     Args:
         pred: predicted depth in metres, positive where ``mask`` is true.
         gt: true depth in metres, positive where ``mask`` is true; same shape as ``pred``.
-        mask: bool, same shape; at least one pixel must be true.
+        mask: bool, same shape; at least one pixel must be true (else
+            :class:`~uplab.metrics.NothingToEvaluate`).
 
     Returns:
         dict with keys ``d1 d2 d3 abs_rel sq_rel rmse rmse_log log10`` (python floats).
@@ -38,7 +41,8 @@ def depth_errors(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> di
     p = pred[mask].to(torch.float64)
     g = gt[mask].to(torch.float64)
     if g.numel() == 0:
-        raise ValueError("mask selects no pixel: there is nothing to evaluate")
+        raise NothingToEvaluate("depth_errors: mask selects no pixel: there is nothing to evaluate")
+    require_finite("depth_errors", "pred inside mask", p)
     if (p <= 0).any() or (g <= 0).any():
         raise ValueError("pred and gt must be positive inside mask (clamp predictions first)")
     ratio = torch.maximum(g / p, p / g)
@@ -59,9 +63,10 @@ class DepthMetrics(Metric):
     """NYUv2 depth errors averaged over images (BTS computes them per image, then averages).
 
     ``update(pred, gt)`` takes ``[B, 1, H, W]`` depths in metres (``gt == 0`` marks missing depth).
-    Predictions are clamped to ``[min_depth, max_depth]`` (NaN to ``min_depth``); pixels with
-    ``min_depth < gt < max_depth`` are evaluated, inside Eigen's crop when ``eigen_crop`` is set
-    (480x640 inputs only). Images without a valid pixel are skipped.
+    Predictions are clamped to ``[min_depth, max_depth]``; a non-finite prediction is a
+    ValueError. Pixels with ``min_depth < gt < max_depth`` are evaluated, inside Eigen's crop when
+    ``eigen_crop`` is set (480x640 inputs only). Images without a valid pixel are skipped;
+    ``compute()`` raises :class:`~uplab.metrics.NothingToEvaluate` when no image had one.
     """
 
     full_state_update = False
@@ -82,8 +87,8 @@ class DepthMetrics(Metric):
             raise ValueError(
                 f"expected pred and gt of one shape [B, 1, H, W]; got {tuple(pred.shape)}, {tuple(gt.shape)}"
             )
-        pred = torch.nan_to_num(pred.detach(), nan=self.min_depth, posinf=self.max_depth)
-        pred = pred.clamp(self.min_depth, self.max_depth)
+        require_finite(type(self).__name__, "the predicted depth", pred.detach())
+        pred = pred.detach().clamp(self.min_depth, self.max_depth)
         valid = (gt > self.min_depth) & (gt < self.max_depth)
         if self.eigen_crop:
             if tuple(gt.shape[-2:]) != (480, 640):
@@ -100,5 +105,12 @@ class DepthMetrics(Metric):
             self.images += 1
 
     def compute(self) -> dict[str, torch.Tensor]:
-        count = self.images.clamp(min=1).to(torch.float64)
+        if int(self.images) == 0:
+            raise NothingToEvaluate(
+                f"{type(self).__name__}: no image of the set has a pixel with "
+                f"{self.min_depth} < gt < {self.max_depth}"
+                f"{' inside the Eigen crop' if self.eigen_crop else ''}: there is no depth error "
+                "to report; check the ground truth's units (metres) and min_depth/max_depth"
+            )
+        count = self.images.to(torch.float64)
         return {key: getattr(self, key) / count for key in DEPTH_KEYS}

@@ -18,6 +18,8 @@ import torch
 from scipy import ndimage
 from torchmetrics import Metric
 
+from uplab.metrics.errors import NothingToEvaluate, require_finite
+
 UNKNOWN = 128
 GRAD_SIGMA = 1.4
 CONN_STEP = 0.1
@@ -46,11 +48,12 @@ def sad_error(pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray) -> float:
 
 
 def mse_error(pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray) -> float:
-    """Mean squared error over the unknown region (``compute_mse_loss.m``); 0 when it is empty."""
+    """Mean squared error over the unknown region (``compute_mse_loss.m``); an empty region is
+    :class:`~uplab.metrics.NothingToEvaluate` (the MATLAB script divides 0 by 0)."""
     unknown = _unknown_region(trimap)
     count = float(unknown.sum(dtype=np.float64))
     if count == 0:
-        return 0.0
+        raise NothingToEvaluate(f"mse_error: the trimap has no unknown pixel (value {UNKNOWN})")
     error = (pred.astype(np.float32) - gt.astype(np.float32)) / np.float32(255)
     return float(np.sum(error**2 * unknown, dtype=np.float32)) / count
 
@@ -155,6 +158,9 @@ def matting_errors(pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray) -> dict
     Returns:
         ``{"sad": SAD/1000, "mse": MSE, "grad": Grad/1000, "conn": Conn/1000}``.
 
+    Raises:
+        NothingToEvaluate: the trimap has no unknown pixel.
+
     Example:
         >>> import numpy as np
         >>> a = np.zeros((8, 8), np.uint8); t = np.full((8, 8), 128, np.uint8)
@@ -164,6 +170,10 @@ def matting_errors(pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray) -> dict
     pred = _check_uint8("pred", pred, None)
     gt = _check_uint8("gt", gt, pred.shape)
     trimap = _check_uint8("trimap", trimap, pred.shape)
+    if not (trimap == UNKNOWN).any():
+        raise NothingToEvaluate(
+            f"matting_errors: the trimap has no unknown pixel (value {UNKNOWN}): nothing to evaluate"
+        )
     return {
         "sad": sad_error(pred, gt, trimap),
         "mse": mse_error(pred, gt, trimap),
@@ -201,6 +211,10 @@ class MattingMetrics(Metric):
     PNGs the MATLAB script reads; the true alpha is quantised the same way. Known regions are not
     overwritten here: the task decides whether to paste the trimap's known values into the
     prediction, as the released test scripts do.
+
+    A non-finite prediction is a ValueError (clamping would hide it). An image whose trimap has no
+    unknown pixel has no error to average and is skipped; ``compute()`` raises
+    :class:`~uplab.metrics.NothingToEvaluate` when no image of the set had one.
     """
 
     full_state_update = False
@@ -224,12 +238,21 @@ class MattingMetrics(Metric):
                 "expected pred, alpha and trimap of one shape [B, 1, H, W]; got "
                 f"{tuple(pred.shape)}, {tuple(alpha.shape)}, {tuple(trimap.shape)}"
             )
+        require_finite(type(self).__name__, "the predicted alpha", pred.detach())
         for p, a, t in zip(pred, alpha, trimap, strict=True):
-            errors = matting_errors(to_uint8_matte(p), to_uint8_matte(a), to_uint8_trimap(t))
+            trimap_u8 = to_uint8_trimap(t)
+            if not (trimap_u8 == UNKNOWN).any():
+                continue
+            errors = matting_errors(to_uint8_matte(p), to_uint8_matte(a), trimap_u8)
             for name, value in errors.items():
                 setattr(self, name, getattr(self, name) + value)
-        self.images += pred.shape[0]
+            self.images += 1
 
     def compute(self) -> dict[str, torch.Tensor]:
-        count = self.images.clamp(min=1).to(torch.float64)
+        if int(self.images) == 0:
+            raise NothingToEvaluate(
+                f"{type(self).__name__}: no trimap of the set has an unknown pixel (0.5): there is "
+                "no SAD, MSE, Grad or Conn to report"
+            )
+        count = self.images.to(torch.float64)
         return {name: getattr(self, name) / count for name in ("sad", "mse", "grad", "conn")}

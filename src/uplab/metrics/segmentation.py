@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
+from uplab.metrics.errors import NothingToEvaluate, require_finite
+
 BOUNDARY_DILATION_RATIO = 0.02
 
 
@@ -109,9 +111,12 @@ def boundary_counts(
 class SegmentationMetrics(Metric):
     """mIoU and boundary IoU accumulated over a dataset.
 
-    ``update(pred, target)``: label maps ``[B, H, W]`` (int) or logits ``[B, C, H, W]`` (argmaxed).
+    ``update(pred, target)``: label maps ``[B, H, W]`` (int) or logits ``[B, C, H, W]`` (argmaxed;
+    non-finite logits are a ValueError, as NaN would argmax to one class).
     ``compute()`` returns ``{"mIoU": ..., "bIoU": ...}`` as fractions in [0, 1] (the papers print
-    them times 100), each the mean over classes seen in truth or prediction.
+    them times 100), each the mean over classes seen in truth or prediction; it raises
+    :class:`~uplab.metrics.NothingToEvaluate` when no pixel of the set had a label other than
+    ``ignore_index``.
 
     Args:
         num_classes: number of classes, ignore label excluded.
@@ -132,6 +137,7 @@ class SegmentationMetrics(Metric):
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         if pred.is_floating_point() and pred.ndim == 4:
+            require_finite(type(self).__name__, "the logits", pred.detach())
             pred = pred.argmax(dim=1)
         self.confusion += confusion_matrix(pred, target, self.num_classes, self.ignore_index)
         inter, union = boundary_counts(pred, target, self.num_classes, self.ignore_index)
@@ -139,6 +145,11 @@ class SegmentationMetrics(Metric):
         self.boundary_union += union
 
     def compute(self) -> dict[str, torch.Tensor]:
+        if int(self.confusion.sum()) == 0:
+            raise NothingToEvaluate(
+                f"{type(self).__name__}: no pixel of the set has a label other than "
+                f"ignore_index={self.ignore_index}: there is no IoU to report"
+            )
         inter = self.boundary_inter.to(torch.float64)
         union = self.boundary_union.to(torch.float64)
         biou = torch.where(

@@ -13,9 +13,14 @@ def check_kernel_and_scale(kernel_size: int, scale_factor: int) -> None:
         raise ValueError(f"scale_factor must be an integer >= 1, got {scale_factor!r}")
 
 
-def check_nchw(name: str, t: torch.Tensor) -> None:
+def check_is_tensor(name: str, t: object) -> None:
+    """Runs first in every op, before anything reads a tensor attribute (autocast promotion)."""
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def check_nchw(name: str, t: torch.Tensor) -> None:
+    check_is_tensor(name, t)
     if t.dim() != 4:
         raise ValueError(f"{name} must be NCHW (4-D), got shape {tuple(t.shape)}")
     if not t.is_floating_point():

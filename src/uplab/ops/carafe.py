@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch.overrides import handle_torch_function, has_torch_function
 
-from uplab.ops._checks import check_carafe_args
+from uplab.ops._checks import check_carafe_args, check_is_tensor
 from uplab.ops._windows import (
     compute_dtype,
     full_precision,
@@ -65,6 +65,8 @@ def carafe(
             carafe, (features, masks), features, masks, kernel_size, scale_factor, group_size,
             backend=backend,
         )
+    check_is_tensor("features", features)
+    check_is_tensor("masks", masks)
     features, masks = promote_under_autocast(features, masks)
     check_carafe_args(features, masks, kernel_size, scale_factor, group_size)
     if resolve_backend(backend, features, "carafe") == "cuda":

@@ -3,7 +3,9 @@
 ``backend="auto"`` takes the CUDA kernels (``kernels/*.cu`` compiled at run time by CuPy) for CUDA
 tensors when CuPy can be imported, and the PyTorch path otherwise; the first fallback on a CUDA
 tensor warns once, naming what is missing. ``backend="cuda"`` insists on the kernels and raises a
-clear error where they cannot run; ``backend="torch"`` always takes the PyTorch path.
+clear error where they cannot run; ``backend="torch"`` always takes the PyTorch path. An empty
+input (a zero batch, map or channel count) takes the PyTorch path whatever the backend, as there is
+nothing to launch.
 """
 
 from __future__ import annotations
@@ -54,9 +56,12 @@ def resolve_backend(backend: str, tensor: torch.Tensor, op: str) -> str:
             )
         if reason is not None:
             raise RuntimeError(f"{op}: backend='cuda' cannot run because {reason}")
-        return "cuda"
-    if not tensor.is_cuda:
+    elif not tensor.is_cuda:
         return "torch"
+    if tensor.numel() == 0:
+        return "torch"  # nothing to launch; the PyTorch path returns the empty result
+    if backend == "cuda":
+        return "cuda"
     if reason is not None:
         _warn_fallback_once(reason)
         return "torch"

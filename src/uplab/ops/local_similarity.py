@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.overrides import handle_torch_function, has_torch_function
 
-from uplab.ops._checks import check_similarity_args
+from uplab.ops._checks import check_is_tensor, check_similarity_args
 from uplab.ops._windows import (
     compute_dtype,
     full_precision,
@@ -57,6 +57,8 @@ def local_similarity(
         return handle_torch_function(
             local_similarity, (query, key), query, key, kernel_size, scale_factor, backend=backend
         )
+    check_is_tensor("query", query)
+    check_is_tensor("key", key)
     query, key = promote_under_autocast(query, key)
     check_similarity_args(query, key, kernel_size, scale_factor)
     if resolve_backend(backend, query, "local_similarity") == "cuda":

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uplab.ops import carafe
-from uplab.upsamplers.base import Upsampler
+from uplab.upsamplers.base import Upsampler, require_odd_int, require_positive_int
 from uplab.upsamplers.official import load_mapped, register_official
 from uplab.upsamplers.registry import register
 
@@ -98,13 +98,10 @@ class A2U(Upsampler):
                 f"A2U normalises the guide's encodings with GroupNorm({NORM_GROUPS} groups), so "
                 f"guide_channels must be a multiple of {NORM_GROUPS}; got {cg}"
             )
-        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be an odd integer >= 1, got {kernel_size!r}")
-        if not isinstance(encoder_kernel_size, int) or encoder_kernel_size < 1:
-            raise ValueError(
-                f"encoder_kernel_size must be a positive integer, got {encoder_kernel_size!r}"
-            )
-        if not isinstance(group_size, int) or group_size < 1 or in_channels % group_size:
+        require_odd_int("kernel_size", kernel_size)
+        require_positive_int("encoder_kernel_size", encoder_kernel_size)
+        require_positive_int("group_size", group_size)
+        if in_channels % group_size:
             raise ValueError(
                 f"group_size must be a positive divisor of in_channels ({in_channels}), "
                 f"got {group_size!r}"
@@ -168,7 +165,6 @@ class A2U(Upsampler):
         return kernels.transpose(1, 2).reshape(b, self.group_size * kk, hs, ws)
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_inputs(x, guide)
         return carafe(
             x,
             self.kernels(guide),

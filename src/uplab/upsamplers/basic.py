@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uplab.upsamplers.base import Upsampler
+from uplab.upsamplers.base import Upsampler, require_odd_int, require_positive_int
 from uplab.upsamplers.registry import register
 
 
@@ -16,7 +16,6 @@ class NearestUpsample(Upsampler):
     """Nearest-neighbour interpolation (parameter-free)."""
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_inputs(x, guide)
         return F.interpolate(x, scale_factor=self.scale, mode="nearest")
 
 
@@ -26,10 +25,11 @@ class BilinearUpsample(Upsampler):
 
     def __init__(self, in_channels: int, scale: int = 2, align_corners: bool = False):
         super().__init__(in_channels, scale)
+        if not isinstance(align_corners, bool):
+            raise ValueError(f"align_corners must be True or False, got {align_corners!r}")
         self.align_corners = align_corners
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_inputs(x, guide)
         return F.interpolate(
             x, scale_factor=self.scale, mode="bilinear", align_corners=self.align_corners
         )
@@ -43,12 +43,13 @@ class DeconvUpsample(Upsampler):
     Args:
         in_channels: input channels.
         scale: integer ratio.
-        out_channels: output channels (default ``in_channels``).
+        out_channels: output channels, a positive integer (default ``in_channels``).
     """
 
     def __init__(self, in_channels: int, scale: int = 2, out_channels: int | None = None):
         super().__init__(in_channels, scale)
-        self.out_channels = out_channels or in_channels
+        if out_channels is not None:
+            self.out_channels = require_positive_int("out_channels", out_channels)
         # padding and output_padding chosen so that the output is exactly s*H for every s
         self.deconv = nn.ConvTranspose2d(
             in_channels,
@@ -60,7 +61,6 @@ class DeconvUpsample(Upsampler):
         )
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_inputs(x, guide)
         return self.deconv(x)
 
 
@@ -71,20 +71,22 @@ class PixelShuffleUpsample(Upsampler):
     Args:
         in_channels: input channels.
         scale: integer ratio.
-        out_channels: output channels (default ``in_channels``).
-        kernel_size: size of the expanding convolution (3 in the comparison tables).
+        out_channels: output channels, a positive integer (default ``in_channels``).
+        kernel_size: odd size of the expanding convolution, padded to keep ``H x W`` (3 in the
+            comparison tables).
     """
 
     def __init__(
         self, in_channels: int, scale: int = 2, out_channels: int | None = None, kernel_size: int = 3
     ):
         super().__init__(in_channels, scale)
-        self.out_channels = out_channels or in_channels
+        require_odd_int("kernel_size", kernel_size)
+        if out_channels is not None:
+            self.out_channels = require_positive_int("out_channels", out_channels)
         self.conv = nn.Conv2d(
             in_channels, self.out_channels * scale * scale, kernel_size, padding=kernel_size // 2
         )
         self.shuffle = nn.PixelShuffle(scale)
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_inputs(x, guide)
         return self.shuffle(self.conv(x))

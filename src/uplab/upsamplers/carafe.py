@@ -11,14 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from uplab.ops import carafe
-from uplab.upsamplers.base import Upsampler
+from uplab.upsamplers.base import Upsampler, require_odd_int, require_positive_int
 from uplab.upsamplers.official import load_mapped, register_official
 from uplab.upsamplers.registry import register
-
-
-def _check_odd(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1 or value % 2 == 0:
-        raise ValueError(f"{name} must be an odd integer >= 1, got {value!r}")
 
 
 @register("carafe")
@@ -58,9 +53,12 @@ class CARAFE(Upsampler):
         backend: str = "auto",
     ):
         super().__init__(in_channels, scale)
-        _check_odd("kernel_size", kernel_size)
-        _check_odd("encoder_kernel_size", encoder_kernel_size)
-        if not isinstance(group_size, int) or group_size < 1 or in_channels % group_size:
+        require_odd_int("kernel_size", kernel_size)
+        require_odd_int("encoder_kernel_size", encoder_kernel_size)
+        require_positive_int("encoder_dilation", encoder_dilation)
+        require_positive_int("compressed_channels", compressed_channels)
+        require_positive_int("group_size", group_size)
+        if in_channels % group_size:
             raise ValueError(
                 f"group_size must be a positive divisor of in_channels ({in_channels}), "
                 f"got {group_size!r}"
@@ -93,7 +91,6 @@ class CARAFE(Upsampler):
         return F.softmax(per_group, dim=2).view(b, -1, h, w)
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_inputs(x, guide)
         return carafe(
             x, self.kernels(x), self.kernel_size, self.scale, self.group_size, backend=self.backend
         )

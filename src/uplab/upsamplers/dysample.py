@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uplab.upsamplers.base import Upsampler
+from uplab.upsamplers.base import Upsampler, require_positive_int
 from uplab.upsamplers.official import load_mapped, register_official
 from uplab.upsamplers.registry import register
 
@@ -72,7 +72,8 @@ class DySample(Upsampler):
         super().__init__(in_channels, scale)
         if style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-        if not isinstance(groups, int) or groups < 1 or in_channels % groups:
+        require_positive_int("groups", groups)
+        if in_channels % groups:
             raise ValueError(
                 f"groups must be a positive divisor of in_channels ({in_channels}), got {groups!r}"
             )
@@ -138,10 +139,13 @@ class DySample(Upsampler):
             padding_mode="border",
             align_corners=False,
         )
+        # border padding clamps a NaN coordinate onto the first pixel; a point whose offset is NaN
+        # (a NaN in x reaches its offsets) has no defined sample, so it stays NaN. In place:
+        # grid_sample's backward does not read its output, and a copy would cost another pass.
+        out.masked_fill_(grid.isnan().any(dim=-1).unsqueeze(1), float("nan"))
         return out.view(b, c, s * h, s * w)
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_inputs(x, guide)
         return self.sample(x, self.offsets(x))
 
     def extra_repr(self) -> str:

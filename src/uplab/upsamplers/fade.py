@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uplab.ops import carafe
-from uplab.upsamplers.base import Upsampler
+from uplab.upsamplers.base import Upsampler, require_odd_int, require_positive_int
 from uplab.upsamplers.official import load_mapped, register_official
 from uplab.upsamplers.registry import register
 
@@ -27,11 +27,6 @@ from uplab.upsamplers.registry import register
 def _nearest_up(t: torch.Tensor, scale: int) -> torch.Tensor:
     # integer repeats, exact for every scale (interpolate's float scale can round an index off)
     return t.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
-
-
-def _check_odd(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1 or value % 2 == 0:
-        raise ValueError(f"{name} must be an odd integer >= 1, got {value!r}")
 
 
 def _xavier_init(module: nn.Module) -> None:
@@ -77,9 +72,8 @@ class SemiShiftKernels(nn.Module):
         depthwise: bool = False,
     ):
         super().__init__()
-        _check_odd("encoder_kernel_size", encoder_kernel_size)
-        if not isinstance(embedding_dim, int) or embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
+        require_odd_int("encoder_kernel_size", encoder_kernel_size)
+        require_positive_int("embedding_dim", embedding_dim)
         if depthwise and embedding_dim != kernel_size**2:
             raise ValueError(
                 f"a depth-wise content encoder maps K*K = {kernel_size**2} channels to themselves, "
@@ -155,7 +149,7 @@ class SemiShiftUp(Upsampler):
         backend: str = "auto",
     ):
         super().__init__(in_channels, scale, guide_channels)
-        _check_odd("kernel_size", kernel_size)
+        require_odd_int("kernel_size", kernel_size)
         self.kernel_size = kernel_size
         self.backend = backend
         if embedding_dim is None:
@@ -176,7 +170,6 @@ class SemiShiftUp(Upsampler):
         return carafe(x, kernels, self.kernel_size, self.scale, backend=self.backend)
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_inputs(x, guide)
         return self.reassemble(x, guide)
 
     def extra_repr(self) -> str:
@@ -237,7 +230,6 @@ class FADE(SemiShiftUp):
             _xavier_init(self.guide_aligner)
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_inputs(x, guide)
         gate = self.gate(x)
         passed = guide if self.guide_aligner is None else self.guide_aligner(guide)
         return gate * passed + (1 - gate) * self.reassemble(x, guide)

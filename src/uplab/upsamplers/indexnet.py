@@ -170,7 +170,6 @@ class IndexNet(Upsampler):
         return F.pixel_shuffle(torch.sigmoid(logits), self.scale)
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_inputs(x, guide)
         upsampled = F.interpolate(x, scale_factor=self.scale, mode="nearest")
         return self.decoder_index(guide) * upsampled
 

@@ -1,7 +1,10 @@
 """Name → constructor registry, in the manner of timm's ``create_model``.
 
 ``build(name, in_channels, scale=2, **kw)`` drops keyword arguments set to ``None`` so configs can
-leave options out, and an unknown name lists what is available.
+leave options out, an unknown name lists what is available, and an argument the upsampler does not
+accept (a scale, channel count or kernel size that is not a positive integer, an even window, an
+option it does not have) is a ValueError that names the upsampler, the argument and the values
+allowed.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from uplab.upsamplers.base import Upsampler
+from uplab.upsamplers.base import Upsampler, require_positive_int
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -78,9 +81,23 @@ def build(
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     factory = _lookup(name)
-    if guide_channels is not None and getattr(factory, "guided", False):
-        kwargs["guide_channels"] = guide_channels
-    module = factory(in_channels=in_channels, scale=scale, **kwargs)
+    try:
+        require_positive_int("in_channels", in_channels)
+        require_positive_int("scale", scale)
+        if guide_channels is not None:
+            require_positive_int("guide_channels", guide_channels)
+            if getattr(factory, "guided", False):
+                kwargs["guide_channels"] = guide_channels
+        module = factory(in_channels=in_channels, scale=scale, **kwargs)
+    except ValueError as error:
+        raise ValueError(f"build({name!r}): {error}") from None
+    except TypeError as error:
+        if "unexpected keyword argument" not in str(error):
+            raise
+        raise ValueError(
+            f"build({name!r}): {error}; see the options in the docstring of "
+            f"{getattr(factory, '__qualname__', factory)} (or conf/upsampler/{name}.yaml)"
+        ) from None
     if recompute:
         if not isinstance(module, Upsampler):
             raise ValueError(f"recompute=True needs an Upsampler; {name!r} built {type(module).__name__}")

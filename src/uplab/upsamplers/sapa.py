@@ -21,16 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from uplab.ops import carafe, local_similarity
-from uplab.upsamplers.base import Upsampler
+from uplab.upsamplers.base import Upsampler, require_odd_int, require_positive_int
 from uplab.upsamplers.official import load_mapped, register_official
 from uplab.upsamplers.registry import register
 
 QUERY_MODES = ("gate", "cat")
-
-
-def _check_kernel_size(kernel_size: int) -> None:
-    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be an odd integer >= 1, got {kernel_size!r}")
 
 
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
@@ -94,21 +89,22 @@ class SAPAI(Upsampler):
         super().__init__(1 if in_channels is None else in_channels, scale)
         if in_channels is None:
             self.in_channels = self.guide_channels = self.out_channels = None
-        _check_kernel_size(kernel_size)
+        require_odd_int("kernel_size", kernel_size)
         self.kernel_size = kernel_size
         self.backend = backend
 
     def check_inputs(self, x: torch.Tensor, guide: torch.Tensor | None) -> None:
         if self.in_channels is not None:
             super().check_inputs(x, guide)
-        elif guide is None:
+            return
+        if guide is None:
             raise ValueError(
                 "SAPAI is a guided upsampler: forward(x, guide) needs the high-resolution "
                 "encoder feature, got guide=None"
             )
+        self.check_tensors(x, guide)
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_inputs(x, guide)
         return _similarity_upsample(x, guide, x, self.kernel_size, self.scale, self.backend)
 
     def extra_repr(self) -> str:
@@ -135,9 +131,10 @@ class _EmbeddedSAPA(Upsampler):
         backend: str = "auto",
     ):
         super().__init__(in_channels, scale, guide_channels)
-        _check_kernel_size(kernel_size)
-        if not isinstance(embedding_dim, int) or embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
+        require_odd_int("kernel_size", kernel_size)
+        require_positive_int("embedding_dim", embedding_dim)
+        if out_channels is not None:
+            require_positive_int("out_channels", out_channels)
         self.kernel_size = kernel_size
         self.embedding_dim = embedding_dim
         self.backend = backend
@@ -165,7 +162,6 @@ class _EmbeddedSAPA(Upsampler):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
-        self.check_inputs(x, guide)
         x_cl = _channels_last(x)
         x_normed = self.x_norm(x_cl)
         query = self.query(self.guide_norm(_channels_last(guide)), x_cl, x_normed)
