@@ -8,16 +8,19 @@ crowd annotations are left out, as in torchvision's reference training.
 
 The annotation file is checked once, when the dataset is built (:func:`boxes_per_image`): every
 image has a positive width and height, every annotation an image and a category from the file's
-lists and a ``bbox`` of 4 finite numbers ``[x, y, width, height]`` with positive width and height.
-A box that reaches past the image border is clipped to the image (COCO's own boxes overrun it by
-rounding); a box with no area left inside the image is an error. Each error names the file, the
-annotation id and the rule.
+lists and a ``bbox`` of 4 finite numbers ``[x, y, width, height]``; each error names the file, the
+annotation id and the rule. Boxes the released recipe leaves out are left out here too, with one
+warning that counts them: mmdetection 2.x ``CocoDataset._parse_ann_info`` skips a box narrower or
+lower than 1 pixel, one whose ``area`` is not positive, and one with no overlap with its image
+(real COCO 2017 files hold a few of each). A box that reaches past the image border is clipped to
+the image, as mmdetection's ``Resize(clip_border=True)`` does before training.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,28 +82,33 @@ def boxes_per_image(
     size = np.array([sizes[a["image_id"]] for a in annotations], np.float64).reshape(-1, 2)
     xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
     clipped = np.concatenate([xyxy[:, :2].clip(0, size), xyxy[:, 2:].clip(0, size)], axis=1)
-    rules = (
-        (~np.isfinite(xywh).all(axis=1), "bbox holds a non-finite number"),
-        ((xywh[:, 2] <= 0) | (xywh[:, 3] <= 0), "bbox width and height must be positive"),
-        (
-            (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]),
-            "bbox lies outside its image (no area left inside it)",
-        ),
-    )
-    for broken, rule in rules:
-        if broken.any():
-            first = int(np.argmax(broken))
-            a = annotations[first]
-            raise _annotation_error(
-                path,
-                a,
-                f"{rule}: bbox {a['bbox']} in an image of width x height "
-                f"{sizes[a['image_id']][0]} x {sizes[a['image_id']][1]} "
-                f"({int(broken.sum())} annotations of the file break this rule)",
-            )
+    broken = ~np.isfinite(xywh).all(axis=1)
+    if broken.any():
+        a = annotations[int(np.argmax(broken))]
+        raise _annotation_error(
+            path,
+            a,
+            f"bbox holds a non-finite number: {a['bbox']} ({int(broken.sum())} annotations of "
+            "the file break this rule)",
+        )
+    area = np.array([a.get("area", 1.0) for a in annotations], np.float64)
+    skipped = {
+        "narrower or lower than 1 pixel": (xywh[:, 2] < 1) | (xywh[:, 3] < 1),
+        "area <= 0": ~(area > 0),
+        "no overlap with the image": (clipped[:, 2] <= clipped[:, 0])
+        | (clipped[:, 3] <= clipped[:, 1]),
+    }
+    keep = ~np.logical_or.reduce(list(skipped.values()))
+    if not keep.all():
+        counts = ", ".join(f"{int(m.sum())} {rule}" for rule, m in skipped.items() if m.any())
+        warnings.warn(
+            f"{path}: left out {int((~keep).sum())} of {len(annotations)} boxes as mmdetection "
+            f"2.x does ({counts})",
+            stacklevel=2,
+        )
     per_image: dict[int, tuple[list, list]] = {image_id: ([], []) for image_id in sizes}
-    for annotation, box in zip(annotations, clipped.astype(np.float32), strict=True):
-        if not annotation.get("iscrowd", 0):
+    for annotation, box, kept in zip(annotations, clipped.astype(np.float32), keep, strict=True):
+        if kept and not annotation.get("iscrowd", 0):
             boxes, labels = per_image[annotation["image_id"]]
             boxes.append(box)
             labels.append(label_of[annotation["category_id"]])
