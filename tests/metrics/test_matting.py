@@ -89,19 +89,27 @@ def test_connectivity_by_hand():
     assert connectivity_error(pred, gt, trimap) == pytest.approx(1e-3, rel=1e-6)
 
 
+def test_connectivity_where_prediction_and_truth_never_both_reach_a_threshold():
+    # 4x4, all unknown, prediction 204 (0.8), truth 51 (0.2): from t = 0.3 on no pixel is >= t in
+    # both, the release's component is empty and every pixel's level is 0.2, so
+    # phi_pred = 1 - 0.6, phi_gt = 1 and Conn = 16 * 0.6 / 1000 (compute_connectivity_error.m).
+    pred = np.full((4, 4), 204, np.uint8)
+    gt = np.full((4, 4), 51, np.uint8)
+    trimap = np.full((4, 4), 128, np.uint8)
+    assert connectivity_error(pred, gt, trimap) == pytest.approx(0.0096, rel=1e-5)
+
+
 def test_connectivity_tie_picks_first_component_in_column_major_order():
     # pred has two one-pixel components, A = (0, 2) (first in row-major order) and B = (1, 0)
-    # (first in MATLAB's column-major order); gt has A = 102 (0.4) and B = 204 (0.8).
-    # For t = 0.1..0.4 both pass and tie in size; MATLAB keeps B. So at t = 0.1 every pixel but B
-    # gets level 0; B passes until t = 0.8, then the set is empty (skipped), so B ends at level 1.
-    #   A: pred d = 1 - 0 -> phi 0; gt d = 0.4 -> phi 0.6; |.| = 0.6.
-    #   B: pred d = 0 -> phi 1; gt d = -0.2 -> phi 1; |.| = 0. Zeros: d = 0 for both.
-    # Conn = 0.6 / 1000. Keeping A instead would give A level 0.4 (|0.4 - 1| = 0.6) and B level 0
-    # (|0 - 0.2| = 0.2): 0.8 / 1000.
+    # (first in MATLAB's column-major order); A has pred 255, gt 64 (0.251), B has 255 in both.
+    # At t = 0.1 both pass and tie in size; MATLAB keeps B, so A gets level 0 and B stays to the
+    # end (level 1). A: pred d = 1 -> phi 0; gt d = 0.251 -> phi 0.749; B: no error.
+    # Conn = (1 - 64/255) / 1000. Keeping A instead would give A level 0.2 (phi_pred 0.2,
+    # phi_gt 1) and B level 0 (phi 0 in both): 0.8 / 1000.
     pred = np.array([[0, 0, 255], [255, 0, 0]], np.uint8)
-    gt = np.array([[0, 0, 102], [204, 0, 0]], np.uint8)
+    gt = np.array([[0, 0, 64], [255, 0, 0]], np.uint8)
     trimap = np.full(pred.shape, 128, np.uint8)
-    assert connectivity_error(pred, gt, trimap) == pytest.approx(0.6e-3, rel=1e-6)
+    assert connectivity_error(pred, gt, trimap) == pytest.approx((1 - 64 / 255) / 1000, rel=1e-6)
 
 
 def test_rejects_non_uint8_and_mismatched_shapes():

@@ -120,7 +120,8 @@ def connectivity_error(
 
     For each threshold ``t`` in ``step, 2 step, ..., 1`` the largest 4-connected component of
     ``(pred >= t) & (gt >= t)`` is found; a pixel's level ``l`` is the last threshold before it
-    leaves that component (1 if it never does). With ``d = alpha - l``,
+    leaves that component (1 if it never does); where no pixel reaches ``t`` in both mattes the
+    component is empty, as in the release. With ``d = alpha - l``,
     ``phi = 1 - d * [d >= 0.15]`` and the error sums ``|phi_pred - phi_gt|`` over the unknown
     region.
     """
@@ -134,7 +135,9 @@ def connectivity_error(
     for previous, threshold in zip(thresholds[:-1], thresholds[1:], strict=True):
         omega = _largest_component((pred_f >= threshold) & (gt_f >= threshold))
         if omega is None:
-            continue
+            # The release indexes bwconncomp's component list with max([]) = []: an empty
+            # omega, so every pixel still at level -1 takes the previous threshold.
+            omega = np.zeros(pred.shape, bool)
         level[(level == -1) & ~omega] = previous
     level[level == -1] = 1.0
     level_f = level.astype(np.float32)
