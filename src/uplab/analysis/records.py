@@ -22,8 +22,26 @@ from uplab.analysis.run_record import RESULTS_FILE, read_run_record, write_json_
 RUN_FILE = "run.json"
 FAILURE_FILE = "failed.json"
 METRIC_PREFIX = "val/"
+# where a record that is not "finished" says why (the lifecycle's divergence and evaluation notes)
+STATUS_REASON_KEYS = ("error", "reason", "divergence", "diverged", "not_evaluated", "note", "notes")
 # the task module's class name -> the task (``uplab.tasks.SegmentationTask`` -> segmentation)
 TASK_SUFFIX = "Task"
+
+
+def status_reason(record: Mapping[str, Any]) -> str | None:
+    """One line on why a run that is not ``finished`` has no result (``diverged`` with its step
+    and last finite loss, ``not_evaluated`` with what was missing), from the fields the run's
+    record carries next to its status; None where it names none."""
+    for source in (record, record.get("metrics") or {}):
+        for key in STATUS_REASON_KEYS:
+            value = source.get(key)
+            if isinstance(value, Mapping):
+                value = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in value.items() if v is not None)
+            elif isinstance(value, list | tuple):
+                value = "; ".join(str(v) for v in value)
+            if value:
+                return " ".join(str(value).split())
+    return None
 
 
 def is_complete(run_dir: str | Path) -> bool:
@@ -73,6 +91,15 @@ def _strip(metrics: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
+def _status(run_dir: Path, record: Mapping[str, Any]) -> str:
+    """``finished`` only for a complete run; a record that says finished without a final metric
+    was never evaluated."""
+    if is_complete(run_dir):
+        return "finished"
+    status = record.get("status") or "interrupted"
+    return "not_evaluated" if status == "finished" else str(status)
+
+
 def _cost_columns(cost: Mapping[str, Any]) -> dict[str, float]:
     columns = {}
     for kind in ("params", "flops"):
@@ -87,7 +114,10 @@ def record_row(run_dir: str | Path) -> dict[str, Any]:
     """One run directory as a flat row.
 
     Columns: ``run_dir, table, task, row, upsampler, seed, status, error`` (status is
-    ``finished``, ``interrupted``, ``failed`` or ``missing``), ``final/<metric>`` and
+    ``finished``, or what the record says instead (``diverged``, ``not_evaluated``,
+    ``interrupted``), ``failed`` (training raised, see ``failed.json``) or ``missing`` (no
+    ``results.json`` yet); ``error`` is the one-line reason of a run that did not finish),
+    ``final/<metric>`` and
     ``best/<metric>`` (without the ``val/`` prefix), ``best_step``, ``monitor``,
     ``params_total, params_upsamplers, flops_total, flops_upsamplers``, ``wall_time_s``.
     """
@@ -119,7 +149,8 @@ def record_row(run_dir: str | Path) -> dict[str, Any]:
                 upsampler=upsampler,
                 row=row["row"] or upsampler,
                 seed=config.get("seed") if row["seed"] is None else row["seed"],
-                status="finished" if is_complete(run_dir) else record.get("status", "interrupted"),
+                status=_status(run_dir, record),
+                error=None if is_complete(run_dir) else status_reason(record),
                 monitor=str(metrics.get("monitor", "")).removeprefix(METRIC_PREFIX) or None,
                 best_step=metrics.get("best_step"),
                 wall_time_s=record.get("wall_time_s"),
