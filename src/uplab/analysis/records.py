@@ -63,13 +63,33 @@ def write_run_key(run_dir: str | Path, key: Mapping[str, Any]) -> Path:
     return write_json_atomic(Path(run_dir) / RUN_FILE, dict(key))
 
 
-def write_failure(run_dir: str | Path, error: BaseException, traceback_text: str) -> Path:
-    """Write ``failed.json`` for a run whose training raised ``error``."""
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of ``error``'s chain (``raise ... from``, or one raised while
+    handling another): Hydra's instantiation error wraps the one that names the missing file."""
+    seen = {id(error)}
+    while True:
+        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if inner is None or id(inner) in seen:
+            return error
+        seen.add(id(inner))
+        error = inner
+
+
+def error_line(error: BaseException) -> str:
+    """``Type: first line of the message`` of an exception."""
     first_line = (str(error).strip().splitlines() or [""])[0]
-    return write_json_atomic(
-        Path(run_dir) / FAILURE_FILE,
-        {"error": f"{type(error).__name__}: {first_line}".rstrip(": "), "traceback": traceback_text},
-    )
+    return f"{type(error).__name__}: {first_line}".rstrip(": ")
+
+
+def write_failure(run_dir: str | Path, error: BaseException, traceback_text: str) -> Path:
+    """Write ``failed.json`` for a run whose training raised ``error``: ``error`` is the root
+    cause in one line (:func:`root_cause`), ``raised`` the exception that reached the runner
+    where it differs, ``traceback`` the whole."""
+    cause = root_cause(error)
+    note = {"error": error_line(cause), "traceback": traceback_text}
+    if cause is not error:
+        note["raised"] = error_line(error)
+    return write_json_atomic(Path(run_dir) / FAILURE_FILE, note)
 
 
 def clear_failure(run_dir: str | Path) -> None:
