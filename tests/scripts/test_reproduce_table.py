@@ -268,3 +268,43 @@ def test_tiny_grid_end_to_end_then_resume_trains_nothing(tmp_path, monkeypatch):
         assert (tmp_path / f"out/tables/tiny.{suffix}").stat().st_size > 0
     monkeypatch.setattr(rt, "train_run", lambda run: pytest.fail(f"{run.label} was complete but ran again"))
     assert rt.main(args) == 0
+
+
+@pytest.mark.slow
+def test_grid_runs_as_submitit_jobs_and_a_preempted_job_is_requeued_with_resume(tmp_path, monkeypatch):
+    """The cluster path on submitit's local executor: the same pickling, job folders, signal
+    (submitit's preemption signal, as SLURM sends before a timeout) and requeue as SLURM."""
+    import pickle
+    import threading
+    import time
+
+    import psutil
+    import submitit
+
+    jobs = []
+    submit = submitit.AutoExecutor.submit
+    monkeypatch.setattr(submitit.AutoExecutor, "submit", lambda self, *a, **k: jobs.append(submit(self, *a, **k)) or jobs[-1])
+    one_run = dict(TINY, tasks={"segmentation": dict(TINY["tasks"]["segmentation"], rows=["bilinear"])})
+    table = write_table(tmp_path, one_run)
+    run_dir = tmp_path / "runs/tiny/segmentation/bilinear/seed0"
+
+    def preempt_once_training_started():
+        deadline = time.monotonic() + 300
+        while not (jobs and (run_dir / rec.RUN_FILE).is_file()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # the job's task process (a child of submitit's local controller) gets the signal, as
+        # SLURM signals the job's tasks; LocalJob._interrupt would signal the controller itself
+        (task,) = psutil.Process(jobs[0]._process.pid).children()
+        task.send_signal(submitit.JobEnvironment._usr_sig())
+
+    preempt = threading.Thread(target=preempt_once_training_started, daemon=True)
+    preempt.start()
+    args = ["--table", table, "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"),
+            "--launcher", "submitit-local", "--no-cost", "--no-progress", "--no-figures"]
+    assert rt.main(args) == 0
+    preempt.join()
+    assert len(jobs) == 1 and rec.is_complete(run_dir)
+    requeued = pickle.loads(jobs[0].paths.submitted_pickle.read_bytes())
+    assert isinstance(requeued.function, rt.TableJob) and requeued.function.resume
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").resume is True  # what the requeued job ran
+    assert (tmp_path / "out/tables/tiny.md").is_file()
