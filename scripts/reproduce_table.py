@@ -512,9 +512,9 @@ def unfinished_runs(runs: Sequence[Run]) -> list[tuple[Run, str, str]]:
     not evaluated, interrupted, never started), the reason in one line."""
     out = []
     for run in runs:
-        row = rec.record_row(run.run_dir) if run.run_dir.exists() else {"status": "missing", "error": None}
+        row = rec.record_row(run.run_dir) if run.run_dir.exists() else {"status": "unfinished", "error": None}
         if row["status"] != "finished":
-            out.append((run, row["status"], row["error"] or {"missing": "no results.json"}.get(row["status"], "")))
+            out.append((run, row["status"], row["error"] or ("no results.json" if row["status"] == "unfinished" else "")))
     return out
 
 

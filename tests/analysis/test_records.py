@@ -80,7 +80,7 @@ def test_write_failure_keeps_first_line_and_clear_failure_forgets_it(tmp_path):
         rec.write_failure(tmp_path, err, "tb")
     assert rec.record_row(tmp_path)["error"] == "ValueError: bad shape"
     rec.clear_failure(tmp_path)
-    assert rec.record_row(tmp_path)["status"] == "missing"
+    assert rec.record_row(tmp_path)["status"] == "unfinished"
 
 
 def test_training_curves_merge_validation_history_and_csv_training_loss(runs):

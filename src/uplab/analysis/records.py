@@ -20,6 +20,7 @@ import pandas as pd
 from uplab.analysis.run_record import RESULTS_FILE, read_run_record, write_json_atomic
 
 RUN_FILE = "run.json"
+HYDRA_CONFIG = "config.yaml"  # in a Hydra run directory's .hydra/
 FAILURE_FILE = "failed.json"
 METRIC_PREFIX = "val/"
 # where a record that is not "finished" says why (the lifecycle's divergence and evaluation notes)
@@ -135,7 +136,7 @@ def record_row(run_dir: str | Path) -> dict[str, Any]:
 
     Columns: ``run_dir, table, task, row, upsampler, seed, status, error`` (status is
     ``finished``, or what the record says instead (``diverged``, ``not_evaluated``,
-    ``interrupted``), ``failed`` (training raised, see ``failed.json``) or ``missing`` (no
+    ``interrupted``), ``failed`` (training raised, see ``failed.json``) or ``unfinished`` (no
     ``results.json`` yet); ``error`` is the one-line reason of a run that did not finish),
     ``final/<metric>`` and
     ``best/<metric>`` (without the ``val/`` prefix), ``best_step``, ``monitor``,
@@ -151,7 +152,7 @@ def record_row(run_dir: str | Path) -> dict[str, Any]:
         "row": key.get("row"),
         "upsampler": None,
         "seed": key.get("seed"),
-        "status": "missing",
+        "status": "unfinished",
         "error": None,
     }
     if (run_dir / RESULTS_FILE).is_file():
@@ -186,12 +187,14 @@ def record_row(run_dir: str | Path) -> dict[str, Any]:
 
 def find_run_dirs(root: str | Path) -> list[Path]:
     """Every directory under ``root`` (itself included) that holds a ``results.json``, a
-    ``run.json`` or a ``failed.json``, sorted."""
+    ``run.json``, a ``failed.json`` or Hydra's ``.hydra/config.yaml`` (a run that started), sorted."""
     root = Path(root)
     if not root.exists():
-        raise ValueError(f"no run directory at {root}: expected a Hydra (multi)run directory")
+        raise ValueError(f"no run directory at {root}: expected a run, multirun or table folder (e.g. outputs/)")
     names = (RESULTS_FILE, RUN_FILE, FAILURE_FILE)
-    return sorted({p.parent for name in names for p in root.rglob(name)})
+    found = {p.parent for name in names for p in root.rglob(name)}
+    found |= {p.parent.parent for p in root.rglob(HYDRA_CONFIG) if p.parent.name == ".hydra"}
+    return sorted(found)
 
 
 def load_records(roots: str | Path | Iterable[str | Path]) -> pd.DataFrame:
