@@ -100,3 +100,13 @@ def test_multirun_ends_with_the_comparison_table(capsys):
     callback = instantiate(cfg.hydra.callbacks.compare_runs)
     callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(FIXTURE / "sweep")}}}))
     assert "| segmentation | 0.002 | 32 | 5 | 8 | 1 | 0.55 | 0.31 |" in capsys.readouterr().out
+
+
+def test_default_folder_is_outputs_with_runs_else_the_fixture_runs_with_a_message(tmp_path, monkeypatch):
+    monkeypatch.delenv("UPLAB_RUNS", raising=False)
+    folder, why = ru.default_folder(tmp_path)
+    assert folder == tmp_path / "tests/fixtures/runs" and "no runs under" in why
+    shutil.copytree(FIXTURE / "sweep", tmp_path / "outputs/multiruns/sweep")
+    assert ru.default_folder(tmp_path)[0] == tmp_path / "outputs"
+    monkeypatch.setenv("UPLAB_RUNS", str(FIXTURE))
+    assert ru.default_folder(tmp_path)[0] == FIXTURE

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -38,6 +39,7 @@ from omegaconf import DictConfig
 
 from uplab.analysis import records
 from uplab.analysis.run_record import RESULTS_FILE
+from uplab.paths import project_root
 
 # config keys that do not change what a run computes; ``seed`` is the axis runs are averaged over
 IGNORED_KEYS = (
@@ -48,6 +50,7 @@ HYDRA_OVERRIDES = Path(".hydra") / "overrides.yaml"
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 DEFAULT = "·"  # a setting a run does not override (it keeps the config's default)
 WANDB_OFFLINE_GLOB = "wandb/offline-run-*"
+FIXTURE_RUNS = Path("tests") / "fixtures" / "runs"
 
 
 def is_ignored(key: str) -> bool:
@@ -263,10 +266,27 @@ class CompareRuns(Callback):
             print(f"\nruns under {folder}\n\n{report(load_runs(folder))}\n", flush=True)
 
 
+def default_folder(root: Path | None = None) -> tuple[Path, str]:
+    """The folder to inspect when none is named, and a line saying why: ``$UPLAB_RUNS``; else
+    the project's ``outputs/`` when it holds runs; else the fixture runs of the source checkout
+    (``tests/fixtures/runs``: a small sweep), so the notebook shows something on a fresh clone."""
+    root = root or project_root()
+    if os.environ.get("UPLAB_RUNS"):
+        return Path(os.environ["UPLAB_RUNS"]), "the folder named by $UPLAB_RUNS"
+    outputs = root / "outputs"
+    if outputs.is_dir() and records.find_run_dirs(outputs):
+        return outputs, "the project's outputs/ (every run, table and sweep made here)"
+    return root / FIXTURE_RUNS, (
+        f"no runs under {outputs} yet: showing the fixture runs (a small sweep) instead; train some "
+        "(`make sweep SWEEP=quick`, `make reproduce-table TABLE=quick`) or set $UPLAB_RUNS"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``uplab-runs``: print the comparison of the runs under a folder."""
     parser = argparse.ArgumentParser(prog="uplab-runs", description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, nargs="?", default=Path("outputs"), help="a folder of runs (default outputs/)")
+    parser.add_argument("folder", type=Path, nargs="?", default=project_root() / "outputs",
+                        help="a folder of runs (default: the project's outputs/)")
     parser.add_argument("--metric", action="append", help="metric(s) to compare (default: all, the monitored first)")
     parser.add_argument("--which", choices=("final", "best"), default="final")
     parser.add_argument("--wandb", metavar="PROJECT",
