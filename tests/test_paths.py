@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 from uplab.paths import project_root
 
@@ -10,6 +11,7 @@ ROOT = Path(__file__).parents[1]
 
 
 def _paths(**overrides):
+    GlobalHydra.instance().clear()  # another test's compose may have left it initialized
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=[f"{k}={v}" for k, v in overrides.items()]).paths
 

@@ -93,8 +93,10 @@ def test_online_wandb_runs_map_to_the_same_columns():
 
 def test_multirun_ends_with_the_comparison_table(capsys):
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
+    GlobalHydra.instance().clear()  # another test's compose may have left it initialized
     with initialize_config_dir(config_dir=str(Path(__file__).parents[2] / "conf"), version_base="1.3"):
         cfg = compose("train", return_hydra_config=True)
     callback = instantiate(cfg.hydra.callbacks.compare_runs)
