@@ -474,12 +474,13 @@ def machine() -> str:
     return f"{cores} CPU cores ({model})"
 
 
-def write_timing(path: Path, table: str, counts: dict[str, int], seconds: float) -> Path:
+def write_timing(path: Path, table: str, counts: dict[str, int], seconds: float, launcher: str = "local") -> Path:
     """``<tables dir>/<table>.timing.md``: how long the whole command took (grid, tables,
     figures, cost table), on what machine."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     path.write_text(
-        f"`make reproduce-table TABLE={table}`: {counts.get('finished', 0)} runs trained, "
+        f"`make reproduce-table TABLE={table}{'' if launcher == 'local' else f' LAUNCHER={launcher}'}`: "
+        f"{counts.get('finished', 0)} runs trained, "
         f"{counts.get('skipped', 0)} skipped as complete, {counts.get('failed', 0)} failed, in "
         f"{seconds / 60:.1f} min on {machine()}, load average {load:.1f} at the end.\n"
     )
@@ -574,9 +575,11 @@ def publish(
         def text(*names: str) -> str:
             return "\n\n".join((tables_dir / n).read_text().strip() for n in names if (tables_dir / n).is_file())
 
+        cost_regen = ("Counted again by `make reproduce-table` when its inputs change; "
+                      "`make publish-tables` copies it here.")
         blocks = {
             f"{table}-table": f"{text(f'{table}.md', f'{table}.timing.md')}\n\n{regen}",
-            "cost-table": f"{text('cost.md', 'cost.timing.md')}\n\n{regen}",
+            "cost-table": f"{text('cost.md', 'cost.timing.md')}\n\n{cost_regen}",
         }
         if update_readme(readme, blocks):
             written.append(readme)
@@ -662,7 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("cost table: %s", write_cost_table(tables_dir, force=args.recount_cost))
     log.info("total %.0f s", time.perf_counter() - start)
     if not args.render_only and counts["skipped"] < len(runs):
-        write_timing(tables_dir / f"{spec.name}.timing.md", spec.name, counts, time.perf_counter() - start)
+        write_timing(tables_dir / f"{spec.name}.timing.md", spec.name, counts, time.perf_counter() - start, args.launcher)
     if unfinished:
         report_unfinished(unfinished)
         print(f"{len(unfinished)} of {len(runs)} runs of table {spec.name} did not finish (shown as such in "
