@@ -163,8 +163,9 @@ def is_done(run: Run) -> bool:
 
 
 def train_run(run: Run, resume: bool = False) -> str:
-    """Train one run in this process; returns ``finished`` or ``failed`` (the error goes to
-    ``failed.json``). ``KeyboardInterrupt`` propagates: the grid stops and resumes later."""
+    """Train one run in this process; returns its status: ``finished``, ``failed`` (the error
+    goes to ``failed.json``) or what its record says instead (``diverged``, ``not_evaluated``).
+    ``KeyboardInterrupt`` propagates: the grid stops and resumes later."""
     from uplab.train import train
 
     run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +183,7 @@ def train_run(run: Run, resume: bool = False) -> str:
         rec.write_failure(run.run_dir, err, traceback.format_exc())
         log.debug("run %s failed", run.label, exc_info=True)
         return "failed"
-    return "finished" if rec.is_complete(run.run_dir) else "failed"
+    return rec.record_row(run.run_dir)["status"]
 
 
 def quiet_training_logs() -> None:
@@ -199,7 +200,7 @@ def quiet_training_logs() -> None:
 
 def run_local(runs: Sequence[Run], progress: bool = True) -> dict[str, int]:
     """Train the runs that are not complete, one after another, with a progress bar; returns
-    counts of ``skipped``, ``finished`` and ``failed``."""
+    counts of ``skipped``, ``finished``, ``failed`` and of any other status a run ended with."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -219,17 +220,17 @@ def run_local(runs: Sequence[Run], progress: bool = True) -> dict[str, int]:
         console.print(f"resuming: {counts['skipped']} of {len(runs)} runs are complete and skipped")
     columns = (
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("failed: {task.fields[failed]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("not finished: {task.fields[failed]}"), TimeElapsedColumn(), TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, disable=not progress) as bar:
         grid = bar.add_task("grid", total=len(todo), failed=0)
         for run in todo:
             bar.update(grid, description=run.label)
             status = train_run(run)
-            counts[status] += 1
-            if status == "failed":
-                console.print(f"[red]failed[/red] {run.label}: {rec.record_row(run.run_dir)['error']}")
-            bar.update(grid, advance=1, failed=counts["failed"])
+            counts[status] = counts.get(status, 0) + 1
+            if status != "finished":
+                console.print(f"[red]{status}[/red] {run.label}: {rec.record_row(run.run_dir)['error']}", soft_wrap=True)
+            bar.update(grid, advance=1, failed=sum(n for k, n in counts.items() if k not in ("skipped", "finished")))
     return counts
 
 
@@ -297,7 +298,7 @@ def run_submitit(
         except Exception as err:  # noqa: BLE001  the job died outside train_run (killed, node lost)
             rec.write_failure(run.run_dir, err, f"submitit job {job.job_id}, logs in {folder}: {err}")
             status = "failed"
-        counts[status] += 1
+        counts[status] = counts.get(status, 0) + 1
         log.info("%s: %s (job %s)", run.label, status, job.job_id)
     return counts
 
@@ -481,7 +482,8 @@ def write_timing(path: Path, table: str, counts: dict[str, int], seconds: float,
     path.write_text(
         f"`make reproduce-table TABLE={table}{'' if launcher == 'local' else f' LAUNCHER={launcher}'}`: "
         f"{counts.get('finished', 0)} runs trained, "
-        f"{counts.get('skipped', 0)} skipped as complete, {counts.get('failed', 0)} failed, in "
+        f"{counts.get('skipped', 0)} skipped as complete, "
+        f"{sum(n for k, n in counts.items() if k not in ('skipped', 'finished'))} not finished, in "
         f"{seconds / 60:.1f} min on {machine()}, load average {load:.1f} at the end.\n"
     )
     return path

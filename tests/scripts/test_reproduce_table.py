@@ -160,6 +160,23 @@ def test_grid_where_no_run_finished_writes_no_table_and_exits_non_zero(tmp_path,
     assert "no table written" in err
 
 
+def test_diverged_run_is_reported_as_diverged_and_fails_the_command(tmp_path, monkeypatch, capsys):
+    import uplab.train
+
+    def diverging(cfg):
+        run_dir = Path(cfg.paths.output_dir)
+        record = json.loads((FIXTURE / "segmentation" / "bilinear" / "seed0" / "results.json").read_text())
+        if cfg.upsampler.name == "carafe":
+            record.update(status="diverged", divergence={"step": 2, "last_finite_loss": 1.7})
+        (run_dir / "results.json").write_text(json.dumps(record))
+
+    monkeypatch.setattr(uplab.train, "train", diverging)
+    code = rt.main(["--table", write_table(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress", "--no-figures"])
+    assert code == 1
+    assert "diverged: segmentation · carafe · seed 0: step 2, last finite loss 1.7" in capsys.readouterr().err
+    assert "| carafe | diverged | diverged |" in (tmp_path / "out/tables/tiny.md").read_text()
+
+
 def test_default_outputs_are_git_ignored_and_publish_is_the_only_way_into_results():
     import subprocess
 
