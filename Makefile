@@ -4,12 +4,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TABLE  ?= toy
-# LAUNCHER=slurm spreads a paper table over a SLURM cluster (hydra/launcher=submitit_slurm)
+SWEEP  ?= toy_seg_upsampler
+# LAUNCHER=slurm runs a table's grid as submitit jobs on a SLURM cluster (submitit-local: the
+# same jobs as processes on this machine)
 
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test test-full lint reproduce-table sweep bench gpu-check gpu-profile cost clean
+.PHONY: setup test test-full lint reproduce-table publish-tables sweep bench gpu-check gpu-profile cost clean
 
 setup: $(STAMP)
 
@@ -33,11 +35,17 @@ test-full: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests scripts benchmarks
 
+# writes under outputs/ (git-ignored); exits 1 when a run of the table did not finish
 reproduce-table: setup
 	$(PY) scripts/reproduce_table.py --table $(TABLE) $(if $(LAUNCHER),--launcher $(LAUNCHER))
 
+# copies the table, its figures and a recounted cost table from outputs/results/ to results/
+publish-tables: setup
+	$(PY) scripts/reproduce_table.py --table $(TABLE) --publish
+
+# SWEEP=quick: a four-trial grid on a smoke-test schedule (about 6 min on 2 cores); ends with the trials' comparison table
 sweep: setup
-	$(VENV)/bin/uplab-train -m hparams_search=toy_seg_upsampler
+	$(VENV)/bin/uplab-train -m hparams_search=$(SWEEP)
 
 bench: setup
 	$(PY) benchmarks/bench_ops.py

@@ -2,21 +2,30 @@
 
 ``make reproduce-table`` (``TABLE=toy``, the default) trains the toy grid (conf/table/toy.yaml:
 the four toy tasks x the papers' upsampler rows x seeds) in this process, one Hydra-composed run
-after another under a progress bar over the whole grid, and writes
-``results/tables/<table>.{md,csv,tex}``, the cost table ``results/tables/cost.md`` and the
-figures in ``results/figures/``. ``TABLE=quick`` is a three-minute subset; ``TABLE=paper-*`` are
-the real-data grids of the papers' experiment configs, rendered beside the published numbers.
+after another under a progress bar over the whole grid, and writes the table
+(``<table>.{md,csv,tex}``), its timing, the cost table and the figures under the git-ignored
+``outputs/results/{tables,figures}/``. The committed copies in ``results/`` change only through
+``make publish-tables`` (``--publish``). ``TABLE=quick`` is a three-minute subset;
+``TABLE=paper-*`` are the real-data grids of the papers' experiment configs, rendered beside the
+published numbers.
 
 Each run lives in ``<runs-dir>/<table>/<task>/<row>/seed<seed>``. A re-run skips every run whose
 ``results.json`` is complete and whose overrides (``run.json``) match the table's, and redoes the
-others (an interrupted grid resumes; a changed schedule reruns); a run that raises is recorded in
-``failed.json`` and shown as failed in the table.
+others (an interrupted grid resumes; a changed schedule reruns). A run that raises is recorded in
+``failed.json``; every run that did not finish is printed with its root cause in one line, shown
+as such in the table, and makes the command exit with status 1. With no finished run at all, no
+table is written.
+
+``--launcher submitit-local`` and ``--launcher slurm`` run the grid as submitit jobs (one per
+run, each in its own process; ``slurm`` submits them to the cluster and waits). A job that is
+preempted or about to time out (submitit's signal) checkpoints and is requeued with
+``resume=true``, so it continues from the run's ``last.ckpt``.
 
 Examples::
 
     python scripts/reproduce_table.py --table toy
-    python scripts/reproduce_table.py --table quick --readme
-    python scripts/reproduce_table.py --table paper-segformer --launcher slurm
+    python scripts/reproduce_table.py --table quick --publish          # copy outputs/results -> results/
+    python scripts/reproduce_table.py --table paper-segformer --launcher slurm --slurm-partition gpu
     python scripts/reproduce_table.py --table toy --render-only     # tables from existing runs
 """
 
@@ -26,7 +35,6 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -48,6 +56,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 TABLE_CONF = CONF / "table"
 README = ROOT / "README.md"
+# what `make reproduce-table` writes (git-ignored) and what `make publish-tables` commits
+OUTPUT_RESULTS = ROOT / "outputs" / "results"
+PUBLISHED_RESULTS = ROOT / "results"
 log = logging.getLogger("reproduce_table")
 
 
@@ -121,8 +132,9 @@ def missing_experiments(runs: Sequence[Run]) -> list[str]:
     return sorted(n for n in names if not (CONF / "experiment" / f"{n}.yaml").is_file())
 
 
-def compose_run(run: Run) -> DictConfig:
-    """The run's config, composed as ``uplab-train <overrides>`` would, with its directory set."""
+def compose_run(run: Run, resume: bool = False) -> DictConfig:
+    """The run's config, composed as ``uplab-train <overrides>`` would, with its directory set
+    (and ``resume=true`` for a requeued job: continue from the run's ``last.ckpt``)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -130,7 +142,8 @@ def compose_run(run: Run) -> DictConfig:
 
     if not GlobalHydra.instance().is_initialized():
         initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="reproduce_table")
-    cfg = compose("train", overrides=[*run.overrides, f"hydra.run.dir={run.run_dir}"], return_hydra_config=True)
+    extra = ["resume=true"] if resume else []
+    cfg = compose("train", overrides=[*run.overrides, *extra, f"hydra.run.dir={run.run_dir}"], return_hydra_config=True)
     cfg.hydra.runtime.output_dir = str(run.run_dir)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
@@ -149,9 +162,10 @@ def is_done(run: Run) -> bool:
     return json.loads(key.read_text()).get("overrides") == list(run.overrides)
 
 
-def train_run(run: Run) -> str:
-    """Train one run in this process; returns ``finished`` or ``failed`` (the error goes to
-    ``failed.json``). ``KeyboardInterrupt`` propagates: the grid stops and resumes later."""
+def train_run(run: Run, resume: bool = False) -> str:
+    """Train one run in this process; returns its status: ``finished``, ``failed`` (the error
+    goes to ``failed.json``) or what its record says instead (``diverged``, ``not_evaluated``).
+    ``KeyboardInterrupt`` propagates: the grid stops and resumes later."""
     from uplab.train import train
 
     run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -161,7 +175,7 @@ def train_run(run: Run) -> str:
         {"table": run.table, "task": run.task, "row": run.row, "seed": run.seed, "overrides": list(run.overrides)},
     )
     try:
-        cfg = compose_run(run)
+        cfg = compose_run(run, resume)
         (run.run_dir / ".hydra").mkdir(exist_ok=True)
         OmegaConf.save(cfg, run.run_dir / ".hydra" / "config.yaml")
         train(cfg)
@@ -169,7 +183,7 @@ def train_run(run: Run) -> str:
         rec.write_failure(run.run_dir, err, traceback.format_exc())
         log.debug("run %s failed", run.label, exc_info=True)
         return "failed"
-    return "finished" if rec.is_complete(run.run_dir) else "failed"
+    return rec.record_row(run.run_dir)["status"]
 
 
 def quiet_training_logs() -> None:
@@ -186,7 +200,7 @@ def quiet_training_logs() -> None:
 
 def run_local(runs: Sequence[Run], progress: bool = True) -> dict[str, int]:
     """Train the runs that are not complete, one after another, with a progress bar; returns
-    counts of ``skipped``, ``finished`` and ``failed``."""
+    counts of ``skipped``, ``finished``, ``failed`` and of any other status a run ended with."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -206,56 +220,87 @@ def run_local(runs: Sequence[Run], progress: bool = True) -> dict[str, int]:
         console.print(f"resuming: {counts['skipped']} of {len(runs)} runs are complete and skipped")
     columns = (
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("failed: {task.fields[failed]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("not finished: {task.fields[failed]}"), TimeElapsedColumn(), TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, disable=not progress) as bar:
         grid = bar.add_task("grid", total=len(todo), failed=0)
         for run in todo:
             bar.update(grid, description=run.label)
             status = train_run(run)
-            counts[status] += 1
-            if status == "failed":
-                console.print(f"[red]failed[/red] {run.label}: {rec.record_row(run.run_dir)['error']}")
-            bar.update(grid, advance=1, failed=counts["failed"])
+            counts[status] = counts.get(status, 0) + 1
+            if status != "finished":
+                console.print(f"[red]{status}[/red] {run.label}: {rec.record_row(run.run_dir)['error']}", soft_wrap=True)
+            bar.update(grid, advance=1, failed=sum(n for k, n in counts.items() if k not in ("skipped", "finished")))
     return counts
 
 
-def slurm_commands(runs: Sequence[Run], launcher: str) -> list[list[str]]:
-    """One ``uplab-train -m`` per (task, row) over its incomplete seeds, each run in its own
-    deterministic directory, spread by ``hydra/launcher=<launcher>``."""
-    groups: dict[tuple[str, str], list[Run]] = {}
-    for run in runs:
-        if not is_done(run):
-            groups.setdefault((run.task, run.row), []).append(run)
-    commands = []
-    for group in groups.values():
-        first = group[0]
-        seeds = ",".join(str(r.seed) for r in group)
-        shared = [o for o in first.overrides if not o.startswith("seed=")]
-        commands.append(
-            [
-                str(Path(sys.executable).with_name("uplab-train")), "-m", *shared, f"seed={seeds}",
-                "resume=true", f"hydra/launcher={launcher}",
-                f"hydra.sweep.dir={first.run_dir.parent}", "hydra.sweep.subdir=seed${seed}",
-            ]
-        )
-        for run in group:
-            run.run_dir.mkdir(parents=True, exist_ok=True)
-            rec.write_run_key(
-                run.run_dir,
-                {"table": run.table, "task": run.task, "row": run.row, "seed": run.seed, "overrides": list(run.overrides)},
-            )
-    return commands
+class TableJob:
+    """One run of the grid as a submitit job: trains it in the job's process (:func:`train_run`)
+    and, when submitit's preemption or timeout signal arrives, requeues itself with
+    ``resume=true`` (submitit calls :meth:`checkpoint`; the requeued job continues from the
+    run's ``last.ckpt``, or starts over where the table's schedule keeps no checkpoint)."""
+
+    def __init__(self, run: Run, resume: bool = False) -> None:
+        self.run, self.resume = run, resume
+
+    def __call__(self) -> str:
+        quiet_training_logs()
+        return train_run(self.run, self.resume)
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(TableJob(self.run, resume=True))
 
 
-def run_slurm(runs: Sequence[Run], launcher: str) -> dict[str, int]:
-    """Submit the incomplete runs through Hydra's SLURM launcher and wait for them."""
-    commands = slurm_commands(runs, launcher)
-    failed = 0
-    for command in commands:
-        log.info("%s", shlex.join(command))
-        failed += subprocess.run(command, cwd=ROOT, check=False).returncode != 0
-    return {"skipped": sum(1 for r in runs if is_done(r)), "submitted": len(commands), "failed_commands": failed}
+def submitit_executor(launcher: str, folder: Path, run: Run, partition: str | None = None, timeout_min: int = 720):
+    """A submitit executor for the grid's jobs: ``submitit-local`` (a process per job on this
+    machine, with the same pickling, job folders, signals and requeue as SLURM) or ``slurm``.
+    Devices per job come from the run's trainer config."""
+    import submitit
+
+    trainer = compose_run(run).trainer
+    gpu = str(trainer.get("accelerator", "cpu")) in ("gpu", "cuda")
+    devices = int(trainer.get("devices", 1)) if gpu and str(trainer.get("devices", 1)).isdigit() else 1
+    executor = submitit.AutoExecutor(folder=folder, cluster="local" if launcher == "submitit-local" else "slurm")
+    executor.update_parameters(
+        name="uplab-table", timeout_min=timeout_min, nodes=int(trainer.get("num_nodes", 1)),
+        tasks_per_node=devices, gpus_per_node=devices if gpu else 0, cpus_per_task=8 if gpu else 2,
+        slurm_partition=partition, slurm_signal_delay_s=120,
+    )
+    return executor
+
+
+def run_submitit(
+    runs: Sequence[Run], launcher: str, folder: Path, partition: str | None = None, timeout_min: int = 720
+) -> dict[str, int]:
+    """Submit the runs that are not complete as submitit jobs (one per run) and wait for them;
+    returns counts of ``skipped``, ``finished`` and ``failed``."""
+    import cloudpickle
+
+    # the job class lives in this script, which a job's process cannot import: send it by value
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    todo = [r for r in runs if not is_done(r)]
+    counts = {"skipped": len(runs) - len(todo), "finished": 0, "failed": 0}
+    if not todo:
+        return counts
+    executor = submitit_executor(launcher, folder, todo[0], partition, timeout_min)
+    if launcher == "slurm":
+        with executor.batch():  # one job array; SLURM spreads it
+            jobs = [(run, executor.submit(TableJob(run))) for run in todo]
+        log.info("submitted %d jobs, job folders under %s", len(jobs), folder)
+        pending = iter(jobs)
+    else:  # this machine's cores are shared by all jobs: one at a time, as the local launcher
+        pending = ((run, executor.submit(TableJob(run))) for run in todo)
+    for run, job in pending:
+        try:
+            status = job.result()
+        except Exception as err:  # noqa: BLE001  the job died outside train_run (killed, node lost)
+            rec.write_failure(run.run_dir, err, f"submitit job {job.job_id}, logs in {folder}: {err}")
+            status = "failed"
+        counts[status] = counts.get(status, 0) + 1
+        log.info("%s: %s (job %s)", run.label, status, job.job_id)
+    return counts
 
 
 def task_tables(spec: DictConfig, records, which: str | None = None) -> dict[str, object]:
@@ -324,7 +369,7 @@ def render_paper_table(spec: DictConfig, records, fmt: str) -> str:
 
 
 def write_outputs(spec: DictConfig, records, out_dir: Path) -> list[Path]:
-    """results/tables/<table>.{md,csv,tex}."""
+    """``<out_dir>/<table>.{md,csv,tex}``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     render = render_paper_table if "model" in spec else render_table
     written = []
@@ -335,37 +380,79 @@ def write_outputs(spec: DictConfig, records, out_dir: Path) -> list[Path]:
     return written
 
 
-COST_INPUTS = ("src/uplab", "conf/upsampler", "conf/backbone", "conf/decoder", "reference/paper_results.yaml")
+# What the cost table is counted from (uplab-cost counts on the CPU, so the CUDA path is left
+# out): the counting code, the models and operators, the upsamplers' paper defaults and the
+# published numbers. Git pathspecs, relative to the repository root.
+COST_INPUTS = (
+    "src/uplab/analysis/cost.py",
+    "src/uplab/analysis/flops.py",
+    "src/uplab/models",
+    "src/uplab/upsamplers",
+    "src/uplab/ops",
+    ":(exclude)src/uplab/ops/_cupy_kernels.py",
+    ":(exclude)src/uplab/ops/cuda.py",
+    "conf/upsampler",
+    "reference/paper_results.yaml",
+)
+COST_FILES = ("cost.md", "cost.inputs", "cost.timing.md")
 
 
-def cost_inputs_digest() -> str:
-    """A digest of everything the cost table depends on (model and operator code, configs, the
-    published numbers), so an unchanged cost table is not counted again."""
+def cost_input_files(root: Path = ROOT) -> list[str]:
+    """The tracked files of :data:`COST_INPUTS` (``git ls-files``), as paths relative to
+    ``root``; outside a git checkout (an unpacked archive), the ``.py`` and ``.yaml`` files
+    under the same paths."""
+
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--", *COST_INPUTS], cwd=root, capture_output=True, check=True
+        ).stdout.decode()
+        return sorted(f for f in listed.split("\0") if f)
+    except (OSError, subprocess.CalledProcessError):
+        files = []
+        excluded = {e.split(")", 1)[1] for e in COST_INPUTS if e.startswith(":(exclude)")}
+        for entry in (e for e in COST_INPUTS if not e.startswith(":")):
+            path = root / entry
+            found = [f for ext in ("py", "yaml") for f in path.rglob(f"*.{ext}")] if path.is_dir() else [path]
+            files += [f.relative_to(root).as_posix() for f in found]
+        return sorted(set(files) - excluded)
+
+
+def cost_inputs_digest(root: Path = ROOT) -> str:
+    """A digest of the tracked content the cost table is counted from (:data:`COST_INPUTS`):
+    relative paths and file contents with line endings normalised, so every clone of a commit
+    (any location, any ``core.autocrlf``, untracked files or not) gets the same digest and an
+    unchanged cost table is not counted again."""
     import hashlib
 
     digest = hashlib.sha256()
-    for entry in COST_INPUTS:
-        path = ROOT / entry
-        files = sorted(path.rglob("*.py")) + sorted(path.rglob("*.yaml")) if path.is_dir() else [path]
-        for file in files:
-            digest.update(str(file.relative_to(ROOT)).encode())
-            digest.update(file.read_bytes())
+    for name in cost_input_files(root):
+        digest.update(name.encode() + b"\0")
+        digest.update((root / name).read_bytes().replace(b"\r\n", b"\n") + b"\0")
     return digest.hexdigest()[:16]
 
 
-def write_cost_table(out_dir: Path, force: bool = False) -> Path:
-    """results/tables/cost.md: ``uplab-cost`` (the papers' models, ours beside the published);
-    kept as it is when its inputs have not changed since it was written (``force`` recounts)."""
+def cost_table_is_current(directory: Path, digest: str) -> bool:
+    """Whether ``directory`` holds a cost table counted from inputs with this digest."""
+    stamp = directory / "cost.inputs"
+    return (directory / "cost.md").is_file() and stamp.is_file() and stamp.read_text().strip() == digest
+
+
+def write_cost_table(out_dir: Path, published_dir: Path = PUBLISHED_RESULTS / "tables", force: bool = False) -> Path:
+    """The cost table (``uplab-cost``: the papers' models, ours beside the published): the
+    committed ``results/tables/cost.md`` when its inputs are unchanged, else the one in
+    ``out_dir`` when that is current, else counted again into ``out_dir`` (``force`` always
+    counts)."""
     from uplab.analysis.cost import cost_table, render
 
-    path, stamp = out_dir / "cost.md", out_dir / "cost.inputs"
     digest = cost_inputs_digest()
-    if not force and path.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
-        return path
+    for directory in (published_dir, out_dir):
+        if not force and cost_table_is_current(directory, digest):
+            return directory / "cost.md"
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    path = out_dir / "cost.md"
     path.write_text(render(cost_table(progress=True)) + "\n")
-    stamp.write_text(digest + "\n")
+    (out_dir / "cost.inputs").write_text(digest + "\n")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     (out_dir / "cost.timing.md").write_text(
         f"Counting the cost table (`make cost`, or the last step of `make reproduce-table` when its "
@@ -388,20 +475,22 @@ def machine() -> str:
     return f"{cores} CPU cores ({model})"
 
 
-def write_timing(path: Path, table: str, counts: dict[str, int], seconds: float) -> Path:
-    """``results/tables/<table>.timing.md``: how long the whole command took (grid, tables,
+def write_timing(path: Path, table: str, counts: dict[str, int], seconds: float, launcher: str = "local") -> Path:
+    """``<tables dir>/<table>.timing.md``: how long the whole command took (grid, tables,
     figures, cost table), on what machine."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     path.write_text(
-        f"`make reproduce-table TABLE={table}`: {counts.get('finished', 0)} runs trained, "
-        f"{counts.get('skipped', 0)} skipped as complete, {counts.get('failed', 0)} failed, in "
+        f"`make reproduce-table TABLE={table}{'' if launcher == 'local' else f' LAUNCHER={launcher}'}`: "
+        f"{counts.get('finished', 0)} runs trained, "
+        f"{counts.get('skipped', 0)} skipped as complete, "
+        f"{sum(n for k, n in counts.items() if k not in ('skipped', 'finished'))} not finished, in "
         f"{seconds / 60:.1f} min on {machine()}, load average {load:.1f} at the end.\n"
     )
     return path
 
 
 def write_figures(spec: DictConfig, records, out_dir: Path) -> list[Path]:
-    """results/figures/: accuracy against added FLOPs per task and the qualitative grid."""
+    """``<out_dir>/<table>_*.png``: accuracy against added FLOPs per task and the qualitative grid."""
     from uplab.analysis import figures
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -421,50 +510,131 @@ def write_figures(spec: DictConfig, records, out_dir: Path) -> list[Path]:
     return written
 
 
-def replace_between(text: str, name: str, body: str) -> str:
-    """``text`` with the part between ``<!-- name:begin -->`` and ``<!-- name:end -->`` replaced
-    (appended at the end when the markers are absent)."""
+def unfinished_runs(runs: Sequence[Run]) -> list[tuple[Run, str, str]]:
+    """``(run, status, reason)`` of every run of the grid that did not finish (failed, diverged,
+    not evaluated, interrupted, never started), the reason in one line."""
+    out = []
+    for run in runs:
+        row = rec.record_row(run.run_dir) if run.run_dir.exists() else {"status": "unfinished", "error": None}
+        if row["status"] != "finished":
+            out.append((run, row["status"], row["error"] or ("no results.json" if row["status"] == "unfinished" else "")))
+    return out
+
+
+def replace_between(text: str, name: str, body: str) -> str | None:
+    """``text`` with the part between ``<!-- name:begin -->`` and ``<!-- name:end -->`` replaced,
+    or None when the markers are absent."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    block = f"{begin}\n{body.strip()}\n{end}"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        return head + block + rest.split(end, 1)[1]
-    return text.rstrip("\n") + "\n\n" + block + "\n"
+    if begin not in text or end not in text:
+        return None
+    head, rest = text.split(begin, 1)
+    return head + f"{begin}\n{body.strip()}\n{end}" + rest.split(end, 1)[1]
 
 
-def update_readme(readme: Path, toy_md: Path, cost_md: Path, timing: str, cost_timing: str = "") -> None:
-    """Put the generated toy and cost tables between their README markers."""
-    regen = "Regenerate with `python scripts/reproduce_table.py --render-only --readme` (after `make reproduce-table`)."
-    text = readme.read_text() if readme.is_file() else ""
-    text = replace_between(text, "toy-table", f"{toy_md.read_text()}\n{timing}\n\n{regen}")
-    text = replace_between(text, "cost-table", f"{cost_md.read_text()}\n{cost_timing}\n\n{regen}")
-    readme.write_text(text)
+def update_readme(readme: Path, blocks: dict[str, str]) -> list[str]:
+    """Replace the README's generated blocks (``<!-- <name>:begin/end -->``) that it still has;
+    returns the names replaced. A README without markers is left as it is."""
+    if not readme.is_file():
+        return []
+    text, replaced = readme.read_text(), []
+    for name, body in blocks.items():
+        new = replace_between(text, name, body)
+        if new is not None:
+            text, replaced = new, [*replaced, name]
+    if replaced:
+        readme.write_text(text)
+    return replaced
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def publish(
+    table: str, out_dir: Path = OUTPUT_RESULTS, published: Path = PUBLISHED_RESULTS, readme: Path | None = README
+) -> list[Path]:
+    """``make publish-tables``: copy a table's files (``<table>.{md,csv,tex,timing.md}``, its
+    figures) and a current cost table from ``out_dir`` (what ``make reproduce-table`` wrote) to
+    the committed ``published`` directory, and refresh the README's generated blocks
+    (``<table>-table``, ``cost-table``) where the README still has their markers."""
+    import shutil
+
+    source = out_dir / "tables" / f"{table}.md"
+    if not source.is_file():
+        raise ValueError(
+            f"nothing to publish for table {table!r}: expected {source}; run `make reproduce-table TABLE={table}` first"
+        )
+    files = [out_dir / "tables" / f"{table}.{s}" for s in ("md", "csv", "tex", "timing.md")]
+    files += sorted((out_dir / "figures").glob(f"{table}_*.png"))
+    if cost_table_is_current(out_dir / "tables", cost_inputs_digest()):
+        files += [out_dir / "tables" / name for name in COST_FILES]
+    written = []
+    for file in (f for f in files if f.is_file()):
+        target = published / file.relative_to(out_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, target)
+        written.append(target)
+    if readme is not None:
+        tables_dir = published / "tables"
+        regen = f"Regenerate with `make reproduce-table TABLE={table}`, then `make publish-tables TABLE={table}`."
+
+        def text(*names: str) -> str:
+            return "\n\n".join((tables_dir / n).read_text().strip() for n in names if (tables_dir / n).is_file())
+
+        cost_regen = ("Counted again by `make reproduce-table` when its inputs change; "
+                      "`make publish-tables` copies it here.")
+        blocks = {
+            f"{table}-table": f"{text(f'{table}.md', f'{table}.timing.md')}\n\n{regen}",
+            "cost-table": f"{text('cost.md', 'cost.timing.md')}\n\n{cost_regen}",
+        }
+        if update_readme(readme, blocks):
+            written.append(readme)
+    return written
+
+
+def report_unfinished(unfinished: Sequence[tuple[Run, str, str]]) -> None:
+    """One line per run that did not finish, with its root cause, on standard error."""
+    for run, status, reason in unfinished:
+        print(f"{status}: {run.label}: {reason} ({run.run_dir})", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", default="toy", help=f"one of {', '.join(available_tables())}")
     parser.add_argument("--tasks", help="comma-separated subset of the table's tasks")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "outputs" / "tables", help="where runs live")
-    parser.add_argument("--results-dir", type=Path, default=ROOT / "results", help="tables/ and figures/ go here")
-    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
-                        help="local: in this process; slurm: uplab-train -m with hydra/launcher=submitit_slurm")
+    parser.add_argument("--results-dir", type=Path, default=OUTPUT_RESULTS,
+                        help="tables/ and figures/ go here (default outputs/results; --publish copies them to results/)")
+    parser.add_argument("--launcher", choices=("local", "submitit-local", "slurm"), default="local",
+                        help="local: in this process; submitit-local: a submitit job per run on this machine; "
+                             "slurm: a submitit job per run on the cluster")
+    parser.add_argument("--slurm-partition", help="the SLURM partition of --launcher slurm")
+    parser.add_argument("--timeout-min", type=int, default=720, help="a submitit job's time limit (minutes)")
     parser.add_argument("--render-only", action="store_true", help="write the table from existing runs")
-    parser.add_argument("--no-cost", action="store_true", help="skip results/tables/cost.md")
+    parser.add_argument("--publish", action="store_true",
+                        help="copy the table, its figures and the cost table from --results-dir to results/, "
+                             "and refresh the README's generated blocks if it has their markers")
+    parser.add_argument("--no-cost", action="store_true", help="skip the cost table")
     parser.add_argument("--recount-cost", action="store_true", help="recount the cost table even if its inputs are unchanged")
-    parser.add_argument("--no-figures", action="store_true", help="skip results/figures/")
-    parser.add_argument("--readme", action="store_true", help="put the toy and cost tables into README.md")
+    parser.add_argument("--no-figures", action="store_true", help="skip the figures")
     parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Returns 0 when every run of the table finished, else 1 (each unfinished run printed)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    if args.readme and args.table != "toy":
-        parser.error("--readme puts the toy table into README.md: use it with --table toy")
     try:
         spec = load_table(args.table)
         runs = plan_runs(spec, args.runs_dir, args.tasks.split(",") if args.tasks else None)
     except ValueError as err:
         parser.error(str(err))
+    if args.publish:
+        try:
+            for path in publish(str(spec.name), args.results_dir):
+                log.info("published %s", path)
+        except ValueError as err:
+            parser.error(str(err))
+        return 0
     missing = missing_experiments(runs)
     if missing and not args.render_only:
         parser.error(
@@ -473,29 +643,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     start = time.perf_counter()
     tables_dir = args.results_dir / "tables"
-    tables_dir.mkdir(parents=True, exist_ok=True)
     if not args.render_only:
-        counts = run_local(runs, not args.no_progress) if args.launcher == "local" else run_slurm(runs, "submitit_slurm")
+        if args.launcher == "local":
+            counts = run_local(runs, not args.no_progress)
+        else:
+            folder = args.runs_dir / spec.name / ".submitit"
+            counts = run_submitit(runs, args.launcher, folder, args.slurm_partition, args.timeout_min)
         log.info("grid: %s in %.0f s", counts, time.perf_counter() - start)
     table_runs = args.runs_dir / spec.name
     records = rec.load_records(table_runs) if table_runs.exists() else rec.load_records([])
+    unfinished = unfinished_runs(runs)
+    if len(unfinished) == len(runs):
+        report_unfinished(unfinished)
+        print(f"no run of table {spec.name} finished: no table written", file=sys.stderr)
+        return 1
+    tables_dir.mkdir(parents=True, exist_ok=True)
     for path in write_outputs(spec, records, tables_dir):
         log.info("wrote %s", path)
-    if not args.no_figures and "model" not in spec and len(records):
+    if not args.no_figures and "model" not in spec:
         for path in write_figures(spec, records, args.results_dir / "figures"):
             log.info("wrote %s", path)
     if not args.no_cost:
         log.info("cost table: %s", write_cost_table(tables_dir, force=args.recount_cost))
     log.info("total %.0f s", time.perf_counter() - start)
-    if not args.render_only and args.launcher == "local" and counts["skipped"] < len(runs):
-        write_timing(tables_dir / f"{spec.name}.timing.md", spec.name, counts, time.perf_counter() - start)
-    if args.readme:
-        timing_files = [tables_dir / f"{name}.timing.md" for name in (spec.name, "quick")]
-        timing = "\n\n".join(f.read_text().strip() for f in timing_files if f.is_file())
-        cost_timing_file = tables_dir / "cost.timing.md"
-        cost_timing = cost_timing_file.read_text().strip() if cost_timing_file.is_file() else ""
-        update_readme(README, tables_dir / f"{spec.name}.md", tables_dir / "cost.md", timing, cost_timing)
-        log.info("updated %s", README)
+    if not args.render_only and counts["skipped"] < len(runs):
+        write_timing(tables_dir / f"{spec.name}.timing.md", spec.name, counts, time.perf_counter() - start, args.launcher)
+    if unfinished:
+        report_unfinished(unfinished)
+        print(f"{len(unfinished)} of {len(runs)} runs of table {spec.name} did not finish (shown as such in "
+              f"{tables_dir / spec.name}.md)", file=sys.stderr)
+        return 1
     return 0
 
 

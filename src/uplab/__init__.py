@@ -1,3 +1,5 @@
 """uplab: learned feature upsampling for dense prediction (SAPA, FADE and their peers)."""
 
+from uplab import paths as _paths  # noqa: F401  registers ${uplab.project_root:} for the configs
+
 __version__ = "0.1.0"

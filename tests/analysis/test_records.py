@@ -38,6 +38,24 @@ def test_failed_and_interrupted_runs_are_rows_not_dropped(runs):
     assert table.loc[("depth", "fade", 0)]["status"] == "interrupted"
 
 
+def test_diverged_run_is_a_row_with_its_status_and_reason(runs):
+    path = runs / "segmentation/carafe/seed0/results.json"
+    record = json.loads(path.read_text())
+    record.update(status="diverged", divergence={"step": 12, "last_finite_loss": 2.31})
+    path.write_text(json.dumps(record))
+    row = rec.record_row(path.parent)
+    assert row["status"] == "diverged" and not rec.is_complete(path.parent)
+    assert row["error"] == "step 12, last finite loss 2.31"
+
+
+def test_record_that_says_finished_without_a_final_metric_is_not_evaluated(runs):
+    path = runs / "segmentation/carafe/seed0/results.json"
+    record = json.loads(path.read_text())
+    record["metrics"]["final"] = {}
+    path.write_text(json.dumps(record))
+    assert rec.record_row(path.parent)["status"] == "not_evaluated"
+
+
 def test_is_complete_only_for_finished_readable_records(runs, tmp_path):
     assert rec.is_complete(runs / "segmentation/bilinear/seed0")
     assert not rec.is_complete(runs / "depth/fade/seed0")  # interrupted
@@ -62,7 +80,7 @@ def test_write_failure_keeps_first_line_and_clear_failure_forgets_it(tmp_path):
         rec.write_failure(tmp_path, err, "tb")
     assert rec.record_row(tmp_path)["error"] == "ValueError: bad shape"
     rec.clear_failure(tmp_path)
-    assert rec.record_row(tmp_path)["status"] == "missing"
+    assert rec.record_row(tmp_path)["status"] == "unfinished"
 
 
 def test_training_curves_merge_validation_history_and_csv_training_loss(runs):

@@ -35,10 +35,11 @@ def test_mean_and_sample_std_over_finished_seeds(seg, summary):
     assert summary.loc["carafe", "bIoU"] == pytest.approx(bIoU.mean())  # unscaled
 
 
-def test_best_of_each_column_is_marked_once(summary):
+def test_best_of_each_column_is_marked_once_among_complete_rows(summary):
+    complete = summary[summary.status == "ok"]
     for metric in ("mIoU", "bIoU"):
         assert summary[f"{metric}_best"].sum() == 1
-        assert summary.loc[summary[f"{metric}_best"], metric].iloc[0] == summary[metric].max()
+        assert summary.loc[summary[f"{metric}_best"], metric].iloc[0] == complete[metric].max()
 
 
 def test_lower_is_better_metrics_mark_the_minimum():
@@ -56,7 +57,7 @@ def test_failed_partial_and_missing_rows_are_shown(summary):
     assert summary.loc["dysample", "status"] == "missing"
     text = tables.render(summary, ["mIoU", "bIoU"], "markdown")
     sapa = next(line for line in text.splitlines() if line.startswith("| sapa_g"))
-    assert "1/2 runs failed: RuntimeError: out of memory" in sapa
+    assert "1 failed of 2 runs, not ranked: RuntimeError: out of memory" in sapa
     assert "| dysample | missing | missing |" in text
 
 
@@ -64,7 +65,37 @@ def test_interrupted_run_counts_as_not_finished():
     records = load_records(FIXTURE)
     depth = records[records.task == "depth"]
     table = tables.summarize(depth, ["d1"], ["bilinear", "fade"], "bilinear")
-    assert table.loc["fade", "status"] == "failed" and math.isnan(table.loc["fade", "d1"])
+    assert table.loc["fade", "status"] == "interrupted" and math.isnan(table.loc["fade", "d1"])
+
+
+def _with_status(seg, row, status, error, miou):
+    seg = seg.copy()
+    mask = seg.row == row
+    seg.loc[mask, "status"], seg.loc[mask, "error"], seg.loc[mask, "final/mIoU"] = status, error, miou
+    return seg
+
+
+@pytest.mark.parametrize("status", ["diverged", "not_evaluated"])
+def test_unfinished_rows_are_shown_by_status_never_ranked(seg, status):
+    # its metrics would top the column: a diverged run's NaN logits argmax to one class
+    shown = _with_status(seg, "carafe", status, "step 2, last finite loss 3.1", 0.99)
+    table = tables.summarize(shown, ["mIoU"], ROWS, "bilinear", scale={"mIoU": 100})
+    assert table.loc["carafe", "status"] == status and math.isnan(table.loc["carafe", "mIoU"])
+    assert not table.loc["carafe", "mIoU_best"] and table["mIoU_best"].sum() == 1
+    line = next(r for r in tables.render(table, ["mIoU"]).splitlines() if r.startswith("| carafe"))
+    assert f"| carafe | {status} |" in line and "**" not in line
+    assert f"2 {status} of 2 runs: step 2, last finite loss 3.1" in line
+
+
+def test_partial_row_keeps_its_mean_but_is_not_ranked(seg):
+    shown = seg.copy()
+    carafe = shown.index[shown.row == "carafe"]
+    shown.loc[carafe[0], ["status", "error"]] = ["diverged", "step 5"]
+    shown.loc[carafe[1], "final/mIoU"] = 0.99
+    table = tables.summarize(shown, ["mIoU"], ROWS, "bilinear")
+    assert table.loc["carafe", "status"] == "partial" and table.loc["carafe", "mIoU"] == 0.99
+    assert not table.loc["carafe", "mIoU_best"]
+    assert "1 diverged of 2 runs, not ranked: step 5" in tables.render(table, ["mIoU"])
 
 
 def test_cost_increments_over_the_baseline(seg, summary):
@@ -79,7 +110,7 @@ def test_cost_increments_over_the_baseline(seg, summary):
 
 def test_markdown_bolds_best_and_latex_csv_render(summary):
     md = tables.render(summary, ["mIoU", "bIoU"], "markdown")
-    best = summary["mIoU"].idxmax()
+    best = summary["mIoU"].where(summary.status == "ok").idxmax()
     assert f"**{summary.loc[best, 'mIoU']:.2f}**" in md
     tex = tables.render(summary, ["mIoU", "bIoU"], "latex")
     assert "\\textbf{" in tex and "$\\pm$" in tex
@@ -115,7 +146,7 @@ def test_paper_comparison_puts_published_beside_final_and_best(summary, tmp_path
     assert frame.loc["bilinear", "mIoU paper"] == 42.0 and frame.loc["bilinear", "source"] == "s2"
     assert frame.loc["bilinear", "mIoU Δ"] == pytest.approx(summary.loc["bilinear", "mIoU"] - 42.0)
     assert math.isnan(frame.loc["fade", "mIoU paper"])  # relative cost cells are not accuracy
-    assert "1/2 runs failed" in frame.loc["sapa_g", "note"]
+    assert "1 failed of 2 runs" in frame.loc["sapa_g", "note"]
     md = tables.render_comparison(frame.reset_index())
     assert f"{frame.loc['bilinear', 'mIoU Δ']:+.4g}" in md
     with pytest.raises(ValueError, match="sources"):

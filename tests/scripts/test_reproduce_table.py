@@ -119,19 +119,152 @@ def test_complete_run_of_other_overrides_is_redone(tmp_path, monkeypatch):
     assert trained == replanned
 
 
-def test_failed_run_is_recorded_and_shown_in_the_table(tmp_path, monkeypatch):
+def test_failed_run_prints_its_root_cause_shows_in_the_table_and_exits_non_zero(tmp_path, monkeypatch, capsys):
     import uplab.train
 
     def broken(cfg):
-        raise RuntimeError(f"upsampler {cfg.upsampler.name} exploded\nmore detail")
+        if cfg.upsampler.name == "carafe":
+            try:
+                raise FileNotFoundError(f"data/toy/{cfg.upsampler.name}.npz\nmore detail")
+            except FileNotFoundError as err:  # as Hydra's instantiate wraps what a target raised
+                raise RuntimeError("Error in call to target 'uplab.data.ToySegmentation'") from err
+        return real(cfg)
+
+    real = lambda cfg: rt.rec.write_run_key(cfg.paths.output_dir, {}) and None  # noqa: E731
+    monkeypatch.setattr(uplab.train, "train", broken)
+    runs = rt.plan_runs(rt.load_table(write_table(tmp_path)), tmp_path / "runs")
+    _copy_fixture_run("bilinear", runs[0])
+    code = rt.main(["--table", write_table(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress", "--no-figures"])
+    assert code == 1
+    failure = json.loads((runs[1].run_dir / rec.FAILURE_FILE).read_text())
+    assert failure["error"] == "FileNotFoundError: data/toy/carafe.npz"
+    assert failure["raised"].startswith("RuntimeError: Error in call to target")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("failed: ")]
+    assert lines == [f"failed: segmentation · carafe · seed 0: FileNotFoundError: data/toy/carafe.npz ({runs[1].run_dir})"]
+    md = (tmp_path / "out/tables/tiny.md").read_text()
+    assert "| carafe | failed | failed |" in md and "1 failed of 1 runs: FileNotFoundError: data/toy/carafe.npz" in md
+
+
+def test_grid_where_no_run_finished_writes_no_table_and_exits_non_zero(tmp_path, monkeypatch, capsys):
+    import uplab.train
+
+    def broken(cfg):
+        raise RuntimeError(f"no data for {cfg.upsampler.name}")
 
     monkeypatch.setattr(uplab.train, "train", broken)
-    table = write_table(tmp_path)
-    rt.main(["--table", table, "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress", "--no-figures"])
-    failure = json.loads((tmp_path / "runs/tiny/segmentation/carafe/seed0" / rec.FAILURE_FILE).read_text())
-    assert failure["error"] == "RuntimeError: upsampler carafe exploded"
-    md = (tmp_path / "out/tables/tiny.md").read_text()
-    assert "| carafe | failed | failed |" in md and "1/1 runs failed: RuntimeError: upsampler carafe exploded" in md
+    code = rt.main(["--table", write_table(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress"])
+    assert code == 1
+    assert not (tmp_path / "out").exists()
+    err = capsys.readouterr().err
+    assert "failed: segmentation · bilinear · seed 0: RuntimeError: no data for bilinear" in err
+    assert "no table written" in err
+
+
+def test_diverged_run_is_reported_as_diverged_and_fails_the_command(tmp_path, monkeypatch, capsys):
+    import uplab.train
+
+    def diverging(cfg):
+        run_dir = Path(cfg.paths.output_dir)
+        record = json.loads((FIXTURE / "segmentation" / "bilinear" / "seed0" / "results.json").read_text())
+        if cfg.upsampler.name == "carafe":
+            record.update(status="diverged", divergence={"step": 2, "last_finite_loss": 1.7})
+        (run_dir / "results.json").write_text(json.dumps(record))
+
+    monkeypatch.setattr(uplab.train, "train", diverging)
+    code = rt.main(["--table", write_table(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress", "--no-figures"])
+    assert code == 1
+    assert "diverged: segmentation · carafe · seed 0: step 2, last finite loss 1.7" in capsys.readouterr().err
+    assert "| carafe | diverged | diverged |" in (tmp_path / "out/tables/tiny.md").read_text()
+
+
+def test_default_outputs_are_git_ignored_and_publish_is_the_only_way_into_results():
+    import subprocess
+
+    assert rt.build_parser().get_default("results_dir") == rt.OUTPUT_RESULTS
+    for path in (rt.OUTPUT_RESULTS / "tables" / "toy.md", rt.OUTPUT_RESULTS / "figures" / "toy_qualitative.png"):
+        assert subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=ROOT).returncode == 0, path
+    assert rt.PUBLISHED_RESULTS == ROOT / "results"
+
+
+def _outputs(tmp_path):
+    out = tmp_path / "outputs"
+    (out / "tables").mkdir(parents=True)
+    (out / "figures").mkdir()
+    for name in ("tiny.md", "tiny.csv", "tiny.tex", "tiny.timing.md"):
+        (out / "tables" / name).write_text(f"new {name}\n")
+    (out / "figures" / "tiny_segmentation_accuracy_cost.png").write_bytes(b"png")
+    (out / "figures" / "other_qualitative.png").write_bytes(b"png")
+    return out
+
+
+def test_publish_copies_the_table_and_refreshes_readme_blocks_only_where_marked(tmp_path):
+    out, published = _outputs(tmp_path), tmp_path / "results"
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- tiny-table:begin -->\nold\n<!-- tiny-table:end -->\nrest\n")
+    written = rt.publish("tiny", out, published, readme)
+    assert (published / "tables/tiny.md").read_text() == "new tiny.md\n"
+    assert (published / "figures/tiny_segmentation_accuracy_cost.png").is_file()
+    assert not (published / "figures/other_qualitative.png").exists()  # another table's figure
+    assert not (published / "tables/cost.md").exists()  # no current cost table in outputs
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- tiny-table:begin -->\nnew tiny.md\n\nnew tiny.timing.md\n")
+    assert text.endswith("<!-- tiny-table:end -->\nrest\n") and "old" not in text and readme in written
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("a README whose tables moved to results/tables\n")
+    assert plain not in rt.publish("tiny", out, published, plain)
+    assert plain.read_text() == "a README whose tables moved to results/tables\n"
+
+
+def test_publish_without_outputs_says_what_to_run(tmp_path):
+    with pytest.raises(ValueError, match="run `make reproduce-table TABLE=tiny` first"):
+        rt.publish("tiny", tmp_path / "outputs", tmp_path / "results", None)
+
+
+def _git_repo(tmp_path):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    for name in ("src/uplab/upsamplers/fade.py", "src/uplab/train.py", "conf/upsampler/fade.yaml", "src/uplab/ops/cuda.py"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(f"# {name}\nx = 1\n")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "."], cwd=repo, check=True)
+    return repo
+
+
+def test_cost_digest_depends_only_on_tracked_cost_inputs(tmp_path):
+    repo = _git_repo(tmp_path)
+    digest = rt.cost_inputs_digest(repo)
+    (repo / "src/uplab/upsamplers/scratch.py").write_text("untracked = True\n")
+    (repo / "src/uplab/train.py").write_text("# training loop changed\n")
+    (repo / "src/uplab/ops/cuda.py").write_text("# the CUDA path changed\n")
+    fade = repo / "src/uplab/upsamplers/fade.py"
+    fade.write_bytes(fade.read_bytes().replace(b"\n", b"\r\n"))  # a core.autocrlf checkout
+    assert rt.cost_inputs_digest(repo) == digest
+    moved = Path(__import__("shutil").copytree(repo, tmp_path / "elsewhere"))
+    assert rt.cost_inputs_digest(moved) == digest
+    (repo / "conf/upsampler/fade.yaml").write_text("kernel_size: 5\n")
+    assert rt.cost_inputs_digest(repo) != digest
+
+
+def test_committed_cost_table_matches_the_committed_sources():
+    stamp = (ROOT / "results/tables/cost.inputs").read_text().strip()
+    assert rt.cost_inputs_digest() == stamp, (
+        "the cost table's inputs changed since results/tables/cost.md was counted: run "
+        "`make reproduce-table TABLE=quick && make publish-tables TABLE=quick` (or `make cost`) and commit results/tables/cost.*"
+    )
+
+
+def test_current_committed_cost_table_is_used_not_recounted(tmp_path, monkeypatch):
+    import uplab.analysis.cost
+
+    published = tmp_path / "results/tables"
+    published.mkdir(parents=True)
+    (published / "cost.md").write_text("| cost |\n")
+    (published / "cost.inputs").write_text(rt.cost_inputs_digest() + "\n")
+    monkeypatch.setattr(uplab.analysis.cost, "cost_table", lambda **kw: pytest.fail("recounted an unchanged cost table"))
+    assert rt.write_cost_table(tmp_path / "out", published) == published / "cost.md"
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
@@ -154,22 +287,41 @@ def test_tiny_grid_end_to_end_then_resume_trains_nothing(tmp_path, monkeypatch):
     assert rt.main(args) == 0
 
 
-def test_readme_markers_replaced_or_appended():
-    text = "intro\n<!-- toy-table:begin -->\nold\n<!-- toy-table:end -->\nrest\n"
-    replaced = rt.replace_between(text, "toy-table", "new")
-    assert replaced == "intro\n<!-- toy-table:begin -->\nnew\n<!-- toy-table:end -->\nrest\n"
-    appended = rt.replace_between("intro\n", "cost-table", "costs")
-    assert appended.endswith("<!-- cost-table:begin -->\ncosts\n<!-- cost-table:end -->\n")
+@pytest.mark.slow
+def test_grid_runs_as_submitit_jobs_and_a_preempted_job_is_requeued_with_resume(tmp_path, monkeypatch):
+    """The cluster path on submitit's local executor: the same pickling, job folders, signal
+    (submitit's preemption signal, as SLURM sends before a timeout) and requeue as SLURM."""
+    import pickle
+    import threading
+    import time
 
+    import psutil
+    import submitit
 
-def test_slurm_commands_cover_incomplete_seeds_in_deterministic_directories(tmp_path):
-    table = dict(TINY, seeds=[0, 1])
-    runs = rt.plan_runs(rt.load_table(write_table(tmp_path, table)), tmp_path / "runs")
-    _copy_fixture_run("bilinear", runs[0])
-    commands = rt.slurm_commands(runs, "submitit_slurm")
-    assert len(commands) == 2
-    bilinear = next(c for c in commands if "upsampler=bilinear" in c)
-    carafe = next(c for c in commands if "upsampler=carafe" in c)
-    assert "seed=1" in bilinear and "seed=0,1" in carafe
-    assert f"hydra.sweep.dir={tmp_path / 'runs/tiny/segmentation/carafe'}" in carafe
-    assert "hydra/launcher=submitit_slurm" in carafe and "hydra.sweep.subdir=seed${seed}" in carafe
+    jobs = []
+    submit = submitit.AutoExecutor.submit
+    monkeypatch.setattr(submitit.AutoExecutor, "submit", lambda self, *a, **k: jobs.append(submit(self, *a, **k)) or jobs[-1])
+    one_run = dict(TINY, tasks={"segmentation": dict(TINY["tasks"]["segmentation"], rows=["bilinear"])})
+    table = write_table(tmp_path, one_run)
+    run_dir = tmp_path / "runs/tiny/segmentation/bilinear/seed0"
+
+    def preempt_once_training_started():
+        deadline = time.monotonic() + 300
+        while not (jobs and (run_dir / rec.RUN_FILE).is_file()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # the job's task process (a child of submitit's local controller) gets the signal, as
+        # SLURM signals the job's tasks; LocalJob._interrupt would signal the controller itself
+        (task,) = psutil.Process(jobs[0]._process.pid).children()
+        task.send_signal(submitit.JobEnvironment._usr_sig())
+
+    preempt = threading.Thread(target=preempt_once_training_started, daemon=True)
+    preempt.start()
+    args = ["--table", table, "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"),
+            "--launcher", "submitit-local", "--no-cost", "--no-progress", "--no-figures"]
+    assert rt.main(args) == 0
+    preempt.join()
+    assert len(jobs) == 1 and rec.is_complete(run_dir)
+    requeued = pickle.loads(jobs[0].paths.submitted_pickle.read_bytes())
+    assert isinstance(requeued.function, rt.TableJob) and requeued.function.resume
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").resume is True  # what the requeued job ran
+    assert (tmp_path / "out/tables/tiny.md").is_file()

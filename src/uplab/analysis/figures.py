@@ -136,3 +136,33 @@ def qualitative_grid(records: pd.DataFrame, rows: Mapping[str, Sequence[str]]) -
     fig.tight_layout(pad=0.3)
     return fig
 
+
+
+def setting_effect(table: pd.DataFrame, setting: str, metric: str, title: str = "") -> Figure:
+    """Mean ± std of ``metric`` for each value of one swept ``setting``, one dot per line of a
+    :func:`uplab.analysis.runs.compare` table (the other settings of a line annotate its dot)."""
+    if setting not in table or metric not in table:
+        raise ValueError(f"expected columns {setting!r} and {metric!r}; the table has {list(table.columns)}")
+    others = [c for c in table.columns if c not in (setting, metric, f"{metric}_std", "seeds", "task") and "." in c]
+    values = list(dict.fromkeys(sorted(table[setting].astype(str), key=_numeric_first)))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
+    x = [values.index(str(v)) for v in table[setting]]
+    ax.errorbar(x, table[metric], yerr=table[f"{metric}_std"].fillna(0), fmt="o", capsize=3)
+    for xi, (_, line) in zip(x, table.iterrows(), strict=True):
+        label = ", ".join(f"{c.rsplit('.', 1)[-1]}={line[c]}" for c in others)
+        ax.annotate(label, (xi, line[metric]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xticks(range(len(values)), values)
+    ax.set_xlabel(setting)
+    ax.set_ylabel(_direction(metric))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _numeric_first(value: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)

@@ -20,10 +20,29 @@ import pandas as pd
 from uplab.analysis.run_record import RESULTS_FILE, read_run_record, write_json_atomic
 
 RUN_FILE = "run.json"
+HYDRA_CONFIG = "config.yaml"  # in a Hydra run directory's .hydra/
 FAILURE_FILE = "failed.json"
 METRIC_PREFIX = "val/"
+# where a record that is not "finished" says why (the lifecycle's divergence and evaluation notes)
+STATUS_REASON_KEYS = ("error", "reason", "divergence", "diverged", "not_evaluated", "note", "notes")
 # the task module's class name -> the task (``uplab.tasks.SegmentationTask`` -> segmentation)
 TASK_SUFFIX = "Task"
+
+
+def status_reason(record: Mapping[str, Any]) -> str | None:
+    """One line on why a run that is not ``finished`` has no result (``diverged`` with its step
+    and last finite loss, ``not_evaluated`` with what was missing), from the fields the run's
+    record carries next to its status; None where it names none."""
+    for source in (record, record.get("metrics") or {}):
+        for key in STATUS_REASON_KEYS:
+            value = source.get(key)
+            if isinstance(value, Mapping):
+                value = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in value.items() if v is not None)
+            elif isinstance(value, list | tuple):
+                value = "; ".join(str(v) for v in value)
+            if value:
+                return " ".join(str(value).split())
+    return None
 
 
 def is_complete(run_dir: str | Path) -> bool:
@@ -45,13 +64,33 @@ def write_run_key(run_dir: str | Path, key: Mapping[str, Any]) -> Path:
     return write_json_atomic(Path(run_dir) / RUN_FILE, dict(key))
 
 
-def write_failure(run_dir: str | Path, error: BaseException, traceback_text: str) -> Path:
-    """Write ``failed.json`` for a run whose training raised ``error``."""
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of ``error``'s chain (``raise ... from``, or one raised while
+    handling another): Hydra's instantiation error wraps the one that names the missing file."""
+    seen = {id(error)}
+    while True:
+        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if inner is None or id(inner) in seen:
+            return error
+        seen.add(id(inner))
+        error = inner
+
+
+def error_line(error: BaseException) -> str:
+    """``Type: first line of the message`` of an exception."""
     first_line = (str(error).strip().splitlines() or [""])[0]
-    return write_json_atomic(
-        Path(run_dir) / FAILURE_FILE,
-        {"error": f"{type(error).__name__}: {first_line}".rstrip(": "), "traceback": traceback_text},
-    )
+    return f"{type(error).__name__}: {first_line}".rstrip(": ")
+
+
+def write_failure(run_dir: str | Path, error: BaseException, traceback_text: str) -> Path:
+    """Write ``failed.json`` for a run whose training raised ``error``: ``error`` is the root
+    cause in one line (:func:`root_cause`), ``raised`` the exception that reached the runner
+    where it differs, ``traceback`` the whole."""
+    cause = root_cause(error)
+    note = {"error": error_line(cause), "traceback": traceback_text}
+    if cause is not error:
+        note["raised"] = error_line(error)
+    return write_json_atomic(Path(run_dir) / FAILURE_FILE, note)
 
 
 def clear_failure(run_dir: str | Path) -> None:
@@ -73,6 +112,15 @@ def _strip(metrics: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
+def _status(run_dir: Path, record: Mapping[str, Any]) -> str:
+    """``finished`` only for a complete run; a record that says finished without a final metric
+    was never evaluated."""
+    if is_complete(run_dir):
+        return "finished"
+    status = record.get("status") or "interrupted"
+    return "not_evaluated" if status == "finished" else str(status)
+
+
 def _cost_columns(cost: Mapping[str, Any]) -> dict[str, float]:
     columns = {}
     for kind in ("params", "flops"):
@@ -87,7 +135,10 @@ def record_row(run_dir: str | Path) -> dict[str, Any]:
     """One run directory as a flat row.
 
     Columns: ``run_dir, table, task, row, upsampler, seed, status, error`` (status is
-    ``finished``, ``interrupted``, ``failed`` or ``missing``), ``final/<metric>`` and
+    ``finished``, or what the record says instead (``diverged``, ``not_evaluated``,
+    ``interrupted``), ``failed`` (training raised, see ``failed.json``) or ``unfinished`` (no
+    ``results.json`` yet); ``error`` is the one-line reason of a run that did not finish),
+    ``final/<metric>`` and
     ``best/<metric>`` (without the ``val/`` prefix), ``best_step``, ``monitor``,
     ``params_total, params_upsamplers, flops_total, flops_upsamplers``, ``wall_time_s``.
     """
@@ -101,7 +152,7 @@ def record_row(run_dir: str | Path) -> dict[str, Any]:
         "row": key.get("row"),
         "upsampler": None,
         "seed": key.get("seed"),
-        "status": "missing",
+        "status": "unfinished",
         "error": None,
     }
     if (run_dir / RESULTS_FILE).is_file():
@@ -119,7 +170,8 @@ def record_row(run_dir: str | Path) -> dict[str, Any]:
                 upsampler=upsampler,
                 row=row["row"] or upsampler,
                 seed=config.get("seed") if row["seed"] is None else row["seed"],
-                status="finished" if is_complete(run_dir) else record.get("status", "interrupted"),
+                status=_status(run_dir, record),
+                error=None if is_complete(run_dir) else status_reason(record),
                 monitor=str(metrics.get("monitor", "")).removeprefix(METRIC_PREFIX) or None,
                 best_step=metrics.get("best_step"),
                 wall_time_s=record.get("wall_time_s"),
@@ -135,12 +187,14 @@ def record_row(run_dir: str | Path) -> dict[str, Any]:
 
 def find_run_dirs(root: str | Path) -> list[Path]:
     """Every directory under ``root`` (itself included) that holds a ``results.json``, a
-    ``run.json`` or a ``failed.json``, sorted."""
+    ``run.json``, a ``failed.json`` or Hydra's ``.hydra/config.yaml`` (a run that started), sorted."""
     root = Path(root)
     if not root.exists():
-        raise ValueError(f"no run directory at {root}: expected a Hydra (multi)run directory")
+        raise ValueError(f"no run directory at {root}: expected a run, multirun or table folder (e.g. outputs/)")
     names = (RESULTS_FILE, RUN_FILE, FAILURE_FILE)
-    return sorted({p.parent for name in names for p in root.rglob(name)})
+    found = {p.parent for name in names for p in root.rglob(name)}
+    found |= {p.parent.parent for p in root.rglob(HYDRA_CONFIG) if p.parent.name == ".hydra"}
+    return sorted(found)
 
 
 def load_records(roots: str | Path | Iterable[str | Path]) -> pd.DataFrame:

@@ -58,8 +58,12 @@ def summarize(
     Returns:
         One line per row, indexed by row name, with ``<metric>``/``<metric>_std`` (mean and
         sample std over the finished seeds), ``<metric>_best`` (whether it is the best mean of
-        its column), ``runs`` (finished), ``expected`` (all runs of the row), ``status``
-        (``ok``, ``partial``, ``failed``, ``missing``), ``error`` (first error of the row),
+        its column among the rows whose every run finished), ``runs`` (finished), ``expected``
+        (all runs of the row), ``status`` (``ok``; ``partial`` when some runs finished; the
+        runs' own status when none did and they agree: ``diverged``, ``not_evaluated``,
+        ``interrupted``, ``failed``; else ``failed``; ``missing`` without runs),
+        ``unfinished`` (the count of each status other than finished, e.g. ``2 diverged``),
+        ``error`` (the first reason a run of the row gives for not finishing),
         ``params``, ``flops`` and their increments ``d_params``, ``d_flops`` over the baseline.
     """
     if which not in ("final", "best"):
@@ -77,13 +81,17 @@ def summarize(
             values = done[column] if column in done else pd.Series(dtype=float)
             mean, std = _mean_std(values.astype(float) * scale.get(metric, 1.0))
             line[metric], line[f"{metric}_std"] = mean, std
-        errors = runs["error"].dropna() if len(runs) and "error" in runs else pd.Series(dtype=object)
+        unfinished = runs[runs["status"] != "finished"] if len(runs) else runs
+        errors = unfinished["error"].dropna() if "error" in unfinished else pd.Series(dtype=object)
         line["error"] = str(errors.iloc[0]) if len(errors) else None
+        counts = unfinished["status"].value_counts() if len(unfinished) else pd.Series(dtype=int)
+        line["unfinished"] = ", ".join(f"{n} {status}" for status, n in counts.items())
         line["status"] = (
             "missing" if len(runs) == 0
             else "ok" if len(done) == len(runs)
-            else "failed" if len(done) == 0
-            else "partial"
+            else "partial" if len(done)
+            else str(counts.index[0]) if len(counts) == 1
+            else "failed"
         )
         for kind in ("params", "flops"):
             column = f"{kind}_total"
@@ -93,8 +101,11 @@ def summarize(
     table.attrs["baseline"] = baseline
     for kind in ("params", "flops"):
         table[f"d_{kind}"] = table[kind] - table.loc[baseline, kind]
+    # only rows whose every run finished are ranked: a mean over the seeds that survived a
+    # divergence or a failure is not comparable to the others
+    ranked = table["status"] == "ok"
     for metric in metrics:
-        column = table[metric]
+        column = table[metric].where(ranked)
         target = column.max() if higher_is_better(metric) else column.min()
         table[f"{metric}_best"] = column.notna() & np.isclose(column, target, rtol=0, atol=1e-12)
     return table
@@ -114,7 +125,7 @@ def human(value: float, signed: bool = False) -> str:
 
 def _cell(table: pd.DataFrame, name: str, metric: str, digits: int, bold: tuple[str, str]) -> str:
     line = table.loc[name]
-    if line["status"] in ("failed", "missing"):
+    if line["status"] not in ("ok", "partial"):
         return line["status"]
     mean, std = line[metric], line[f"{metric}_std"]
     if math.isnan(mean):
@@ -132,7 +143,8 @@ def _note(line: pd.Series) -> str:
         return ""
     if line["status"] == "missing":
         return "no run"
-    prefix = f"{line['expected'] - line['runs']}/{line['expected']} runs failed"
+    counts = line.get("unfinished") or f"{line['expected'] - line['runs']} failed"
+    prefix = f"{counts} of {line['expected']} runs" + (", not ranked" if line["status"] == "partial" else "")
     return f"{prefix}: {line['error']}" if line["error"] else prefix
 
 
