@@ -216,7 +216,7 @@ class MixTransformer(nn.Module):
             )
         self.variant = variant
         self.in_chans = in_chans
-        dpr = torch.linspace(0, drop_path_rate, sum(v.depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(v.depths), device="cpu").tolist()  # a number list, on any default device
         stages, prev, start = [], in_chans, 0
         for i in range(4):
             patch, stride = (7, 4) if i == 0 else (3, 2)
