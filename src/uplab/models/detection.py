@@ -17,12 +17,12 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import MultiScaleRoIAlign, roi_align
-from torchvision.ops.poolers import _setup_scales  # the parent's own scale set-up
 from torchvision.ops.feature_pyramid_network import (
     ExtraFPNBlock,
     FeaturePyramidNetwork,
     LastLevelMaxPool,
 )
+from torchvision.ops.poolers import _setup_scales  # the parent's own scale set-up
 
 from uplab.models.backbones import TimmBackbone
 from uplab.models.decoders.pyramid import check_pyramid

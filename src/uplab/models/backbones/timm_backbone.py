@@ -45,10 +45,13 @@ class TimmBackbone(nn.Module):
         try:
             self.model = timm.create_model(name, **kwargs)
         except OSError as err:
+            # one line: which weights, where they were looked for, how to get them
             raise RuntimeError(
-                f"could not load pretrained weights for timm model {name!r}: {err}. "
-                "Put them in the Hugging Face cache (HF_HOME) on a machine with network access, "
-                "or train from scratch with backbone.pretrained=false"
+                f"TimmBackbone({name!r}, pretrained=True) needs timm's weights {name!r} (Hugging "
+                f"Face hub timm/{name}), which are not in the local cache ({type(err).__name__}); "
+                f"fetch them once with network access: python -c \"import timm; "
+                f"timm.create_model('{name}', pretrained=True)\" (same HF_HOME). "
+                "backbone.pretrained=false trains the encoder from scratch, which no paper row does"
             ) from err
         self.in_chans = in_chans
         self.include_input = include_input
