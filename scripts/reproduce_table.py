@@ -335,7 +335,10 @@ def write_outputs(spec: DictConfig, records, out_dir: Path) -> list[Path]:
     return written
 
 
-COST_INPUTS = ("src/uplab", "conf/upsampler", "conf/backbone", "conf/decoder", "reference/paper_results.yaml")
+COST_INPUTS = (
+    "src/uplab", "conf/train.yaml", "conf/task", "conf/experiment/paper", "conf/upsampler",
+    "conf/backbone", "conf/decoder", "reference/paper_results.yaml",
+)  # the rows' models are built from their composed configs
 
 
 def cost_inputs_digest() -> str:
