@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["A2UMatting", "A2UMattingDecoder", "A2UMattingEncoder", "ActivatedBatchNorm"]
+__all__ = ["A2UMattingDecoder", "A2UMattingEncoder", "ActivatedBatchNorm", "init_like_release"]
 
 _SLOPE = 0.01  # inplace_abn's default leaky ReLU slope
 
@@ -36,6 +36,28 @@ class ActivatedBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = super().forward(x)
         return F.leaky_relu(x, _SLOPE) if self.activation else x
+
+
+def init_like_release(module: nn.Module) -> None:
+    """The A2U release's weight initialisation (``_initialize_weights`` of dongdong93/a2u_matting
+    ``scripts/resnet.py``, kept in poppinace/fade ``a2u_matting/resnet.py``; ``MODEL.weight_init``
+    is ``xavier_normal`` and the activation leaky ReLU 0.01 in ``scripts/config/default.py``): every
+    convolution xavier-normal with the leaky-ReLU gain and bias 0, BatchNorm weight 1 and bias 0,
+    linear layers xavier-uniform with gain 0.1 and bias 0. The release runs it over the whole
+    network, the upsamplers of the decoder included, before the ImageNet weights load."""
+    gain = nn.init.calculate_gain("leaky_relu", _SLOPE)
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_normal_(m.weight, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight, 0.1)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def _conv_bn(inp: int, oup: int, k: int, stride: int = 1, act: bool = True) -> nn.Sequential:
@@ -117,6 +139,7 @@ class A2UMattingEncoder(nn.Module):
         self.layer3 = nn.Sequential(*(ResidualBlock(256, 256) for _ in range(structure[2] - 1)))
         self.channels = [in_chans, 64, 64, 64, 128, 128, 256, 256]
         self.reductions = [1, 1, 2, 4, 4, 8, 8, 16]
+        init_like_release(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != self.in_chans or x.shape[-2] % 16 or x.shape[-1] % 16:
@@ -154,8 +177,11 @@ class A2UMattingDecoder(nn.Module):
         upsampler: factory ``upsampler(in_channels=, scale=2, guide_channels=)``.
 
     ``out_channels`` is 1: the predictor (conv-BN-act to 1 channel, then a 3x3 convolution) is part
-    of the decoder, as in the release.
+    of the decoder, as in the release (``is_predictor``: no extra head). Weights start as the
+    release's (:func:`init_like_release`), the upsamplers' included.
     """
+
+    is_predictor = True
 
     def __init__(self, in_channels: Sequence[int], upsampler: Callable[..., nn.Module]):
         super().__init__()
@@ -181,6 +207,7 @@ class A2UMattingDecoder(nn.Module):
         )
         self.pred = nn.Sequential(*_conv_bn(32, 1, 3), nn.Conv2d(1, 1, 3, padding=1, bias=False))
         self.out_channels = 1
+        init_like_release(self)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         x, e0, e1, s1, e2, s2, e3, top = features
@@ -189,27 +216,3 @@ class A2UMattingDecoder(nn.Module):
         for stage, skip, guide in zip(self.stages, skips, (e3, e2, e1, e0), strict=True):
             y = stage(y, skip, guide)
         return self.pred(y)
-
-
-class A2UMatting(nn.Module):
-    """The whole matting network: ``alpha_logits = decoder(encoder(cat(image, trimap)))``.
-
-    Args:
-        upsampler: the upsampler factory used at all four decoder stages.
-        in_chans: 4 (RGB and trimap).
-
-    Example:
-        >>> from functools import partial
-        >>> from uplab.upsamplers import build
-        >>> net = A2UMatting(partial(build, "bilinear")).eval()
-        >>> net(torch.zeros(1, 4, 32, 32)).shape
-        torch.Size([1, 1, 32, 32])
-    """
-
-    def __init__(self, upsampler: Callable[..., nn.Module], in_chans: int = 4):
-        super().__init__()
-        self.encoder = A2UMattingEncoder(in_chans)
-        self.decoder = A2UMattingDecoder(self.encoder.channels, upsampler)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
