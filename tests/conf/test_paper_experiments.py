@@ -37,7 +37,7 @@ PAIRS = {
     # batch 2: the ASPP pooling branch batch-normalises a 1x1 map
     ("a2u_matting_r34", "comp1k"): (
         "matting",
-        ["data.train_pipeline.crop_size=64", "data.batch_size=2"],
+        ["paper.backbone.checkpoint=null", "data.train_pipeline.crop_size=64", "data.batch_size=2"],
     ),
     ("bts_r50", "nyuv2"): (
         "depth",
@@ -98,6 +98,7 @@ def test_rows_carry_the_published_recipes():
     matting = compose_row("sapa_g_a2u_matting_r34_comp1k", [])
     assert matting.upsampler.embedding_dim == 32 and matting.data.train_pipeline.crop_size == 512
     assert (matting.task.composition_weight, matting.task.per_image_loss) == (0.5, True)
+    assert matting.backbone.checkpoint.endswith("a2u_resnet34.pth.tar")  # never from scratch
     det = compose_row("carafe_faster_rcnn_r50_fpn_coco", [])
     assert (det.task.optimizer.lr, det.trainer.max_epochs, det.task.detector.min_size) == (
         0.02,

@@ -113,6 +113,7 @@ PAPER_MODELS: dict[str, CostSetting] = {
     "a2u_matting_r34": CostSetting(
         "comp1k", (4, 512, 512), "bilinear",
         ("bilinear", "nearest", "carafe", "indexnet", "a2u", "sapa_i", "sapa_b", "sapa_g", "fade", "fade_lite"),
+        no_weights=("paper.backbone.checkpoint=null",),
     ),
     "bts_r50": CostSetting(
         "nyuv2", None, "nearest",
