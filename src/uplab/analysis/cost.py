@@ -195,10 +195,13 @@ def build_model(cfg: DictConfig, data: Mapping[str, Any], empty: bool = False) -
         return build_task(cfg, SimpleNamespace(**data)).model
 
 
-def row_model(model_name: str, upsampler: str, empty: bool = False) -> nn.Module:
-    """The model of one row, built from the row's config (initial weights not loaded)."""
+def row_model(
+    model_name: str, upsampler: str, empty: bool = False, overrides: Sequence[str] = ()
+) -> nn.Module:
+    """The model of one row, built from the row's config plus ``overrides`` (initial weights not
+    loaded)."""
     spec = PAPER_MODELS[model_name]
-    cfg = compose_row(model_name, upsampler, spec.no_weights)
+    cfg = compose_row(model_name, upsampler, [*spec.no_weights, *overrides])
     return build_model(cfg, spec.data, empty=empty)
 
 
