@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from uplab.analysis.cost import row_model
 from uplab.analysis.run_record import write_text_atomic
 
+
 def segformer_b1(name: str, recompute: bool) -> torch.nn.Module:
     """The SegFormer-B1 row's model with upsampler ``name``, as ``uplab-train`` builds it."""
     return row_model("segformer_b1", name, overrides=[f"upsampler.recompute={str(recompute).lower()}"])
