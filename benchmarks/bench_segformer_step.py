@@ -27,8 +27,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from uplab.analysis.cost import _segformer_b1, upsampler_factory
+from uplab.analysis.cost import row_model
 from uplab.analysis.run_record import write_text_atomic
+
+
+def segformer_b1(name: str, recompute: bool) -> torch.nn.Module:
+    """The SegFormer-B1 row's model with upsampler ``name``, as ``uplab-train`` builds it."""
+    return row_model("segformer_b1", name, overrides=[f"upsampler.recompute={str(recompute).lower()}"])
+
 
 UPSAMPLERS = ("bilinear", "carafe", "indexnet", "a2u", "sapa_b", "sapa_g", "fade", "fade_lite", "dysample")
 
@@ -38,7 +44,7 @@ def step_stats(
 ) -> dict:
     """Median step time (ms) and peak memory (GB, CUDA only) of SegFormer-B1 with ``name``."""
     torch.manual_seed(0)
-    model = _segformer_b1(upsampler_factory(name, recompute=recompute)).to(device).train()
+    model = segformer_b1(name, recompute).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=6e-5)
     image = torch.randn(batch, 3, size, size, device=device)
     label = torch.randint(0, 150, (batch, size, size), device=device)
@@ -98,7 +104,7 @@ def saved_activation_bytes(name: str, size: int, recompute: bool = False) -> int
     """Bytes of the distinct non-parameter tensors one batch-1 forward of SegFormer-B1 with
     ``name`` saves for backward (each storage once, views included)."""
     torch.manual_seed(0)
-    model = _segformer_b1(upsampler_factory(name, recompute=recompute)).train()
+    model = segformer_b1(name, recompute).train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages: dict[int, int] = {}
 

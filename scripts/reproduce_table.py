@@ -381,8 +381,8 @@ def write_outputs(spec: DictConfig, records, out_dir: Path) -> list[Path]:
 
 
 # What the cost table is counted from (uplab-cost counts on the CPU, so the CUDA path is left
-# out): the counting code, the models and operators, the upsamplers' paper defaults and the
-# published numbers. Git pathspecs, relative to the repository root.
+# out): the counting code, the code that builds a row's model from its composed config, the
+# configs themselves and the published numbers. Git pathspecs, relative to the repository root.
 COST_INPUTS = (
     "src/uplab/analysis/cost.py",
     "src/uplab/analysis/flops.py",
@@ -391,7 +391,14 @@ COST_INPUTS = (
     "src/uplab/ops",
     ":(exclude)src/uplab/ops/_cupy_kernels.py",
     ":(exclude)src/uplab/ops/cuda.py",
+    "src/uplab/tasks",
+    "src/uplab/train.py",
+    "conf/train.yaml",
+    "conf/task",
+    "conf/experiment/paper",
     "conf/upsampler",
+    "conf/backbone",
+    "conf/decoder",
     "reference/paper_results.yaml",
 )
 COST_FILES = ("cost.md", "cost.inputs", "cost.timing.md")

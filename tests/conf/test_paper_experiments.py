@@ -37,9 +37,12 @@ PAIRS = {
     # batch 2: the ASPP pooling branch batch-normalises a 1x1 map
     ("a2u_matting_r34", "comp1k"): (
         "matting",
-        ["data.train_pipeline.crop_size=64", "data.batch_size=2"],
+        ["paper.backbone.checkpoint=null", "data.train_pipeline.crop_size=64", "data.batch_size=2"],
     ),
-    ("bts_r50", "nyuv2"): ("depth", ["data.train_pipeline.crop_size=[32,64]"]),
+    ("bts_r50", "nyuv2"): (
+        "depth",
+        ["backbone.pretrained=false", "data.train_pipeline.crop_size=[32,64]"],
+    ),
     ("faster_rcnn_r50_fpn", "coco"): (
         "detection",
         ["backbone.pretrained=false", "task.detector.min_size=64", "task.detector.max_size=64"],
@@ -93,14 +96,28 @@ def test_rows_carry_the_published_recipes():
     )
     assert seg.upsampler.embedding_dim == 32 and seg.decoder.embed_dim == 256
     matting = compose_row("sapa_g_a2u_matting_r34_comp1k", [])
-    assert matting.upsampler.embedding_dim == 64 and matting.data.train_pipeline.crop_size == 512
+    assert matting.upsampler.embedding_dim == 32 and matting.data.train_pipeline.crop_size == 512
     assert (matting.task.composition_weight, matting.task.per_image_loss) == (0.5, True)
+    assert matting.backbone.checkpoint.endswith("a2u_resnet34.pth.tar")  # never from scratch
     det = compose_row("carafe_faster_rcnn_r50_fpn_coco", [])
     assert (det.task.optimizer.lr, det.trainer.max_epochs, det.task.detector.min_size) == (
         0.02,
         12,
         800,
     )
+    # mmdetection 2.x's faster_rcnn_r50_fpn: the model fields (their parameter counts are held
+    # by tests/analysis/test_cost.py)
+    detector = det.task.detector
+    assert (detector.frozen_stages, detector.norm_eval, detector.box_loss) == (1, True, "l1")
+    assert dict(detector.box_roi_align) == {"sampling_ratio": 0, "aligned": True}
+
+
+@pytest.mark.parametrize("row", ["nearest_faster_rcnn_r50_fpn_coco", "sapa_b_bts_r50_nyuv2"])
+def test_resnet50_rows_start_from_torchvisions_imagenet_weights(row):
+    # the releases' torchvision://resnet50 / resnet50(pretrained=True): timm's tv_in1k tag, never
+    # a silent encoder from scratch
+    backbone = compose_row(row, []).backbone
+    assert (backbone.name, backbone.pretrained) == ("resnet50.tv_in1k", True)
 
 
 @pytest.fixture(scope="module")

@@ -91,3 +91,16 @@ def test_errors_name_what_was_expected():
 
 class _FixedBackbone(torch.nn.Module):
     channels = CHANNELS
+
+
+def test_decoder_convolutions_start_xavier_uniform_as_released():
+    torch.manual_seed(0)
+    dec = BTSDecoder(CHANNELS, partial(build, "carafe"), num_features=128)
+    convs = [m for m in dec.modules() if isinstance(m, torch.nn.Conv2d)]
+    big = max(convs, key=lambda c: c.weight.numel()).weight
+    # xavier-uniform std: sqrt(2 / (fan_in + fan_out)) (PyTorch's default would be ~0.58 of it)
+    fan_in, fan_out = big.shape[1] * big[0, 0].numel(), big.shape[0] * big[0, 0].numel()
+    assert abs(big.std().item() / math.sqrt(2 / (fan_in + fan_out)) - 1) < 0.05
+    upsampler_convs = [m for m in dec.upconv5.up.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert any(c.bias is not None for c in upsampler_convs)
+    assert all(not c.bias.any() for c in upsampler_convs if c.bias is not None)

@@ -91,3 +91,56 @@ def test_representation_size_sets_the_box_head_width():
     assert det.roi_heads.box_head.fc6.in_features == 16 * 7 * 7
     assert det.roi_heads.box_head.fc7.out_features == 32
     assert det.roi_heads.box_predictor.cls_score.out_features == 4
+
+
+def small_detector(**kwargs):
+    return build_faster_rcnn(
+        TimmBackbone("test_resnet"), partial(UpsamplingFPN, out_channels=16), partial(build, "nearest"),
+        num_classes=3, anchor_sizes=(8, 16, 32, 64, 128), min_size=64, max_size=64,
+        representation_size=32, **kwargs,
+    )
+
+
+def test_frozen_stages_and_norm_eval_follow_mmdetection():
+    det = small_detector(frozen_stages=1, norm_eval=True).train()
+    body = det.backbone.body
+    frozen = {n.split(".")[0] for n, p in body.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1", "bn1", "layer1"}
+    assert all(p.requires_grad for p in body.layer2.parameters())  # BN affine of layer2 trains
+    norms = [m for m in body.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms)
+    assert det.backbone.fpn.training  # only the body's statistics are frozen
+
+
+def test_aligned_roi_align_is_the_half_pixel_shift_of_torchvisions():
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from uplab.models.detection import AlignedMultiScaleRoIAlign
+
+    names = ["0", "1", "2", "3"]
+    features = {n: torch.randn(1, 4, 64 >> i, 64 >> i) for i, n in enumerate(names)}
+    # sizes 40 and 120 px fall on levels 0 and 1 (strides 4 and 8)
+    boxes = torch.tensor([[20.0, 30.0, 60.0, 70.0], [50.0, 40.0, 170.0, 160.0]])
+    shift = torch.tensor([[4 / 2], [8 / 2]])  # half a feature pixel, in image pixels
+    aligned = AlignedMultiScaleRoIAlign(names, 7, sampling_ratio=0)(features, [boxes], [(256, 256)])
+    plain = MultiScaleRoIAlign(names, 7, sampling_ratio=0)(features, [boxes - shift], [(256, 256)])
+    assert torch.allclose(aligned, plain, atol=1e-5)
+    assert not torch.allclose(
+        aligned, MultiScaleRoIAlign(names, 7, sampling_ratio=0)(features, [boxes], [(256, 256)])
+    )
+
+
+def test_l1_box_losses_replace_torchvisions_smooth_l1():
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 40.0]]), "labels": torch.tensor([1])}]
+    image = [torch.rand(3, 64, 64)]
+    losses = {}
+    for box_loss in ("smooth_l1", "l1"):
+        torch.manual_seed(0)  # same weights, same sampled anchors and RoIs
+        losses[box_loss] = small_detector(box_loss=box_loss)(image, targets)
+    for key in ("loss_rpn_box_reg", "loss_box_reg"):
+        l1, smooth = losses["l1"][key], losses["smooth_l1"][key]
+        # smooth L1 (beta 1/9) is under L1 by at most beta / 2 per coordinate
+        assert smooth < l1 <= smooth + 4 / 18
+    assert losses["l1"]["loss_classifier"] == losses["smooth_l1"]["loss_classifier"]
+    with pytest.raises(ValueError, match="box_loss"):
+        small_detector(box_loss="giou")

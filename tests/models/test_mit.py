@@ -209,3 +209,8 @@ def test_variant_instance_and_eps():
     # NVlabs: 1e-6 in blocks and stage outputs, PyTorch's 1e-5 in patch embeddings and reductions
     assert model.stages[0].blocks[0].norm1.eps == model.stages[0].norm.eps == 1e-6
     assert model.stages[0].embed.norm.eps == model.stages[0].blocks[0].attn.reduce_norm.eps == 1e-5
+
+
+def test_a_missing_checkpoint_says_what_to_put_where(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"absent\.pth.*mit_b1\.pth.*nvidia/mit-b1"):
+        MixTransformer("mit_b0", checkpoint=tmp_path / "absent.pth")

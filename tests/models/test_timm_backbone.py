@@ -32,5 +32,14 @@ def test_wrong_input_channels_is_a_value_error():
 
 def test_pretrained_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match="backbone.pretrained=false"):
+    with pytest.raises(RuntimeError, match=r"timm/resnet18.*timm.create_model\('resnet18'"):
         TimmBackbone("resnet18", pretrained=True)
+
+
+def test_frozen_params_match_names_as_bts_fixes_its_encoder():
+    # BTS (cleinc/bts bts_main.py): the stem conv and every block's BatchNorm are fixed, not
+    # the downsample BatchNorm nor the convolutions inside the blocks
+    backbone = TimmBackbone("resnet18", frozen_params=[r"^conv1\.", r"(^|\.)bn\d+\."])
+    frozen = {n for n, p in backbone.model.named_parameters() if not p.requires_grad}
+    assert {"conv1.weight", "bn1.weight", "layer1.0.bn2.bias", "layer4.1.bn1.weight"} <= frozen
+    assert not frozen & {"layer1.0.conv1.weight", "layer2.0.downsample.1.weight"}

@@ -1,9 +1,11 @@
-"""``uplab-cost``: parameters and GFLOPs of the papers' models with each upsampler, beside the
-published numbers (``reference/paper_results.yaml``).
+"""``uplab-cost``: parameters and GFLOPs of the paper rows' models, beside the published numbers
+(``reference/paper_results.yaml``).
 
-Each model is built as the papers ran it and counted at the published input size in the papers'
-convention (:mod:`uplab.analysis.flops`). Published cost cells of non-baseline rows are increments
-over the baseline upsampler, so ours are shown the same way. Example::
+Each row's model is built from the row's own experiment config (``conf/experiment/paper/``) by the
+code that ``uplab-train experiment=paper/<row>`` trains it with (``uplab.train.build_task``), and
+counted at the published input size in the published counter's convention, declared per setting
+in :data:`PAPER_MODELS` (:mod:`uplab.analysis.flops`). Published cost cells of non-baseline rows
+are increments over the baseline upsampler, so ours are shown the same way. Example::
 
     uplab-cost                                  # Markdown, all models
     uplab-cost --models segformer_b1 --upsamplers bilinear,fade --format csv --output cost.csv
@@ -13,17 +15,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
 import torch
 import yaml
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
 from rich.progress import Progress
 from torch import nn
 
@@ -32,6 +36,7 @@ from uplab.analysis.flops import count_flops, count_params
 ROOT = Path(__file__).resolve().parents[3]
 PAPER_RESULTS = ROOT / "reference" / "paper_results.yaml"
 UPSAMPLER_CONF = ROOT / "conf" / "upsampler"
+PAPER_CONF = ROOT / "conf" / "experiment" / "paper"
 
 
 def load_paper_results(path: str | Path = PAPER_RESULTS) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -60,132 +65,166 @@ def load_paper_results(path: str | Path = PAPER_RESULTS) -> tuple[pd.DataFrame, 
     return pd.DataFrame.from_records(records), pd.DataFrame.from_records(data.get("notes", []))
 
 
-def upsampler_factory(name: str, **options) -> Callable[..., nn.Module]:
-    """The factory of ``conf/upsampler/<name>.yaml`` (the papers' defaults), with ``options``
-    overriding the file's."""
-    path = UPSAMPLER_CONF / f"{name}.yaml"
-    if not path.exists():
-        available = sorted(p.stem for p in UPSAMPLER_CONF.glob("*.yaml"))
-        raise ValueError(f"no upsampler config {path}; available: {', '.join(available)}")
-    return instantiate(OmegaConf.merge(OmegaConf.load(path), options))
-
-
-def _segformer_b1(upsampler):
-    from uplab.models import DenseModel
-    from uplab.models.backbones.mit import MixTransformer
-    from uplab.models.decoders import SegFormerHead
-
-    return DenseModel(MixTransformer("mit_b1"), partial(SegFormerHead, embed_dim=256), upsampler, 150)
-
-
-def _a2u_matting(upsampler):
-    from uplab.models.decoders.a2u_matting import A2UMatting
-
-    return A2UMatting(upsampler)
-
-
-def _bts_r50(upsampler):
-    from uplab.models import DenseModel
-    from uplab.models.backbones import TimmBackbone
-    from uplab.models.decoders.bts import BTSDecoder
-
-    return DenseModel(TimmBackbone("resnet50"), partial(BTSDecoder, max_depth=10.0), upsampler, 1)
-
-
-def _faster_rcnn(upsampler):
-    from uplab.models.backbones import TimmBackbone
-    from uplab.models.detection import UpsamplingFPN, build_faster_rcnn
-
-    # mmdetection's COCO head: 80 classes + background
-    model = build_faster_rcnn(TimmBackbone("resnet50"), UpsamplingFPN, upsampler, num_classes=81)
-    # mmdetection's frozen_stages=1: the stem and layer1 do not train, and the mmcv counter
-    # counts trainable parameters only
-    for name, p in model.backbone.body.named_parameters():
-        if name.split(".")[0] in ("conv1", "bn1", "layer1"):
-            p.requires_grad_(False)
-    return model
-
-
 @dataclass(frozen=True)
-class PaperModel:
-    """How one paper model is built and counted.
+class CostSetting:
+    """One paper setting as the cost table counts it: the rows' models come from the rows'
+    experiment configs (``conf/experiment/paper/<upsampler>_<model>_<dataset>.yaml``); what is
+    declared here is only how the published counter counted them.
 
     Attributes:
-        build: ``build(upsampler_factory) -> nn.Module``.
+        dataset: the dataset part of the rows' config names.
         input_shape: the published input ``(C, H, W)``, or ``None`` where no GFLOPs are published.
         baseline: the upsampler the published increments are relative to.
-        upsamplers: the rows of the published tables.
-        params_offset: parameters the published count includes that the model does not need
-            (negative: parameters it has that the published model has not).
+        upsamplers: the rows of the published tables (one without a row config is the setting's
+            base config with ``upsampler=<name>``).
+        data: the attributes the training run takes from the dataset (``num_classes``,
+            ``ignore_index``), given here so that counting needs no dataset on disk.
+        no_weights: overrides that skip loading initial weights (they do not change a count).
+        params_offset: parameters the published count includes that the model does not have
+            (negative: parameters the model has that the published count has not).
         trainable_only: count only parameters with ``requires_grad`` (the mmcv counter's rule).
-        upsampler_options: per upsampler, options overriding ``conf/upsampler/<name>.yaml``
-            where the published cost was counted in another setting (see the YAML notes).
         count_layer_norm, count_softmax: the counter's convention (see
             :func:`uplab.analysis.flops.count_flops`).
     """
 
-    build: Callable[[Callable[..., nn.Module]], nn.Module]
+    dataset: str
     input_shape: tuple[int, int, int] | None
     baseline: str
     upsamplers: Sequence[str]
+    data: Mapping[str, Any] = field(default_factory=dict)
+    no_weights: Sequence[str] = ()
     params_offset: int = 0
     trainable_only: bool = False
-    upsampler_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     count_layer_norm: bool = True
     count_softmax: bool = True
 
 
-# The published IndexNet costs of SegFormer, BTS and Faster R-CNN are those of the holistic index
-# block with the nonlinear and context options on (the IndexUp default of the papers' code base),
-# whatever block the trained model used (the FADE log's SegFormer has linear M2O blocks).
-_INDEXNET_AS_COUNTED = {"index_block": "holistic", "nonlinear": True, "context": True}
-
-PAPER_MODELS: dict[str, PaperModel] = {
-    "segformer_b1": PaperModel(
-        _segformer_b1, (3, 512, 512), "bilinear",
+PAPER_MODELS: dict[str, CostSetting] = {
+    "segformer_b1": CostSetting(
+        "ade20k", (3, 512, 512), "bilinear",
         ("bilinear", "carafe", "indexnet", "a2u", "sapa_i", "sapa_b", "sapa_g", "fade", "fade_lite", "dysample"),
+        data={"num_classes": 150, "ignore_index": 255},
+        no_weights=("backbone.checkpoint=null",),
         params_offset=128 * 150 + 150,  # mmseg's unused conv_seg (see the YAML notes)
-        upsampler_options={"indexnet": _INDEXNET_AS_COUNTED},
+        # SegFormer's get_flops: mmcv hooks without LayerNorm, attention by its sra_flops
         count_layer_norm=False,
         count_softmax=False,
     ),
-    "a2u_matting_r34": PaperModel(
-        _a2u_matting, (4, 512, 512), "bilinear",
+    "a2u_matting_r34": CostSetting(
+        "comp1k", (4, 512, 512), "bilinear",
         ("bilinear", "nearest", "carafe", "indexnet", "a2u", "sapa_i", "sapa_b", "sapa_g", "fade", "fade_lite"),
-        # IndexNet's matting model, "M2O DIN" (depth-wise many-to-one, nonlinear, context)
-        upsampler_options={"indexnet": {"index_block": "m2o", "nonlinear": True, "context": True}},
+        no_weights=("paper.backbone.checkpoint=null",),
     ),
-    "bts_r50": PaperModel(
-        _bts_r50, None, "nearest",
+    "bts_r50": CostSetting(
+        "nyuv2", None, "nearest",
         ("nearest", "carafe", "indexnet", "a2u", "sapa_b", "sapa_g"),
+        no_weights=("backbone.pretrained=false",),
         params_offset=2048 * 1000 + 1000,  # the release keeps torchvision's unused ImageNet fc
-        upsampler_options={"indexnet": _INDEXNET_AS_COUNTED},
     ),
-    "faster_rcnn_r50_fpn": PaperModel(
-        _faster_rcnn, None, "nearest",
+    "faster_rcnn_r50_fpn": CostSetting(
+        "coco", None, "nearest",
         ("nearest", "carafe", "indexnet", "a2u", "sapa_i", "sapa_b", "sapa_g"),
-        params_offset=-4 * 1025,  # mmdetection regresses 80 classes, torchvision 81 (background too)
-        trainable_only=True,
-        upsampler_options={"indexnet": _INDEXNET_AS_COUNTED},
+        data={"num_classes": 81},  # 80 COCO classes and the background
+        no_weights=("backbone.pretrained=false",),
+        # torchvision's box regressor has outputs for the background class too (81 x 4, unused
+        # by its loss), mmdetection's 80 x 4
+        params_offset=-4 * 1025,
+        trainable_only=True,  # mmcv's counter; frozen_stages=1 holds the stem and layer1
     ),
 }
 
 
-def measure(model_name: str, upsampler: str) -> dict[str, float]:
-    """Params (M) and GFLOPs of one paper model with one upsampler (GFLOPs NaN when the papers
-    publish none for the model)."""
+def row_overrides(model_name: str, upsampler: str) -> list[str]:
+    """The ``uplab-train`` overrides of a row: ``experiment=paper/<upsampler>_<model>_<dataset>``,
+    or, for an upsampler without a row config, the setting's base with ``upsampler=<name>``."""
+    stem = f"{model_name}_{PAPER_MODELS[model_name].dataset}"
+    if (PAPER_CONF / f"{upsampler}_{stem}.yaml").is_file():
+        return [f"experiment=paper/{upsampler}_{stem}"]
+    if not (UPSAMPLER_CONF / f"{upsampler}.yaml").is_file():
+        available = sorted(p.stem for p in UPSAMPLER_CONF.glob("*.yaml"))
+        raise ValueError(
+            f"no row config paper/{upsampler}_{stem} and no upsampler config {upsampler!r}; "
+            f"upsamplers: {', '.join(available)}"
+        )
+    return [f"experiment=paper/_{stem}", f"upsampler={upsampler}"]
+
+
+def compose_row(model_name: str, upsampler: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """The composed ``uplab-train`` config of a row, as ``uplab-train experiment=paper/<row>``
+    composes it, plus ``overrides``."""
+    from uplab.train import config_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", overrides=[*row_overrides(model_name, upsampler), *overrides])
+
+
+@contextmanager
+def parameters_on_meta():
+    """Modules built inside register their parameters on the meta device: no memory and no
+    initialisation, the shapes (and ``requires_grad``) kept, so a model is counted without
+    being built (the idea of accelerate's ``init_empty_weights``). Buffers and other tensors
+    stay on the default device, so the rest of a training module (its metrics) builds as usual."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def build_model(cfg: DictConfig, data: Mapping[str, Any], empty: bool = False) -> nn.Module:
+    """The model a run of ``cfg`` trains: the task module built by ``uplab.train.build_task`` (the
+    code path of ``uplab-train``), with ``data`` standing in for the dataset's attributes.
+
+    Args:
+        cfg: a composed ``uplab-train`` config.
+        data: ``num_classes`` / ``ignore_index`` as the dataset would give them.
+        empty: parameters on the meta device (:func:`parameters_on_meta`): parameter counts
+            only, no forward.
+    """
+    from uplab.train import build_task
+
+    with parameters_on_meta() if empty else nullcontext():
+        return build_task(cfg, SimpleNamespace(**data)).model
+
+
+def row_model(
+    model_name: str, upsampler: str, empty: bool = False, overrides: Sequence[str] = ()
+) -> nn.Module:
+    """The model of one row, built from the row's config plus ``overrides`` (initial weights not
+    loaded)."""
     spec = PAPER_MODELS[model_name]
-    torch.manual_seed(0)
-    options = spec.upsampler_options.get(upsampler, {})
-    model = spec.build(upsampler_factory(upsampler, **options)).eval()
-    params = (count_params(model, trainable_only=spec.trainable_only) + spec.params_offset) / 1e6
+    cfg = compose_row(model_name, upsampler, [*spec.no_weights, *overrides])
+    return build_model(cfg, spec.data, empty=empty)
+
+
+def row_params(model_name: str, upsampler: str) -> int:
+    """Parameters of a row's model in its paper's counting convention (built on the meta device)."""
+    spec = PAPER_MODELS[model_name]
+    model = row_model(model_name, upsampler, empty=True)
+    return count_params(model, trainable_only=spec.trainable_only) + spec.params_offset
+
+
+def measure(model_name: str, upsampler: str) -> dict[str, float]:
+    """Params (M) and GFLOPs of one row's model (GFLOPs NaN when the papers publish none for the
+    model, and then the model is only built on the meta device)."""
+    spec = PAPER_MODELS[model_name]
     gflops = float("nan")
     if spec.input_shape is not None:
-        x = torch.zeros(1, *spec.input_shape)
+        torch.manual_seed(0)
+        model = row_model(model_name, upsampler).eval()
         gflops = count_flops(
-            model, x, count_layer_norm=spec.count_layer_norm, count_softmax=spec.count_softmax
+            model, torch.zeros(1, *spec.input_shape),
+            count_layer_norm=spec.count_layer_norm, count_softmax=spec.count_softmax,
         )["total"] / 1e9
-    return {"params": params, "gflops": gflops}
+    return {"params": row_params(model_name, upsampler) / 1e6, "gflops": gflops}
 
 
 def cost_table(

@@ -4,22 +4,30 @@ steps are upsamplers, built on torchvision's detector so that its weights load."
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from timm.layers import freeze_batch_norm_2d
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import (
     ExtraFPNBlock,
     FeaturePyramidNetwork,
     LastLevelMaxPool,
 )
+from torchvision.ops.poolers import _setup_scales  # the parent's own scale set-up
 
 from uplab.models.backbones import TimmBackbone
 from uplab.models.decoders.pyramid import check_pyramid
+
+BOX_LOSSES = ("smooth_l1", "l1")
 
 
 class UpsamplingFPN(FeaturePyramidNetwork):
@@ -81,18 +89,124 @@ class FPNBackbone(nn.Module):
         body: returns a list of features, finest first (a timm ``features_only`` model).
         fpn: the FPN over the levels ``in_index`` of that list.
         in_index: which levels the FPN reads (default: the last four, strides 4 to 32).
+        norm_eval: keep the body's BatchNorm layers in eval mode while training (their running
+            statistics stay as loaded; their affine weights still train unless frozen), as
+            mmdetection's ``ResNet(norm_eval=True)``.
     """
 
-    def __init__(self, body: nn.Module, fpn: nn.Module, in_index: Sequence[int] = (-4, -3, -2, -1)):
+    def __init__(
+        self,
+        body: nn.Module,
+        fpn: nn.Module,
+        in_index: Sequence[int] = (-4, -3, -2, -1),
+        norm_eval: bool = False,
+    ):
         super().__init__()
         self.body = body
         self.fpn = fpn
         self.in_index = tuple(in_index)
         self.out_channels = fpn.out_channels
+        self.norm_eval = norm_eval
+
+    def train(self, mode: bool = True) -> FPNBackbone:
+        super().train(mode)
+        if mode and self.norm_eval:
+            for module in self.body.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.body(x)
         return self.fpn(OrderedDict((str(i), features[j]) for i, j in enumerate(self.in_index)))
+
+
+class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """torchvision's ``MultiScaleRoIAlign`` with the half-pixel-aligned RoIAlign (``aligned=True``,
+    Detectron2's correction) that mmdetection 2.x uses (``RoIAlign(output_size=7,
+    sampling_ratio=0, aligned=True)`` in ``configs/_base_/models/faster_rcnn_r50_fpn.py``).
+    The level of each box follows torchvision's ``LevelMapper``, which is mmdetection's
+    ``finest_scale=56`` rule: level ``floor(log2(sqrt(area) / 56))`` clamped to the pyramid."""
+
+    def forward(
+        self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        features = [v for k, v in x.items() if k in self.featmap_names]
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(
+                features, image_shapes, self.canonical_scale, self.canonical_level
+            )
+        rois = torch.cat(
+            [torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)]
+        )
+        levels = self.map_levels(boxes)
+        result = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
+        for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
+            index = torch.where(levels == level)[0]
+            result[index] = roi_align(
+                feature, rois[index], self.output_size, scale, self.sampling_ratio, aligned=True
+            ).to(result.dtype)
+        return result
+
+
+class L1RegionProposalNetwork(RegionProposalNetwork):
+    """torchvision's RPN with mmdetection 2.x's box loss: L1 (``loss_bbox=dict(type='L1Loss')``)
+    on the positive anchors' deltas, summed and divided by the number of sampled anchors (the
+    avg_factor of mmdetection's sampled RPN), in place of smooth L1 with beta 1/9."""
+
+    def compute_loss(
+        self,
+        objectness: torch.Tensor,
+        pred_bbox_deltas: torch.Tensor,
+        labels: list[torch.Tensor],
+        regression_targets: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        positive, negative = self.fg_bg_sampler(labels)
+        positive = torch.where(torch.cat(positive))[0]
+        sampled = torch.cat([positive, torch.where(torch.cat(negative))[0]])
+        targets = torch.cat(regression_targets)
+        box_loss = F.l1_loss(pred_bbox_deltas[positive], targets[positive], reduction="sum")
+        objectness_loss = F.binary_cross_entropy_with_logits(
+            objectness.flatten()[sampled], torch.cat(labels)[sampled]
+        )
+        return objectness_loss, box_loss / sampled.numel()
+
+
+class L1RoIHeads(RoIHeads):
+    """torchvision's box RoI heads with mmdetection 2.x's box loss: L1 on the class-specific
+    deltas of the positive RoIs, divided by the number of sampled RoIs (``BBoxHead.loss`` with
+    ``avg_factor=bbox_targets.size(0)``). Inference is torchvision's."""
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if not self.training:
+            return super().forward(features, proposals, image_shapes, targets)
+        if self.has_mask() or self.has_keypoint():
+            raise ValueError("L1RoIHeads computes box losses only; it has no mask or keypoint head")
+        proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        labels, regression_targets = torch.cat(labels), torch.cat(regression_targets)
+        positive = torch.where(labels > 0)[0]
+        deltas = box_regression.reshape(len(labels), -1, 4)[positive, labels[positive]]
+        box_loss = F.l1_loss(deltas, regression_targets[positive], reduction="sum") / labels.numel()
+        return [], {"loss_classifier": F.cross_entropy(class_logits, labels), "loss_box_reg": box_loss}
+
+
+def freeze_stages(body: nn.Module, frozen_stages: int) -> None:
+    """mmdetection's ``ResNet(frozen_stages=k)``: the stem (``conv1``, ``bn1``) and ``layer1`` to
+    ``layer<k>`` stop training (``requires_grad=False``); -1 freezes nothing."""
+    if frozen_stages < 0:
+        return
+    names = ["conv1", "bn1", *(f"layer{i}" for i in range(1, frozen_stages + 1))]
+    children = dict(body.named_children())
+    missing = [n for n in names if n not in children]
+    if missing:
+        raise ValueError(
+            f"frozen_stages={frozen_stages} needs a ResNet body with {names}; the backbone has "
+            f"no {missing} (children: {list(children)}); use frozen_stages=-1 for other backbones"
+        )
+    for name in names:
+        children[name].requires_grad_(False)
 
 
 def build_faster_rcnn(
@@ -102,8 +216,12 @@ def build_faster_rcnn(
     num_classes: int,
     in_index: Sequence[int] = (-4, -3, -2, -1),
     frozen_batch_norm: bool = False,
+    frozen_stages: int = -1,
+    norm_eval: bool = False,
     anchor_sizes: Sequence[int] | None = None,
     representation_size: int | None = None,
+    box_loss: str = "smooth_l1",
+    box_roi_align: Mapping[str, Any] | None = None,
     **detector_kwargs,
 ) -> FasterRCNN:
     """Faster R-CNN over ``backbone`` with the FPN ``decoder`` whose ×2 steps are ``upsampler``.
@@ -117,10 +235,19 @@ def build_faster_rcnn(
         in_index: the backbone levels the FPN reads.
         frozen_batch_norm: replace BatchNorm by FrozenBatchNorm2d in the backbone, as torchvision
             does for pretrained backbones (its checkpoints hold no ``num_batches_tracked``).
+        frozen_stages: the stem and the first ``frozen_stages`` ResNet layers do not train
+            (:func:`freeze_stages`; mmdetection's Faster R-CNN: 1); -1 trains everything.
+        norm_eval: the backbone's BatchNorm stays in eval mode while training
+            (mmdetection's ``norm_eval=True``); its affine weights train outside frozen stages.
         anchor_sizes: one anchor size per FPN level (five with the max-pool level); torchvision's
             default (32, 64, 128, 256, 512) fits COCO-sized images.
         representation_size: width of the box head's two fully connected layers (torchvision:
             1024); a smaller one makes the box head cheap for small images.
+        box_loss: ``"smooth_l1"`` (torchvision's, beta 1/9) or ``"l1"`` (mmdetection 2.x's
+            ``L1Loss`` in the RPN and the box head: :class:`L1RegionProposalNetwork`,
+            :class:`L1RoIHeads`).
+        box_roi_align: ``{"sampling_ratio": int, "aligned": bool}`` of the box RoIAlign (torchvision:
+            2, False; mmdetection 2.x: 0, True); None keeps torchvision's.
         **detector_kwargs: passed to torchvision's ``FasterRCNN`` (``min_size``, ``max_size``,
             ``rpn_*``, ``box_*``).
 
@@ -129,6 +256,8 @@ def build_faster_rcnn(
         >>> from uplab.upsamplers import build
         >>> det = build_faster_rcnn(TimmBackbone("resnet18"), UpsamplingFPN, partial(build, "nearest"), 91)
     """
+    if box_loss not in BOX_LOSSES:
+        raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {box_loss!r}")
     channels = list(backbone.channels)
     try:
         in_channels = [channels[i] for i in in_index]
@@ -146,6 +275,7 @@ def build_faster_rcnn(
         body = backbone.model
     if frozen_batch_norm:
         body = freeze_batch_norm_2d(body)
+    freeze_stages(body, frozen_stages)
     fpn = decoder(in_channels=in_channels, upsampler=upsampler)
     if anchor_sizes is not None:
         anchor_sizes = tuple((int(s),) for s in anchor_sizes)
@@ -157,4 +287,16 @@ def build_faster_rcnn(
         detector_kwargs["box_head"] = TwoMLPHead(fpn.out_channels * resolution**2, representation_size)
         detector_kwargs["box_predictor"] = FastRCNNPredictor(representation_size, num_classes)
         num_classes = None  # torchvision takes it from the predictor then
-    return FasterRCNN(FPNBackbone(body, fpn, in_index), num_classes=num_classes, **detector_kwargs)
+    if box_roi_align is not None:
+        options = {"sampling_ratio": 2, "aligned": False, **box_roi_align}
+        pool = AlignedMultiScaleRoIAlign if options.pop("aligned") else MultiScaleRoIAlign
+        detector_kwargs["box_roi_pool"] = pool(["0", "1", "2", "3"], 7, **options)
+    model = FasterRCNN(
+        FPNBackbone(body, fpn, in_index, norm_eval=norm_eval), num_classes=num_classes, **detector_kwargs
+    )
+    if box_loss == "l1":
+        # the subclasses hold no state of their own, only the loss: torchvision's constructor
+        # (with its defaults and the rpn_*/box_* arguments) stays the one place they are set
+        model.rpn.__class__ = L1RegionProposalNetwork
+        model.roi_heads.__class__ = L1RoIHeads
+    return model

@@ -216,7 +216,7 @@ class MixTransformer(nn.Module):
             )
         self.variant = variant
         self.in_chans = in_chans
-        dpr = torch.linspace(0, drop_path_rate, sum(v.depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(v.depths), device="cpu").tolist()  # a number list, on any default device
         stages, prev, start = [], in_chans, 0
         for i in range(4):
             patch, stride = (7, 4) if i == 0 else (3, 2)
@@ -265,6 +265,12 @@ class MixTransformer(nn.Module):
 
 def _read_checkpoint(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"MixTransformer: expected ImageNet MiT weights at {path}, which does not exist; put "
+            "NVlabs' mit_b1.pth (SegFormer README) or Hugging Face nvidia/mit-b1 "
+            "model.safetensors there, or point backbone.checkpoint at it (docs/datasets.md, ADE20K)"
+        )
     if path.suffix == ".safetensors":
         return load_safetensors(path)
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import timm
@@ -23,6 +24,9 @@ class TimmBackbone(nn.Module):
         in_chans: input channels (4 for matting: RGB and trimap).
         out_indices: which of timm's feature levels to return (default: all of them).
         include_input: put the input tensor first in the returned list.
+        frozen_params: regular expressions (``re.search``) on the timm model's parameter names;
+            the parameters that match do not train (``requires_grad=False``), e.g. BTS's fixed
+            stem convolution and BatchNorm affine weights.
 
     Example:
         >>> bb = TimmBackbone("resnet18", out_indices=(1, 2, 3, 4))
@@ -37,6 +41,7 @@ class TimmBackbone(nn.Module):
         in_chans: int = 3,
         out_indices: Sequence[int] | None = None,
         include_input: bool = False,
+        frozen_params: Sequence[str] = (),
     ):
         super().__init__()
         kwargs = {"features_only": True, "pretrained": pretrained, "in_chans": in_chans}
@@ -45,13 +50,20 @@ class TimmBackbone(nn.Module):
         try:
             self.model = timm.create_model(name, **kwargs)
         except OSError as err:
+            # one line: which weights, where they were looked for, how to get them
             raise RuntimeError(
-                f"could not load pretrained weights for timm model {name!r}: {err}. "
-                "Put them in the Hugging Face cache (HF_HOME) on a machine with network access, "
-                "or train from scratch with backbone.pretrained=false"
+                f"TimmBackbone({name!r}, pretrained=True) needs timm's weights {name!r} (Hugging "
+                f"Face hub timm/{name}), which are not in the local cache ({type(err).__name__}); "
+                f"fetch them once with network access: python -c \"import timm; "
+                f"timm.create_model('{name}', pretrained=True)\" (same HF_HOME). "
+                "backbone.pretrained=false trains the encoder from scratch, which no paper row does"
             ) from err
         self.in_chans = in_chans
         self.include_input = include_input
+        patterns = [re.compile(p) for p in frozen_params]
+        for param_name, param in self.model.named_parameters():
+            if any(p.search(param_name) for p in patterns):
+                param.requires_grad_(False)
         channels = list(self.model.feature_info.channels())
         reductions = list(self.model.feature_info.reduction())
         if include_input:

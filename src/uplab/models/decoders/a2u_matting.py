@@ -15,13 +15,26 @@ subclass doing the same, so parameters, buffers and numbers match.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["A2UMatting", "A2UMattingDecoder", "A2UMattingEncoder", "ActivatedBatchNorm"]
+__all__ = [
+    "A2UMattingDecoder",
+    "A2UMattingEncoder",
+    "ActivatedBatchNorm",
+    "convert_release_resnet34",
+    "init_like_release",
+]
+
+RELEASE_RESNET34_URL = "https://cloudstor.aarnet.edu.au/plus/s/zcfoVwqiUIKtzoJ/download"
+"""The ImageNet ResNet-34 (inplace_abn layout) the A2U release starts from (``model_urls`` of
+dongdong93/a2u_matting ``scripts/resnet.py``, saved there as ``pretrained/resnet34.pth.tar``)."""
 
 _SLOPE = 0.01  # inplace_abn's default leaky ReLU slope
 
@@ -36,6 +49,28 @@ class ActivatedBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = super().forward(x)
         return F.leaky_relu(x, _SLOPE) if self.activation else x
+
+
+def init_like_release(module: nn.Module) -> None:
+    """The A2U release's weight initialisation (``_initialize_weights`` of dongdong93/a2u_matting
+    ``scripts/resnet.py``, kept in poppinace/fade ``a2u_matting/resnet.py``; ``MODEL.weight_init``
+    is ``xavier_normal`` and the activation leaky ReLU 0.01 in ``scripts/config/default.py``): every
+    convolution xavier-normal with the leaky-ReLU gain and bias 0, BatchNorm weight 1 and bias 0,
+    linear layers xavier-uniform with gain 0.1 and bias 0. The release runs it over the whole
+    network, the upsamplers of the decoder included, before the ImageNet weights load."""
+    gain = nn.init.calculate_gain("leaky_relu", _SLOPE)
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_normal_(m.weight, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight, 0.1)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def _conv_bn(inp: int, oup: int, k: int, stride: int = 1, act: bool = True) -> nn.Sequential:
@@ -104,9 +139,17 @@ class A2UMattingEncoder(nn.Module):
     Args:
         in_chans: input channels (4: RGB and trimap).
         structure: residual blocks in layers 1-3 (the release: 3, 4, 4).
+        checkpoint: path of the release's ImageNet ResNet-34 (:data:`RELEASE_RESNET34_URL`),
+            loaded after the release's initialisation (:meth:`load_pretrained`); None keeps
+            the initialisation (an encoder trained from scratch, which no paper row does).
     """
 
-    def __init__(self, in_chans: int = 4, structure: Sequence[int] = (3, 4, 4)):
+    def __init__(
+        self,
+        in_chans: int = 4,
+        structure: Sequence[int] = (3, 4, 4),
+        checkpoint: str | os.PathLike | None = None,
+    ):
         super().__init__()
         self.in_chans = in_chans
         self.stem = _conv_bn(in_chans, 64, 7)
@@ -117,6 +160,24 @@ class A2UMattingEncoder(nn.Module):
         self.layer3 = nn.Sequential(*(ResidualBlock(256, 256) for _ in range(structure[2] - 1)))
         self.channels = [in_chans, 64, 64, 64, 128, 128, 256, 256]
         self.reductions = [1, 1, 2, 4, 4, 8, 8, 16]
+        init_like_release(self)
+        if checkpoint is not None:
+            self.load_pretrained(checkpoint)
+
+    def load_pretrained(self, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> None:
+        """Load the release's ImageNet ResNet-34 (a path or its state dict), every encoder
+        tensor from it (:func:`convert_release_resnet34`)."""
+        if not isinstance(checkpoint, Mapping):
+            path = Path(checkpoint)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"A2UMattingEncoder: expected the A2U release's ImageNet ResNet-34 at {path}, "
+                    f"which does not exist; download {RELEASE_RESNET34_URL} there (see "
+                    "docs/datasets.md, Composition-1k)"
+                )
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        state = convert_release_resnet34(checkpoint, self.state_dict())
+        self.load_state_dict(state, strict=False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != self.in_chans or x.shape[-2] % 16 or x.shape[-1] % 16:
@@ -131,6 +192,72 @@ class A2UMattingEncoder(nn.Module):
         s2 = self.layer2(y)
         y, e3 = self.down3(s2)
         return [x, e0, e1, s1, e2, s2, e3, self.layer3(y)]
+
+
+# release ResNet-34 module (inplace_abn layout) -> ours: mod1 is the stem, mod2..mod4 the layers
+_RELEASE_LAYERS = {2: ("layer1", None), 3: ("layer2", "down2"), 4: ("layer3", "down3")}
+_RELEASE_PARTS = {
+    "convs.conv1": "conv1.0", "convs.bn1": "conv1.1", "convs.conv2": "conv2.0",
+    "convs.bn2": "conv2.1", "proj_conv": "proj.0", "proj_bn": "proj.1",
+}
+
+
+def _release_key_to_ours(key: str) -> str | None:
+    """``module.mod3.block1.convs.bn1.weight`` -> ``down2.conv1.1.weight``; None for the parts
+    the encoder does not have (``mod5``, the classifier)."""
+    key = key.removeprefix("module.")
+    if m := re.fullmatch(r"mod1\.(conv1|bn1)\.(\w+)", key):
+        return f"stem.{0 if m[1] == 'conv1' else 1}.{m[2]}"
+    m = re.fullmatch(r"mod(\d)\.block(\d+)\.(convs\.\w+|proj_\w+)\.(\w+)", key)
+    if m is None or int(m[1]) not in _RELEASE_LAYERS:
+        return None
+    layer, down = _RELEASE_LAYERS[int(m[1])]
+    block = int(m[2]) - 1
+    if down is not None:  # the first block of layers 2 and 3 is the pooling block
+        prefix = down if block == 0 else f"{layer}.{block - 1}"
+    else:
+        prefix = f"{layer}.{block}"
+    return f"{prefix}.{_RELEASE_PARTS[m[3]]}.{m[4]}"
+
+
+def convert_release_resnet34(
+    checkpoint: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The release's ImageNet ResNet-34 as :class:`A2UMattingEncoder` weights, as the release's
+    ``resnetmat(pretrained=True)`` maps them: the RGB filters of the first convolution copied and
+    the trimap channel's set to 0; blocks past the encoder's structure (the rest of layer 3, layer
+    4) and the classifier dropped.
+
+    Args:
+        checkpoint: the release's file contents (``{"state_dict": ...}`` or the state dict).
+        target: the encoder's ``state_dict()`` (its keys and shapes).
+
+    Raises:
+        ValueError: if an encoder tensor has no counterpart in the checkpoint or a shape differs
+            (not the release's ResNet-34).
+    """
+    state = checkpoint.get("state_dict", checkpoint)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        ours = _release_key_to_ours(key)
+        if ours is None or ours not in target:
+            continue
+        if ours == "stem.0.weight":
+            rgb, value = value, torch.zeros_like(target[ours])
+            value[:, : rgb.shape[1]] = rgb
+        if value.shape != target[ours].shape:
+            raise ValueError(
+                f"{key}: shape {tuple(value.shape)} where A2UMattingEncoder's {ours} has "
+                f"{tuple(target[ours].shape)}; expected the A2U release's ImageNet ResNet-34"
+            )
+        out[ours] = value
+    missing = [k for k in target if k not in out and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ValueError(
+            f"the checkpoint has no weights for {len(missing)} encoder tensors ({missing[:3]}...); "
+            f"expected the A2U release's ImageNet ResNet-34 ({RELEASE_RESNET34_URL})"
+        )
+    return out
 
 
 class DecoderStage(nn.Module):
@@ -154,8 +281,11 @@ class A2UMattingDecoder(nn.Module):
         upsampler: factory ``upsampler(in_channels=, scale=2, guide_channels=)``.
 
     ``out_channels`` is 1: the predictor (conv-BN-act to 1 channel, then a 3x3 convolution) is part
-    of the decoder, as in the release.
+    of the decoder, as in the release (``is_predictor``: no extra head). Weights start as the
+    release's (:func:`init_like_release`), the upsamplers' included.
     """
+
+    is_predictor = True
 
     def __init__(self, in_channels: Sequence[int], upsampler: Callable[..., nn.Module]):
         super().__init__()
@@ -181,6 +311,7 @@ class A2UMattingDecoder(nn.Module):
         )
         self.pred = nn.Sequential(*_conv_bn(32, 1, 3), nn.Conv2d(1, 1, 3, padding=1, bias=False))
         self.out_channels = 1
+        init_like_release(self)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         x, e0, e1, s1, e2, s2, e3, top = features
@@ -189,27 +320,3 @@ class A2UMattingDecoder(nn.Module):
         for stage, skip, guide in zip(self.stages, skips, (e3, e2, e1, e0), strict=True):
             y = stage(y, skip, guide)
         return self.pred(y)
-
-
-class A2UMatting(nn.Module):
-    """The whole matting network: ``alpha_logits = decoder(encoder(cat(image, trimap)))``.
-
-    Args:
-        upsampler: the upsampler factory used at all four decoder stages.
-        in_chans: 4 (RGB and trimap).
-
-    Example:
-        >>> from functools import partial
-        >>> from uplab.upsamplers import build
-        >>> net = A2UMatting(partial(build, "bilinear")).eval()
-        >>> net(torch.zeros(1, 4, 32, 32)).shape
-        torch.Size([1, 1, 32, 32])
-    """
-
-    def __init__(self, upsampler: Callable[..., nn.Module], in_chans: int = 4):
-        super().__init__()
-        self.encoder = A2UMattingEncoder(in_chans)
-        self.decoder = A2UMattingDecoder(self.encoder.channels, upsampler)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))

@@ -167,7 +167,9 @@ class BTSDecoder(nn.Module):
         max_depth: the largest depth (10 m on NYU Depth V2); scales the plane distances.
 
     ``out_channels`` is 1: the decoder ends with BTS's own 3x3 predictor (``is_predictor``), whose
-    logits become depth as ``max_depth * sigmoid(logits)``.
+    logits become depth as ``max_depth * sigmoid(logits)``. Convolutions start xavier-uniform with
+    bias 0, the upsamplers' included (the release's ``model.decoder.apply(weights_init_xavier)``,
+    cleinc/bts ``pytorch/bts_main.py``).
 
     Example:
         >>> from functools import partial
@@ -238,6 +240,11 @@ class BTSDecoder(nn.Module):
         self.conv1 = _conv_elu(f // 16 + 4, f // 16)
         self.get_depth = nn.Conv2d(f // 16, 1, 3, padding=1, bias=False)
         self.out_channels = 1
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def _lpg_depth(self, reduction: PlaneReduction, lpg: LocalPlanarGuidance, x: torch.Tensor) -> torch.Tensor:
         return lpg(reduction(x)) / self.max_depth
