@@ -2,9 +2,15 @@
 
 Layout: ``annotations/instances_{train,val}2017.json`` and images in ``{train,val}2017/``.
 Samples follow torchvision's detection convention: ``(image float32 [3,H,W] in [0,1],
-dict(boxes=float32 [N,4] xyxy pixels, labels=int64 [N] from 1, image_id=int))``; COCO's
-category ids (not contiguous in the real set) are mapped to labels ``1..K`` in id order, and
-crowd annotations are left out, as in torchvision's reference training.
+dict(boxes=float32 [N,4] xyxy pixels, labels=int64 [N] from 1, image_id=int, ...))``; COCO's
+category ids (not contiguous in the real set) are mapped to labels ``1..K`` in id order. Crowd
+annotations are not trained on (torchvision's reference training; mmdetection keeps them as
+ignored boxes its Faster R-CNN does not use), but evaluation needs them: the official protocol
+(pycocotools ``COCOeval``) matches a detection on a crowd region as neither true nor false
+positive, and buckets objects into small / medium / large by the annotation's ``area`` (the
+segment's area, not the box's). The target therefore also carries ``area`` (float32 [N]) and
+the crowd regions ``crowd_boxes`` (float32 [M,4]), ``crowd_labels`` and ``crowd_area``, all in the
+original image's pixels, which :class:`uplab.metrics.DetectionMetrics` reads.
 
 The annotation file is checked once, when the dataset is built (:func:`boxes_per_image`): every
 image has a positive width and height, every annotation an image and a category from the file's
@@ -22,6 +28,7 @@ import contextlib
 import io
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -41,12 +48,20 @@ def _annotation_error(path: Path, annotation: dict, rule: str) -> DatasetError:
     )
 
 
+class ImageBoxes(NamedTuple):
+    """One image's boxes (xyxy pixels, clipped to the image), labels and annotation areas."""
+
+    boxes: np.ndarray  # float32 [N, 4]
+    labels: np.ndarray  # int64 [N]
+    area: np.ndarray  # float32 [N]
+
+
 def boxes_per_image(
     coco: COCO, path: Path, label_of: dict[int, int]
-) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Validate every annotation of ``coco`` (read from ``path``) and return, per image id, the
-    non-crowd boxes ``float32 [N, 4]`` (xyxy pixels, clipped to the image) and their labels
-    ``int64 [N]``. Raises DatasetError naming ``path``, the annotation and the rule it breaks."""
+) -> dict[int, tuple[ImageBoxes, ImageBoxes]]:
+    """Validate every annotation of ``coco`` (read from ``path``) and return, per image id, its
+    non-crowd and its crowd :class:`ImageBoxes`. Raises DatasetError naming ``path``, the
+    annotation and the rule it breaks."""
     sizes = {}
     for image_id, info in coco.imgs.items():
         width, height = info.get("width"), info.get("height")
@@ -106,15 +121,22 @@ def boxes_per_image(
             f"2.x does ({counts})",
             stacklevel=2,
         )
-    per_image: dict[int, tuple[list, list]] = {image_id: ([], []) for image_id in sizes}
-    for annotation, box, kept in zip(annotations, clipped.astype(np.float32), keep, strict=True):
-        if kept and not annotation.get("iscrowd", 0):
-            boxes, labels = per_image[annotation["image_id"]]
-            boxes.append(box)
-            labels.append(label_of[annotation["category_id"]])
+    # the annotation's area where the file gives one (pycocotools reads it), else the box's
+    area = np.where(np.isfinite(area) & (area > 0), area, xywh[:, 2] * xywh[:, 3])
+    per_image = {image_id: ([], []) for image_id in sizes}  # (plain, crowd) annotation indices
+    for index, (annotation, kept) in enumerate(zip(annotations, keep, strict=True)):
+        if kept:
+            per_image[annotation["image_id"]][bool(annotation.get("iscrowd", 0))].append(index)
+
+    def gather(indices: list[int]) -> ImageBoxes:
+        return ImageBoxes(
+            clipped[indices].astype(np.float32).reshape(-1, 4),
+            np.array([label_of[annotations[i]["category_id"]] for i in indices], np.int64),
+            area[indices].astype(np.float32),
+        )
+
     return {
-        image_id: (np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64))
-        for image_id, (boxes, labels) in per_image.items()
+        image_id: (gather(plain), gather(crowd)) for image_id, (plain, crowd) in per_image.items()
     }
 
 
@@ -169,14 +191,14 @@ class COCODetection(Dataset):
         image_id = self.image_ids[index]
         info = self.coco.loadImgs(image_id)[0]
         image = read_rgb(self.image_dir / info["file_name"])
-        boxes, labels = self.targets[image_id]
+        plain, crowd = self.targets[image_id]
         if image.shape[:2] != (info["height"], info["width"]):
             raise DatasetError(
                 f"{self.image_dir / info['file_name']}: image is {image.shape[1]} x "
                 f"{image.shape[0]} (width x height) but its entry in the annotation file says "
                 f"{info['width']} x {info['height']}"
             )
-        sample = {"image": image, "boxes": boxes.copy(), "labels": labels.copy()}
+        sample = {"image": image, "boxes": plain.boxes.copy(), "labels": plain.labels.copy()}
         if self.transform is not None:
             sample = self.transform(sample, T.sample_rng(self.seed, self.epoch, index))
         target = {
@@ -184,4 +206,13 @@ class COCODetection(Dataset):
             "labels": torch.from_numpy(np.ascontiguousarray(sample["labels"], np.int64)),
             "image_id": int(image_id),
         }
+        if len(sample["boxes"]) == len(plain.boxes):
+            # evaluation fields, in the original image's pixels (the detector maps its boxes back
+            # there); a transform that dropped boxes (a training crop) leaves them out
+            target |= {
+                "area": torch.from_numpy(plain.area.copy()),
+                "crowd_boxes": torch.from_numpy(crowd.boxes.copy()),
+                "crowd_labels": torch.from_numpy(crowd.labels.copy()),
+                "crowd_area": torch.from_numpy(crowd.area.copy()),
+            }
         return T.image_to_unit_tensor(sample["image"]), target

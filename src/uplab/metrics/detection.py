@@ -27,9 +27,12 @@ class DetectionMetrics(MeanAveragePrecision):
 
     ``update(preds, targets)`` takes torchvision detection outputs and targets: lists of dicts with
     ``boxes`` (xyxy pixels), ``scores`` and ``labels`` for predictions, ``boxes`` and ``labels`` for
-    targets (other keys, such as ``image_id``, are dropped). The evaluation itself is pycocotools'
-    (torchmetrics' ``MeanAveragePrecision`` with ``backend="pycocotools"``); object areas, which
-    decide small / medium / large, are the box areas.
+    targets. The evaluation itself is pycocotools' ``COCOeval`` (torchmetrics'
+    ``MeanAveragePrecision`` with ``backend="pycocotools"``), under the official protocol when the
+    targets carry what :class:`uplab.data.coco.COCODetection` gives them: ``area`` (the
+    annotations' areas, which decide small / medium / large; the box areas where absent) and the
+    crowd regions ``crowd_boxes``, ``crowd_labels``, ``crowd_area`` (evaluated as ``iscrowd``: a
+    detection matched to one counts neither way). Other keys, such as ``image_id``, are dropped.
     """
 
     def __init__(self, **kwargs) -> None:
@@ -50,7 +53,7 @@ class DetectionMetrics(MeanAveragePrecision):
             self.target_boxes += len(t["boxes"])
         super().update(
             [{k: p[k].detach() for k in ("boxes", "scores", "labels")} for p in preds],
-            [{k: t[k] for k in ("boxes", "labels")} for t in target],
+            [_coco_ground_truth(t) for t in target],
         )
 
     def compute(self) -> dict[str, torch.Tensor]:
@@ -64,3 +67,20 @@ class DetectionMetrics(MeanAveragePrecision):
             for name, key in DETECTION_KEYS.items()
             if result[key].item() != -1  # pycocotools' "no ground truth of this size"
         }
+
+
+def _coco_ground_truth(target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ground truth of one image as torchmetrics' pycocotools backend reads it: the plain
+    boxes, then the crowd regions with ``iscrowd`` 1, and the annotations' areas where given."""
+    boxes, labels = target["boxes"], target["labels"]
+    crowd_boxes = target.get("crowd_boxes", boxes.new_zeros((0, 4)))
+    crowd_labels = target.get("crowd_labels", labels.new_zeros(0))
+    ground_truth = {
+        "boxes": torch.cat([boxes, crowd_boxes.to(boxes)]),
+        "labels": torch.cat([labels, crowd_labels.to(labels)]),
+        "iscrowd": torch.cat([torch.zeros_like(labels), torch.ones_like(crowd_labels)]).to(labels),
+    }
+    if "area" in target:
+        crowd_area = target.get("crowd_area", boxes.new_zeros(0))
+        ground_truth["area"] = torch.cat([target["area"], crowd_area]).to(boxes)
+    return ground_truth
