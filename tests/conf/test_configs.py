@@ -99,3 +99,18 @@ def test_wandb_is_offline_unless_asked(compose_train, monkeypatch):
     assert compose_train("logger=wandb").logger.wandb.mode == "offline"
     monkeypatch.setenv("WANDB_MODE", "online")
     assert compose_train("logger=wandb").logger.wandb.mode == "online"
+
+
+def test_nyuv2_rows_evaluate_inside_the_eigen_crop(compose_train):
+    # The pipeline the paper depth rows evaluate with, built from their config: depth outside
+    # Eigen et al.'s crop (rows 45:471, columns 41:601 of 480x640) is invalid, inside it is kept.
+    import numpy as np
+    from hydra.utils import instantiate
+
+    cfg = compose_train("experiment=paper/sapa_g_bts_r50_nyuv2")
+    pipeline = instantiate(cfg.data.eval_pipeline)
+    depth = np.full((480, 640), 2.0, np.float32)
+    out = pipeline({"image": np.zeros((480, 640, 3), np.uint8), "depth": depth},
+                   np.random.default_rng(0))["depth"]
+    assert (out > 0).sum() == (471 - 45) * (601 - 41)
+    assert out[45:471, 41:601].min() == 2.0

@@ -95,3 +95,35 @@ def test_a_set_of_ignored_pixels_only_is_nothing_to_evaluate():
     metric.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.full((1, 2, 2), 255))
     with pytest.raises(NothingToEvaluate, match="no pixel of the set has a label"):
         metric.compute()
+
+
+# Two images of different sizes. Image 1 (2x2): truth [[0,1],[1,1]], prediction [[0,0],[1,1]]:
+# its own mIoU is 7/12. Image 2 (1x4): truth [0,0,0,0], prediction [0,0,0,1]: class 0 3/4,
+# class 1 0/1, its own mIoU 3/8. The mean of the per-image mIoUs is 23/48; the dataset-level mIoU
+# (mmseg's, over the confusion summed over the set) has class 0: TP 4, FP 1, FN 1 -> 4/6 and
+# class 1: TP 2, FP 1, FN 1 -> 2/4, so mIoU = 7/12.
+_IMAGES = [
+    (torch.tensor([[[0, 0], [1, 1]]]), torch.tensor([[[0, 1], [1, 1]]])),
+    (torch.tensor([[[0, 0, 0, 1]]]), torch.tensor([[[0, 0, 0, 0]]])),
+]
+
+
+def test_miou_is_dataset_level_over_updates_of_different_image_sizes():
+    metric = SegmentationMetrics(num_classes=2)
+    for pred, target in _IMAGES:
+        metric.update(pred, target)
+    assert metric.compute()["mIoU"].item() == pytest.approx(7 / 12)
+
+
+def test_miou_over_two_ranks_equals_one_rank():
+    # Each rank sees one image; the states merge with the reductions DDP's sync uses.
+    ranks = [SegmentationMetrics(num_classes=2) for _ in _IMAGES]
+    for metric, (pred, target) in zip(ranks, _IMAGES, strict=True):
+        metric.update(pred, target)
+    ranks[0].merge_state(ranks[1])
+    single = SegmentationMetrics(num_classes=2)
+    for pred, target in _IMAGES:
+        single.update(pred, target)
+    merged, alone = ranks[0].compute(), single.compute()
+    assert merged["mIoU"].item() == pytest.approx(7 / 12)
+    assert merged["bIoU"].item() == pytest.approx(alone["bIoU"].item())
