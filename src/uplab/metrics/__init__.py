@@ -5,10 +5,17 @@ from uplab.metrics.detection import DetectionMetrics
 from uplab.metrics.matting import MattingMetrics, matting_errors
 from uplab.metrics.segmentation import SegmentationMetrics
 
+
+class NothingToEvaluate(ValueError):
+    """A metric was asked for a score over an evaluation that holds nothing to score (no valid
+    pixel, no unknown trimap region, no box): the caller reports "not evaluated", never 0."""
+
+
 __all__ = [
     "DepthMetrics",
     "DetectionMetrics",
     "MattingMetrics",
+    "NothingToEvaluate",
     "SegmentationMetrics",
     "depth_errors",
     "matting_errors",
