@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import tempfile
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,7 +78,13 @@ def _accepts(value: Any, annotation: Any) -> bool:
 
 
 def _type_name(annotation: Any) -> str:
-    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    """``Optional[int]`` as ``int or None``."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Union or type(annotation).__name__ == "UnionType":
+        return " or ".join(_type_name(a) for a in args)
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
 
 
 def check_trainer_arguments(trainer_cfg: DictConfig) -> None:
@@ -94,8 +101,8 @@ def check_trainer_arguments(trainer_cfg: DictConfig) -> None:
             )
         if name in hints and not _accepts(value, hints[name]):
             raise UsageError(
-                f"trainer.{name}={value!r}: expected {_type_name(hints[name])}; "
-                f"give e.g. trainer.{name}={params[name].default!r}"
+                f"trainer.{name}={value!r}: pytorch_lightning.Trainer expects {_type_name(hints[name])}; "
+                f"fix the override trainer.{name}=..."
             )
 
 
@@ -105,11 +112,14 @@ def check_writable(run_dir: Path) -> None:
     existing = run_dir
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    try:  # a probe file, not os.access: root passes access checks on read-only filesystems
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError:
         raise UsageError(
             f"output directory {run_dir} cannot be written ({existing} is not a writable "
             "directory); set paths.log_dir=<a writable directory> or UPLAB_ROOT"
-        )
+        ) from None
 
 
 def _weight_paths(cfg: DictConfig) -> Iterator[tuple[str, str]]:

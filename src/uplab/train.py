@@ -37,7 +37,13 @@ from uplab.run_directory import (
     check_checkpoint,
     remove_stale_temp_files,
 )
-from uplab.tasks.callbacks import EpochSeed, MetricHistory, StopOnNonFiniteLoss, TrainingDiverged
+from uplab.tasks.callbacks import (
+    EpochSeed,
+    MetricHistory,
+    StopAtEpoch,
+    StopOnNonFiniteLoss,
+    TrainingDiverged,
+)
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +253,7 @@ def wandb_summary(metrics: dict[str, Any], cost: dict[str, Any], status: str) ->
 
 
 def new_wandb_id() -> str:
-    from wandb.util import generate_id
+    from wandb.sdk.lib.runid import generate_id
 
     return generate_id()
 
@@ -320,11 +326,15 @@ def _fit(
         try:
             trainer.fit(task, datamodule=datamodule, ckpt_path=checkpoint)
             status, message = run_status(history, task.not_evaluated)
+            if any(isinstance(c, StopAtEpoch) and c.stopped for c in trainer.callbacks):
+                status, message = "interrupted", "stopped by StopAtEpoch: resume=true continues"
         except TrainingDiverged as err:
             status, message, divergence = "diverged", str(err), err.record()
         return _record(cfg, trainer, history, cost, resolved, status, message, divergence, start, run_dir)
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit) as stop:
         _record(cfg, trainer, history, cost, resolved, status, message, divergence, start, run_dir)
+        if isinstance(stop, SystemExit) and not stop.code:  # Lightning's SIGTERMException exits 0
+            raise SystemExit(1) from stop
         raise
     finally:
         if trainer.is_global_zero:

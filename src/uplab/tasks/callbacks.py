@@ -131,7 +131,10 @@ class StopAtEpoch(Callback):
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {epochs}")
         self.epochs = epochs
+        self.stopped = False
+        """Whether this callback ended training (the run is then unfinished, not finished)."""
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch + 1 >= self.epochs:
+        if trainer.current_epoch + 1 >= self.epochs and trainer.current_epoch + 1 < (trainer.max_epochs or 0):
             trainer.should_stop = True
+            self.stopped = True
