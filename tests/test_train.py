@@ -110,32 +110,31 @@ def reference_run(tmp_path_factory, data_dir) -> tuple[Path, dict, str]:
     cwd = tmp_path_factory.mktemp("reference")
     result = uplab_train(cwd, *LIFECYCLE, f"paths.data_dir={data_dir}")
     (run_dir,) = (cwd / "outputs" / "runs" / "segmentation").iterdir()
-    return run_dir, json.loads((run_dir / "results.json").read_text()), result.stderr
+    return run_dir, json.loads((run_dir / "results.json").read_text()), result.stdout + result.stderr
 
 
 def test_finished_run_drops_last_ckpt_and_resuming_it_changes_nothing(reference_run, data_dir):
-    run_dir, record, stderr = reference_run
+    run_dir, record, output = reference_run
     assert run_dir.name.startswith("+trainer.limit_train_batches=2,backbone.name=test_resnet")
     assert record["status"] == "finished"
     assert not (run_dir / "last.ckpt").exists()  # resume needs it only while a run is unfinished
-    assert "val/mIoU=" in stderr  # the progress bar shows the monitored metric
+    assert "val/mIoU=" in output  # the progress bar shows the monitored metric
     before = (run_dir / "results.json").read_bytes()
     resumed = uplab_train(run_dir.parents[3], *LIFECYCLE, f"paths.data_dir={data_dir}", "resume=true")
     assert "has already ended (status finished" in resumed.stdout + resumed.stderr
     assert (run_dir / "results.json").read_bytes() == before
 
 
-def test_runs_stopped_by_signals_resume_to_the_uninterrupted_result(tmp_path, data_dir, reference_run):
-    """SIGINT, SIGKILL and SLURM's requeue signal SIGUSR1 in epoch 2 of 3; each run is resumed
-    by the same command (resume=true, or SLURM_RESTART_COUNT for the requeued job)."""
+def test_runs_stopped_by_sigint_and_sigkill_resume_to_the_uninterrupted_result(tmp_path, data_dir, reference_run):
+    """SIGINT and SIGKILL in epoch 2 of 3, then the same command with resume=true."""
     _, reference, _ = reference_run
-    cases = {"SIGINT": "resume=true", "SIGKILL": "resume=true", "SIGUSR1": None}
     common = [*LIFECYCLE, f"paths.data_dir={data_dir}", "+callbacks.signal._target_=test_train.SendSignalAt"]
 
     def command(name: str) -> list[str]:
         return [*common, f"+callbacks.signal.name={name}", f"+callbacks.signal.marker={tmp_path / name}.fired",
                 f"hydra.run.dir={tmp_path / name}"]
 
+    cases = ("SIGINT", "SIGKILL")
     stopped = {name: spawn(tmp_path, *command(name)) for name in cases}
     for name, process in stopped.items():
         code, out, err = finish(process)
@@ -143,15 +142,10 @@ def test_runs_stopped_by_signals_resume_to_the_uninterrupted_result(tmp_path, da
         assert (tmp_path / name / "last.ckpt").is_file(), name  # written at the end of epoch 1
     interrupted = json.loads((tmp_path / "SIGINT" / "results.json").read_text())
     assert interrupted["status"] == "interrupted" and len(interrupted["metrics"]["history"]) == 1
-    assert json.loads((tmp_path / "SIGUSR1" / "results.json").read_text())["status"] == "interrupted"
     assert not (tmp_path / "SIGKILL" / "results.json").exists()
     assert (tmp_path / "SIGKILL" / "run.lock").is_file()  # a dead process's lock, taken over below
 
-    resumes = {
-        name: spawn(tmp_path, *command(name), *([flag] if flag else []),
-                    env=None if flag else {"SLURM_RESTART_COUNT": "1"})
-        for name, flag in cases.items()
-    }
+    resumes = {name: spawn(tmp_path, *command(name), "resume=true") for name in cases}
     for name, process in resumes.items():
         code, out, err = finish(process)
         assert code == 0, (name, out[-2000:], err[-2000:])
@@ -162,6 +156,57 @@ def test_runs_stopped_by_signals_resume_to_the_uninterrupted_result(tmp_path, da
         assert not (tmp_path / name / "run.lock").exists()
     total = json.loads((tmp_path / "SIGINT" / "results.json").read_text())["wall_time_s"]
     assert total > interrupted["wall_time_s"]  # the record counts both processes
+
+
+def test_requeue_signal_stops_the_run_and_the_requeued_job_resumes(tmp_path, data_dir, monkeypatch):
+    """SIGUSR1 (SLURM's and submitit's notice of preemption) in epoch 2 of 2, in this process:
+    the run stops as interrupted with last.ckpt of epoch 1; the requeued job (same command,
+    SLURM_RESTART_COUNT=1) resumes from it."""
+    previous = signal.getsignal(signal.SIGUSR1)
+    hook = [f"+callbacks.signal._target_={__name__}.SendSignalAt", "+callbacks.signal.name=SIGUSR1",
+            f"+callbacks.signal.marker={tmp_path / 'fired'}"]
+    cfg = _compose("segmentation", tmp_path / "run", data_dir, *hook, "logger=none", "trainer.max_epochs=2")
+    try:
+        with pytest.raises(SystemExit):
+            train(cfg)
+        record = json.loads((tmp_path / "run" / "results.json").read_text())
+        assert record["status"] == "interrupted" and (tmp_path / "run" / "last.ckpt").is_file()
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+        metrics = train(cfg)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "finished"
+
+
+def test_errors_a_command_can_cause_end_in_one_line_before_any_run_directory(tmp_path, data_dir):
+    """Each case through the real CLI (the processes run side by side): exit status 2, one line
+    on stderr naming the problem and the fix, no run directory; HYDRA_FULL_ERROR=1 keeps the
+    traceback."""
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    toy = [*TINY, f"paths.data_dir={data_dir}", "logger=none"]
+    cases = {
+        "dataset": (["experiment=paper/fade_segformer_b1_ade20k", f"paths.data_dir={tmp_path / 'nodata'}"],
+                    ["images/training", "does not exist", "scripts/prepare_ade20k.py --root"]),
+        "weights": ([*toy, "+backbone.checkpoint=/no/such/weights.pth"], ["/no/such/weights.pth", "docs/datasets.md"]),
+        "gpu": ([*toy, "trainer=gpu"], ["no CUDA device", "trainer=cpu"]),
+        "type": ([*toy, "trainer.max_epochs=abc"], ["trainer.max_epochs='abc'", "int or None"]),
+        "unwritable": ([*toy, f"paths.log_dir={not_a_dir / 'outputs'}"], [str(not_a_dir), "paths.log_dir="]),
+    }
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "full").mkdir()
+    runs = {name: spawn(tmp_path / "cwd", *overrides) for name, (overrides, _) in cases.items()}
+    full = spawn(tmp_path / "full", *cases["type"][0], env={"HYDRA_FULL_ERROR": "1"})
+    for name, process in runs.items():
+        code, out, err = finish(process)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("uplab-train: error: "), (name, err[-3000:])
+        for words in cases[name][1]:
+            assert words in lines[0], (name, lines[0])
+    assert not (tmp_path / "cwd" / "outputs").exists()
+    code, out, err = finish(full)
+    assert code != 0 and "Traceback" in err and "trainer.max_epochs='abc'" in err
 
 
 def _compose(task: str, run_dir: Path, data_dir: str, *overrides: str):
