@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
-
-import pytorch_lightning as pl
 
 from uplab.train import MAX_RUN_NAME, config_dir, resolve_checkpoint, run_name, train
 
