@@ -20,6 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from uplab.preflight import UsageError, exit_with, preflight
 from uplab.train import MAX_RUN_NAME, config_dir, resolve_checkpoint, run_name, train
 
 pytestmark = pytest.mark.slow
@@ -69,8 +70,9 @@ def test_every_experiment_file_through_the_cli(tmp_path, data_dir):
 
 
 # three epochs of two batches on 32 x 32 images: the runs the signal tests interrupt and resume
+# (with the rich progress bar, whose last line per epoch shows the monitored metric)
 LIFECYCLE = [
-    *(o for o in TINY if not o.startswith("data.toy.image_size")), "data.toy.image_size=32", "decoder.embed_dim=32", "trainer.max_epochs=3",
+    *(o for o in TINY if not o.startswith(("data.toy.image_size", "~callbacks"))), "data.toy.image_size=32", "decoder.embed_dim=32", "trainer.max_epochs=3",
     "+trainer.limit_train_batches=2", "logger=csv", "seed=3",
 ]
 
@@ -117,7 +119,7 @@ def test_finished_run_drops_last_ckpt_and_resuming_it_changes_nothing(reference_
     assert run_dir.name.startswith("+trainer.limit_train_batches=2,backbone.name=test_resnet")
     assert record["status"] == "finished"
     assert not (run_dir / "last.ckpt").exists()  # resume needs it only while a run is unfinished
-    assert "val/mIoU=" in output  # the progress bar shows the monitored metric
+    assert "val/mIoU:" in output  # the progress bar shows the monitored metric
     before = (run_dir / "results.json").read_bytes()
     resumed = uplab_train(run_dir.parents[3], *LIFECYCLE, f"paths.data_dir={data_dir}", "resume=true")
     assert "has already ended (status finished" in resumed.stdout + resumed.stderr
@@ -179,33 +181,54 @@ def test_requeue_signal_stops_the_run_and_the_requeued_job_resumes(tmp_path, dat
 
 
 def test_errors_a_command_can_cause_end_in_one_line_before_any_run_directory(tmp_path, data_dir):
-    """Each case through the real CLI (the processes run side by side): exit status 2, one line
-    on stderr naming the problem and the fix, no run directory; HYDRA_FULL_ERROR=1 keeps the
-    traceback."""
+    """Through the real CLI (side by side): a paper row without its dataset, and an output
+    directory that cannot be created; exit status 2, one line on stderr naming the problem and
+    the fix, no run directory. The other checks: test_preflight_names_each_problem."""
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
-    toy = [*TINY, f"paths.data_dir={data_dir}", "logger=none"]
     cases = {
         "dataset": (["experiment=paper/fade_segformer_b1_ade20k", f"paths.data_dir={tmp_path / 'nodata'}"],
                     ["images/training", "does not exist", "scripts/prepare_ade20k.py --root"]),
-        "weights": ([*toy, "+backbone.checkpoint=/no/such/weights.pth"], ["/no/such/weights.pth", "docs/datasets.md"]),
-        "gpu": ([*toy, "trainer=gpu"], ["no CUDA device", "trainer=cpu"]),
-        "type": ([*toy, "trainer.max_epochs=abc"], ["trainer.max_epochs='abc'", "int or None"]),
-        "unwritable": ([*toy, f"paths.log_dir={not_a_dir / 'outputs'}"], [str(not_a_dir), "paths.log_dir="]),
+        "unwritable": ([*TINY, f"paths.data_dir={data_dir}", f"paths.log_dir={not_a_dir / 'outputs'}"],
+                       [str(not_a_dir), "paths.log_dir="]),
     }
-    (tmp_path / "cwd").mkdir()
-    (tmp_path / "full").mkdir()
-    runs = {name: spawn(tmp_path / "cwd", *overrides) for name, (overrides, _) in cases.items()}
-    full = spawn(tmp_path / "full", *cases["type"][0], env={"HYDRA_FULL_ERROR": "1"})
+    runs = {name: spawn(tmp_path, *overrides) for name, (overrides, _) in cases.items()}
     for name, process in runs.items():
         code, out, err = finish(process)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("uplab-train: error: "), (name, err[-3000:])
         for words in cases[name][1]:
             assert words in lines[0], (name, lines[0])
-    assert not (tmp_path / "cwd" / "outputs").exists()
-    code, out, err = finish(full)
-    assert code != 0 and "Traceback" in err and "trainer.max_epochs='abc'" in err
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (["+backbone.checkpoint=/no/such/weights.pth"], ["/no/such/weights.pth", "docs/datasets.md"]),
+        (["trainer=gpu"], ["no CUDA device", "trainer=cpu"]),
+        (["trainer.max_epochs=abc"], ["trainer.max_epochs='abc'", "int or None"]),
+        (["+trainer.max_epoch=3"], ["no argument 'max_epoch'", "max_epochs"]),
+    ],
+    ids=["weights", "gpu", "type", "unknown-argument"],
+)
+def test_preflight_names_each_problem(tmp_path, data_dir, overrides, words):
+    cfg = _compose("segmentation", tmp_path / "run", data_dir, *overrides)
+    with pytest.raises(UsageError) as error:
+        preflight(cfg, tmp_path / "run")
+    assert all(w in str(error.value) for w in words) and "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_usage_error_is_one_line_unless_hydra_full_error(monkeypatch, capsys):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        exit_with(UsageError("what is wrong\nwhat to do"))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "uplab-train: error: what is wrong; what to do\n"
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(UsageError):
+        exit_with(UsageError("what is wrong"))
 
 
 def _compose(task: str, run_dir: Path, data_dir: str, *overrides: str):

@@ -145,8 +145,8 @@ def check_checkpoint(path: str | Path) -> None:
     """Raise :class:`RunDirectoryError` if ``path`` is not a complete checkpoint (torch's zip
     format: a truncated file has lost its central directory)."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            archive.namelist()
+        with zipfile.ZipFile(path):  # reads the central directory, at the file's end
+            pass
     except (zipfile.BadZipFile, OSError) as err:
         raise RunDirectoryError(
             f"checkpoint {path} is unreadable ({err}); delete it and run without resume=true to "
