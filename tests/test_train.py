@@ -145,6 +145,8 @@ def test_runs_stopped_by_sigint_and_sigkill_resume_to_the_uninterrupted_result(t
     assert interrupted["status"] == "interrupted" and len(interrupted["metrics"]["history"]) == 1
     assert not (tmp_path / "SIGKILL" / "results.json").exists()
     assert (tmp_path / "SIGKILL" / "run.lock").is_file()  # a dead process's lock, taken over below
+    killed = json.loads((tmp_path / "SIGKILL" / "run_state.json").read_text())
+    assert killed["wall_time_s"] > 0  # saved with last.ckpt, so the resumed record counts it
 
     resumes = {name: spawn(tmp_path, *command(name), "resume=true") for name in cases}
     for name, process in resumes.items():

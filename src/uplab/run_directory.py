@@ -8,10 +8,12 @@ import json
 import os
 import socket
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
@@ -173,3 +175,22 @@ class RunState:
 
     def write(self, **values: Any) -> None:
         write_json_atomic(self.path, {**self.read(), **values})
+
+
+class RecordWallTime(pl.Callback):
+    """Writes the run's wall time so far into its :class:`RunState` whenever a checkpoint is
+    saved, so a process killed outright (SIGKILL, a node failure) still hands its time to the
+    resumed run.
+
+    Args:
+        state: the run's state file.
+        start: ``time.perf_counter()`` value at which the run began (earlier processes included).
+    """
+
+    def __init__(self, state: RunState, start: float):
+        self.state = state
+        self.start = start
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if trainer.is_global_zero:
+            self.state.write(wall_time_s=round(time.perf_counter() - self.start, 3))

@@ -31,6 +31,7 @@ from uplab.data.io import DatasetError
 from uplab.preflight import UsageError, exit_with, preflight
 from uplab.run_directory import (
     AtomicCheckpointIO,
+    RecordWallTime,
     RunDirectoryError,
     RunLock,
     RunState,
@@ -310,7 +311,7 @@ def _fit(
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[*callbacks, history, StopOnNonFiniteLoss(), EpochSeed(cfg.seed)],
+        callbacks=[*callbacks, history, StopOnNonFiniteLoss(), EpochSeed(cfg.seed), RecordWallTime(state, start)],
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
     )
