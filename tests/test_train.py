@@ -80,10 +80,15 @@ LIFECYCLE = [
 class SendSignalAt(pl.Callback):
     """Test helper run inside uplab-train: sends ``signal`` to its own process after training
     batch ``batch`` of epoch ``epoch``, once (``marker`` records that it fired, so the resumed
-    command, which must be the same command, runs through)."""
+    command, which must be the same command, runs through); ``<marker>.epochs`` lists the
+    epochs each process started, which tells a resumed run from one that started over."""
 
     def __init__(self, name: str, marker: str, epoch: int = 1, batch: int = 0):
         self.signum, self.marker, self.epoch, self.batch = getattr(signal, name), Path(marker), epoch, batch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        with open(f"{self.marker}.epochs", "a") as f:
+            f.write(f"{trainer.current_epoch} ")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch) and not self.marker.exists():
@@ -154,6 +159,7 @@ def test_runs_stopped_by_sigint_and_sigkill_resume_to_the_uninterrupted_result(t
         assert code == 0, (name, out[-2000:], err[-2000:])
         record = json.loads((tmp_path / name / "results.json").read_text())
         assert record["status"] == "finished", name
+        assert (tmp_path / f"{name}.fired.epochs").read_text().split() == ["0", "1", "1", "2"], name
         assert [h["step"] for h in record["metrics"]["history"]] == [h["step"] for h in reference["metrics"]["history"]]
         assert record["metrics"]["final"] == pytest.approx(reference["metrics"]["final"], rel=1e-5, abs=1e-6), name
         assert not (tmp_path / name / "run.lock").exists()
@@ -179,6 +185,7 @@ def test_requeue_signal_stops_the_run_and_the_requeued_job_resumes(tmp_path, dat
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert [h["epoch"] for h in metrics["history"]] == [0, 1]
+    assert (tmp_path / "fired.epochs").read_text().split() == ["0", "1", "1"]
     assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "finished"
 
 
