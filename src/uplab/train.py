@@ -1,9 +1,14 @@
 """The Hydra entry point: ``uplab-train`` (or ``python -m uplab.train``).
 
 ``uplab-train task=segmentation upsampler=fade`` composes ``conf/train.yaml`` with the chosen
-task, data, backbone, decoder, upsampler, trainer and logger, builds everything with
-``hydra.utils.instantiate``, trains, and writes ``results.json`` into the run directory.
-``resume=true`` continues the same command's run from its ``last.ckpt``.
+task, data, backbone, decoder, upsampler, trainer and logger, checks what the command can get
+wrong (:mod:`uplab.preflight`: one line and exit status 2), claims the run directory
+(:mod:`uplab.run_directory`), builds everything with ``hydra.utils.instantiate``, trains, and
+writes ``results.json`` with the run's status: ``finished``, ``interrupted`` (SIGINT, SIGTERM,
+SIGUSR1), ``diverged`` (non-finite training loss) or ``not_evaluated`` (no validation result).
+``resume=true`` continues the same command's run from its ``last.ckpt`` (the end of its last
+complete epoch), in the same W&B run, adding up the wall time; a run that has ended is left as
+it is.
 """
 
 from __future__ import annotations
