@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from uplab.preflight import UsageError, exit_with, preflight
+from uplab.run_directory import RunDirectoryError, RunLock
 from uplab.train import MAX_RUN_NAME, config_dir, resolve_checkpoint, run_name, train
 
 pytestmark = pytest.mark.slow
@@ -255,6 +256,21 @@ def _compose(task: str, run_dir: Path, data_dir: str, *overrides: str):
         del cfg.hydra
     GlobalHydra.instance().clear()
     return cfg
+
+
+def test_run_directory_held_by_another_process_is_refused(tmp_path, data_dir):
+    cfg = _compose("segmentation", tmp_path, data_dir, "logger=none")
+    with RunLock(tmp_path), pytest.raises(RunDirectoryError, match=f"in use by pid {os.getpid()}"):
+        train(cfg)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_corrupt_last_checkpoint_is_named_before_training(tmp_path, data_dir):
+    (tmp_path / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    cfg = _compose("segmentation", tmp_path, data_dir, "logger=none", "resume=true")
+    with pytest.raises(RunDirectoryError, match=f"checkpoint {tmp_path / 'last.ckpt'} is unreadable"):
+        train(cfg)
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "run.lock").exists()
 
 
 def test_ddp_two_processes_one_output_directory(tmp_path, data_dir):
