@@ -6,6 +6,7 @@ and an offline W&B run continued by resume."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -120,15 +121,19 @@ def reference_run(tmp_path_factory, data_dir) -> tuple[Path, dict, str]:
     return run_dir, json.loads((run_dir / "results.json").read_text()), result.stdout + result.stderr
 
 
-def test_finished_run_drops_last_ckpt_and_resuming_it_changes_nothing(reference_run, data_dir):
+def test_finished_run_drops_last_ckpt_and_resuming_it_changes_nothing(reference_run, data_dir, caplog):
     run_dir, record, output = reference_run
     assert run_dir.name.startswith("+trainer.limit_train_batches=2,backbone.name=test_resnet")
     assert record["status"] == "finished"
     assert not (run_dir / "last.ckpt").exists()  # resume needs it only while a run is unfinished
     assert "val/mIoU:" in output  # the progress bar shows the monitored metric
     before = (run_dir / "results.json").read_bytes()
-    resumed = uplab_train(run_dir.parents[3], *LIFECYCLE, f"paths.data_dir={data_dir}", "resume=true")
-    assert "has already ended (status finished" in resumed.stdout + resumed.stderr
+    caplog.set_level(logging.INFO, logger="uplab.train")
+    metrics = train(_compose("segmentation", run_dir, data_dir, "logger=none", "resume=true"))
+    assert metrics == record["metrics"]
+    assert [r.getMessage() for r in caplog.records if "already ended" in r.getMessage()] == [
+        f"the run in {run_dir} has already ended (status finished, results.json): nothing to resume"
+    ]
     assert (run_dir / "results.json").read_bytes() == before
 
 
