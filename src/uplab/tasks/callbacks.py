@@ -94,7 +94,8 @@ class StopOnNonFiniteLoss(Callback):
         if loss is None:
             return
         value = float(loss)
-        if not math.isfinite(value):
+        # under DDP every rank must stop at the same step, or the others wait in the next all-reduce
+        if trainer.strategy.reduce_boolean_decision(not math.isfinite(value), all=False):
             raise TrainingDiverged(trainer.global_step, value, self.last_finite_loss)
         self.last_finite_loss = value
 
