@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 
@@ -44,3 +46,38 @@ def test_missing_record_is_a_clear_error(tmp_path):
 
 def test_git_commit_outside_a_work_tree_is_none(tmp_path):
     assert git_commit(tmp_path) is None
+
+
+def _record(tmp_path, **kw):
+    return write_run_record(
+        tmp_path, config={"seed": 1}, cost={"params": {"total": 10, "upsamplers": 2}, "flops": None},
+        wall_time_s=1.0, wandb_run_id=None, commit=None, **kw,
+    )
+
+
+def test_non_finite_values_are_written_as_null_and_named(tmp_path):
+    metrics = {"monitor": "val/mIoU", "final": {"val/mIoU": float("nan"), "val/loss": float("inf")},
+               "history": [{"step": 1, "metrics": {"val/mIoU": 0.5}}]}
+    path = _record(tmp_path, metrics=metrics)
+
+    def reject(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    record = json.loads(path.read_text(), parse_constant=reject)
+    assert record["metrics"]["final"] == {"val/mIoU": None, "val/loss": None}
+    assert record["non_finite"] == ["metrics.final.val/mIoU", "metrics.final.val/loss"]
+    assert record["metrics"]["history"][0]["metrics"]["val/mIoU"] == 0.5
+
+
+def test_records_are_created_with_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = _record(tmp_path, metrics={})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_unknown_status_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="status must be one of"):
+        _record(tmp_path, metrics={}, status="done")

@@ -10,6 +10,7 @@ from uplab.metrics.errors import NothingToEvaluate
 from uplab.metrics.matting import MattingMetrics, matting_errors
 from uplab.metrics.segmentation import SegmentationMetrics
 
+
 __all__ = [
     "DepthMetrics",
     "DetectionMetrics",

@@ -4,6 +4,7 @@ logging, and the figure of one validation batch."""
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -13,8 +14,11 @@ from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 from torchmetrics import Metric
 
+from uplab.metrics import NothingToEvaluate
 from uplab.tasks.figures import feature_map_recorder, validation_figure
 from uplab.upsamplers.base import Upsampler
+
+log = logging.getLogger(__name__)
 
 
 def _call_scheduler(
@@ -63,6 +67,8 @@ class TaskModule(pl.LightningModule):
         self.val_metrics: Metric
         self.model: nn.Module
         self._figure_batch: Any = None
+        self.not_evaluated: str | None = None
+        """Why the last validation logged no metrics (None when it did)."""
 
     def configure_optimizers(self):
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
@@ -85,9 +91,20 @@ class TaskModule(pl.LightningModule):
             self._figure_batch = batch
 
     def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
-        self.log_dict({f"val/{k}": v.float() for k, v in values.items()}, sync_dist=False)
-        self.val_metrics.reset()
+        try:
+            values = self.val_metrics.compute()
+        except NothingToEvaluate as err:
+            self.not_evaluated = str(err)
+            log.warning("validation at step %d logged no metrics: %s", self.global_step, err)
+            return
+        finally:
+            self.val_metrics.reset()
+        self.not_evaluated = None
+        values = {f"val/{k}": v.float() for k, v in values.items()}
+        monitored = values.pop(self.monitor, None)
+        self.log_dict(values, sync_dist=False)
+        if monitored is not None:  # the progress bar shows what ranks the run
+            self.log(self.monitor, monitored, prog_bar=True, sync_dist=False)
         self._log_figure()
 
     def _log_figure(self) -> None:
