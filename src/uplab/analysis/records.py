@@ -23,8 +23,9 @@ RUN_FILE = "run.json"
 HYDRA_CONFIG = "config.yaml"  # in a Hydra run directory's .hydra/
 FAILURE_FILE = "failed.json"
 METRIC_PREFIX = "val/"
-# where a record that is not "finished" says why (the lifecycle's divergence and evaluation notes)
-STATUS_REASON_KEYS = ("error", "reason", "divergence", "diverged", "not_evaluated", "note", "notes")
+# where a record that is not "finished" says why (uplab.analysis.run_record.write_run_record's
+# one-line message, its divergence details, a failed run's error)
+STATUS_REASON_KEYS = ("message", "divergence", "error")
 # the task module's class name -> the task (``uplab.tasks.SegmentationTask`` -> segmentation)
 TASK_SUFFIX = "Task"
 
