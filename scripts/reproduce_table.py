@@ -392,7 +392,6 @@ COST_INPUTS = (
     ":(exclude)src/uplab/ops/_cupy_kernels.py",
     ":(exclude)src/uplab/ops/cuda.py",
     "src/uplab/tasks",
-    "src/uplab/train.py",
     "conf/train.yaml",
     "conf/task",
     "conf/experiment/paper",

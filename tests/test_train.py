@@ -46,9 +46,10 @@ def data_dir(tmp_path_factory) -> str:
 
 
 def uplab_train(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """``uplab-train`` run in ``cwd``, which is also its project root (outputs/ goes there)."""
     result = subprocess.run(
         [sys.executable, "-m", "uplab.train", *overrides],
-        cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300,
+        cwd=cwd, env={**ENV, "UPLAB_ROOT": str(cwd)}, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -101,7 +102,12 @@ class SendSignalAt(pl.Callback):
 def spawn(cwd: Path, *overrides: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "uplab.train", *overrides], cwd=cwd, text=True,
-        env={**ENV, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), ENV.get("PYTHONPATH", "")]), **(env or {})},
+        env={
+            **ENV,
+            "UPLAB_ROOT": str(cwd),  # the run's outputs/ under cwd, not in the checkout
+            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), ENV.get("PYTHONPATH", "")]),
+            **(env or {}),
+        },
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import logging
 import os
 import signal
@@ -26,7 +25,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
@@ -43,6 +42,7 @@ from uplab.run_directory import (
     check_checkpoint,
     remove_stale_temp_files,
 )
+from uplab.tasks.build import build_task
 from uplab.tasks.callbacks import (
     EpochSeed,
     MetricHistory,
@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "last.ckpt"
 # arguments of a task module that the data supplies
-DATA_ATTRIBUTES = ("num_classes", "ignore_index")
 
 
 def config_dir() -> str:
@@ -106,31 +105,6 @@ def resolve_checkpoint(resume: Any, run_dir: Path) -> str | None:
             f"checkpoint file; {path} does not exist"
         )
     return str(path)
-
-
-def build_task(cfg: DictConfig, datamodule: pl.LightningDataModule) -> pl.LightningModule:
-    """The task module of ``cfg.task`` with the backbone, decoder and upsampler factories and the
-    arguments the data supplies (``num_classes``, ``ignore_index``)."""
-    task_cls = get_class(cfg.task._target_)
-    if getattr(datamodule, "task", task_cls.data_task) != task_cls.data_task:
-        raise ValueError(
-            f"{task_cls.__name__} trains on {task_cls.data_task} data, but the data config gives "
-            f"{datamodule.task} data; drop the data= override (each task selects its toy data) "
-            "or pick a data config of that task"
-        )
-    params = inspect.signature(task_cls).parameters
-    from_data = {
-        name: getattr(datamodule, name)
-        for name in DATA_ATTRIBUTES
-        if name in params and getattr(datamodule, name, None) is not None
-    }
-    return instantiate(
-        cfg.task,
-        backbone=instantiate(cfg.backbone),
-        decoder=instantiate(cfg.decoder),
-        upsampler=instantiate(cfg.upsampler),
-        **from_data,
-    )
 
 
 def build_loggers(cfg: DictConfig, wandb_run_id: str | None) -> list[Logger]:

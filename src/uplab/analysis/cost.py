@@ -2,7 +2,7 @@
 (``reference/paper_results.yaml``).
 
 Each row's model is built from the row's own experiment config (``conf/experiment/paper/``) by the
-code that ``uplab-train experiment=paper/<row>`` trains it with (``uplab.train.build_task``), and
+code that ``uplab-train experiment=paper/<row>`` trains it with (``uplab.tasks.build.build_task``), and
 counted at the published input size in the published counter's convention, declared per setting
 in :data:`PAPER_MODELS` (:mod:`uplab.analysis.flops`). Published cost cells of non-baseline rows
 are increments over the baseline upsampler, so ours are shown the same way. Example::
@@ -180,7 +180,7 @@ def parameters_on_meta():
 
 
 def build_model(cfg: DictConfig, data: Mapping[str, Any], empty: bool = False) -> nn.Module:
-    """The model a run of ``cfg`` trains: the task module built by ``uplab.train.build_task`` (the
+    """The model a run of ``cfg`` trains: the task module built by ``uplab.tasks.build.build_task`` (the
     code path of ``uplab-train``), with ``data`` standing in for the dataset's attributes.
 
     Args:
@@ -189,7 +189,7 @@ def build_model(cfg: DictConfig, data: Mapping[str, Any], empty: bool = False) -
         empty: parameters on the meta device (:func:`parameters_on_meta`): parameter counts
             only, no forward.
     """
-    from uplab.train import build_task
+    from uplab.tasks.build import build_task
 
     with parameters_on_meta() if empty else nullcontext():
         return build_task(cfg, SimpleNamespace(**data)).model
