@@ -377,8 +377,9 @@ def statistics_note(spec: DictConfig) -> str:
 def render_claims(spec: DictConfig, summaries, fmt: str) -> str:
     """The papers' claims (``claims`` in the table's config) with their verdicts from the intervals."""
     frame = tables.check_claims(OmegaConf.to_container(spec.claims, resolve=True), summaries)
+    body = tables.render_claims(frame, fmt)
     if fmt == "csv":
-        return frame.to_csv(index=False)
+        return body
     intro = (
         "Each claim of the SAPA and FADE papers that the toy suite can test (and the control: the toy "
         "tasks reward upsampling), checked against the Δ intervals above: supported when every check's interval excludes zero in the claimed "
@@ -386,8 +387,8 @@ def render_claims(spec: DictConfig, summaries, fmt: str) -> str:
         "interval that includes zero cannot show that an effect is absent)."
     )
     if fmt == "markdown":
-        return f"### The papers' claims\n\n{intro}\n\n{tables.markdown_table(frame)}"
-    return "% the papers' claims\n" + frame.to_latex(index=False, escape=True)
+        return f"### The papers' claims\n\n{intro}\n\n{body}"
+    return f"% the papers' claims\n{body}"
 
 
 def render_table(spec: DictConfig, records, fmt: str) -> str:

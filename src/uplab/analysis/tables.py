@@ -200,7 +200,7 @@ def _delta_cell(table: pd.DataFrame, name: str, metric: str, digits: int) -> str
 
 def _converged(line: pd.Series) -> str:
     known = line.get("convergence_known")
-    if known is None or (isinstance(known, float) and math.isnan(known)):
+    if known is None or (isinstance(known, float) and math.isnan(known)) or not line["runs"]:
         return ""
     return f"{int(line['converged'])}/{int(known)}"
 
@@ -394,3 +394,15 @@ def check_claims(claims: Sequence[Mapping], summaries: Mapping[str, pd.DataFrame
              "verdict": claim_verdict(verdicts)}
         )
     return pd.DataFrame.from_records(lines, columns=["claim", "source", "evidence", "verdict"])
+
+
+def render_claims(frame: pd.DataFrame, fmt: str = "markdown") -> str:
+    """A :func:`check_claims` frame as Markdown, CSV or LaTeX."""
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt == "markdown":
+        return markdown_table(frame)
+    if fmt == "latex":
+        shown = frame.map(lambda v: _latex(str(v)))
+        return shown.to_latex(index=False, escape=False)
+    raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
