@@ -27,6 +27,7 @@ Examples::
     python scripts/reproduce_table.py --table quick --publish          # copy outputs/results -> results/
     python scripts/reproduce_table.py --table paper-segformer --launcher slurm --slurm-partition gpu
     python scripts/reproduce_table.py --table toy --render-only     # tables from existing runs
+    python scripts/reproduce_table.py --table toy --all-rows        # with the rows beyond the papers' defaults
 """
 
 from __future__ import annotations
@@ -95,10 +96,29 @@ def load_table(name: str) -> DictConfig:
 
 
 def row_overrides(rows: ListConfig | DictConfig) -> dict[str, list[str]]:
-    """A task's rows as ``name -> overrides``: a list of upsampler names means ``upsampler=<name>``."""
+    """A task's rows as ``name -> overrides``: a mapping as it is; in a list, a name means
+    ``upsampler=<name>`` and a one-key mapping ``{name: [overrides]}`` is a row of its own (a
+    control row beside the upsampler rows)."""
     if isinstance(rows, DictConfig):
         return {str(k): [str(o) for o in v] for k, v in rows.items()}
-    return {str(name): [f"upsampler={name}"] for name in rows}
+    out: dict[str, list[str]] = {}
+    for item in rows:
+        if isinstance(item, DictConfig):
+            out.update({str(k): [str(o) for o in v] for k, v in item.items()})
+        else:
+            out[str(item)] = [f"upsampler={item}"]
+    return out
+
+
+def with_extra_rows(spec: DictConfig) -> DictConfig:
+    """The table with each task's ``extra_rows`` appended to its ``rows`` (``--all-rows``): the
+    rows left out of the default grid to keep it within its time budget."""
+    spec = spec.copy()
+    for task_spec in spec.tasks.values():
+        extra = task_spec.get("extra_rows")
+        if extra:
+            task_spec.rows = ListConfig([*task_spec.rows, *extra])
+    return spec
 
 
 def plan_runs(spec: DictConfig, runs_dir: Path, tasks: Sequence[str] | None = None) -> list[Run]:
@@ -303,9 +323,29 @@ def run_submitit(
     return counts
 
 
+def convergence_flags(spec: DictConfig, records):
+    """The records with a ``converged`` column: whether each finished run's monitored validation
+    metric levelled off by the table's ``convergence`` criterion
+    (:func:`uplab.analysis.statistics.run_levelled_off`); the records as they are when the table
+    states no criterion."""
+    from uplab.analysis.statistics import run_levelled_off
+
+    criterion = spec.get("convergence")
+    if criterion is None or not len(records):
+        return records
+    tail, tolerance = float(criterion.tail), float(criterion.tolerance)
+    return records.assign(
+        converged=[
+            run_levelled_off(d, tail, tolerance) if status == "finished" else None
+            for d, status in zip(records["run_dir"], records["status"], strict=True)
+        ]
+    )
+
+
 def task_tables(spec: DictConfig, records, which: str | None = None) -> dict[str, object]:
     """The summary of each task (:func:`uplab.analysis.tables.summarize`)."""
     which = which or spec.get("which", "final")
+    records = convergence_flags(spec, records)
     out = {}
     for task, task_spec in spec.tasks.items():
         task_records = records[records["task"] == task] if len(records) else records
@@ -316,8 +356,44 @@ def task_tables(spec: DictConfig, records, which: str | None = None) -> dict[str
     return out
 
 
+def statistics_note(spec: DictConfig) -> str:
+    """How to read the toy table's Δ cells, bold marks and converged counts."""
+    text = (
+        "Δ: mean difference to the baseline row over the seeds both finished (runs of one seed are "
+        "paired), with its 95% Student-t interval; ▲ better, ▼ worse where the interval excludes zero "
+        "(with the metric's direction), unmarked otherwise; n= where fewer seeds paired. A best mean is "
+        "bold only when it is significantly better than the runner-up's (the same paired interval)."
+    )
+    criterion = spec.get("convergence")
+    if criterion is not None:
+        text += (
+            f" converged: runs whose monitored validation metric levelled off (the best value of the last "
+            f"{float(criterion.tail):.0%} of the evaluations improves on the best before them by at most "
+            f"{float(criterion.tolerance):.0%} of the run's whole improvement)."
+        )
+    return text
+
+
+def render_claims(spec: DictConfig, summaries, fmt: str) -> str:
+    """The papers' claims (``claims`` in the table's config) with their verdicts from the intervals."""
+    frame = tables.check_claims(OmegaConf.to_container(spec.claims, resolve=True), summaries)
+    body = tables.render_claims(frame, fmt)
+    if fmt == "csv":
+        return body
+    intro = (
+        "Each claim of the SAPA and FADE papers that the toy suite can test (and the control: the toy "
+        "tasks reward upsampling), checked against the Δ intervals above: supported when every check's interval excludes zero in the claimed "
+        "direction, not supported when one excludes zero the other way, inconclusive otherwise (an "
+        "interval that includes zero cannot show that an effect is absent)."
+    )
+    if fmt == "markdown":
+        return f"### The papers' claims\n\n{intro}\n\n{body}"
+    return f"% the papers' claims\n{body}"
+
+
 def render_table(spec: DictConfig, records, fmt: str) -> str:
-    """All tasks of a toy table in one document (Markdown sections, one CSV, LaTeX tables)."""
+    """All tasks of a toy table in one document (Markdown sections, one CSV, LaTeX tables), and
+    the papers' claims checked (Markdown and LaTeX) where the table lists them."""
     import pandas as pd
 
     summaries = task_tables(spec, records)
@@ -327,13 +403,15 @@ def render_table(spec: DictConfig, records, fmt: str) -> str:
     parts = []
     if fmt == "markdown":
         seeds = ", ".join(str(s) for s in spec.seeds)
-        parts.append(f"{spec.get('description', '').strip()} Seeds: {seeds}. Best mean per column in bold; "
-                     "params and FLOPs: the baseline's, then increments over it (FLOPs: multiply-accumulates "
+        parts.append(f"{spec.get('description', '').strip()} Seeds: {seeds}. {statistics_note(spec)} "
+                     "Params and FLOPs: the baseline's, then increments over it (FLOPs: multiply-accumulates "
                      "of one validation image).")
     for task, summary in summaries.items():
         metrics = list(spec.tasks[task].metrics)
         body = tables.render(summary, metrics, fmt)
         parts.append(f"### {task}\n\n{body}" if fmt == "markdown" else f"% {task}\n{body}")
+    if spec.get("claims"):
+        parts.append(render_claims(spec, summaries, fmt))
     return "\n\n".join(parts) + "\n"
 
 
@@ -369,13 +447,18 @@ def render_paper_table(spec: DictConfig, records, fmt: str) -> str:
 
 
 def write_outputs(spec: DictConfig, records, out_dir: Path) -> list[Path]:
-    """``<out_dir>/<table>.{md,csv,tex}``."""
+    """``<out_dir>/<table>.{md,csv,tex}``, and ``<table>.claims.csv`` where the table lists the
+    papers' claims."""
     out_dir.mkdir(parents=True, exist_ok=True)
     render = render_paper_table if "model" in spec else render_table
     written = []
     for fmt, suffix in (("markdown", "md"), ("csv", "csv"), ("latex", "tex")):
         path = out_dir / f"{spec.name}.{suffix}"
         path.write_text(render(spec, records, fmt))
+        written.append(path)
+    if "model" not in spec and spec.get("claims"):
+        path = out_dir / f"{spec.name}.claims.csv"
+        path.write_text(render_claims(spec, task_tables(spec, records), "csv"))
         written.append(path)
     return written
 
@@ -566,7 +649,7 @@ def publish(
         raise ValueError(
             f"nothing to publish for table {table!r}: expected {source}; run `make reproduce-table TABLE={table}` first"
         )
-    files = [out_dir / "tables" / f"{table}.{s}" for s in ("md", "csv", "tex", "timing.md")]
+    files = [out_dir / "tables" / f"{table}.{s}" for s in ("md", "csv", "claims.csv", "tex", "timing.md")]
     files += sorted((out_dir / "figures").glob(f"{table}_*.png"))
     if cost_table_is_current(out_dir / "tables", cost_inputs_digest()):
         files += [out_dir / "tables" / name for name in COST_FILES]
@@ -604,6 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", default="toy", help=f"one of {', '.join(available_tables())}")
     parser.add_argument("--tasks", help="comma-separated subset of the table's tasks")
+    parser.add_argument("--all-rows", action="store_true",
+                        help="add each task's extra_rows (left out of the default grid for time) to its rows")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "outputs" / "tables", help="where runs live")
     parser.add_argument("--results-dir", type=Path, default=OUTPUT_RESULTS,
                         help="tables/ and figures/ go here (default outputs/results; --publish copies them to results/)")
@@ -631,6 +716,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         spec = load_table(args.table)
+        if args.all_rows:
+            spec = with_extra_rows(spec)
         runs = plan_runs(spec, args.runs_dir, args.tasks.split(",") if args.tasks else None)
     except ValueError as err:
         parser.error(str(err))

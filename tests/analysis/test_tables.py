@@ -58,7 +58,7 @@ def test_failed_partial_and_missing_rows_are_shown(summary):
     text = tables.render(summary, ["mIoU", "bIoU"], "markdown")
     sapa = next(line for line in text.splitlines() if line.startswith("| sapa_g"))
     assert "1 failed of 2 runs, not ranked: RuntimeError: out of memory" in sapa
-    assert "| dysample | missing | missing |" in text
+    assert "| dysample | missing |  | missing |  |" in text
 
 
 def test_interrupted_run_counts_as_not_finished():
@@ -108,16 +108,93 @@ def test_cost_increments_over_the_baseline(seg, summary):
     assert frame.set_index("upsampler").loc["bilinear", "params"] == tables.human(base)
 
 
-def test_markdown_bolds_best_and_latex_csv_render(summary):
+def test_markdown_bolds_no_best_without_a_significant_lead_and_latex_csv_render(summary):
     md = tables.render(summary, ["mIoU", "bIoU"], "markdown")
-    best = summary["mIoU"].where(summary.status == "ok").idxmax()
-    assert f"**{summary.loc[best, 'mIoU']:.2f}**" in md
+    # two seeds per row in the fixture: no lead over the runner-up is significant
+    assert not summary["mIoU_bold"].any() and "**" not in md
     tex = tables.render(summary, ["mIoU", "bIoU"], "latex")
-    assert "\\textbf{" in tex and "$\\pm$" in tex
+    assert "$\\pm$" in tex and "$\\Delta$ mIoU" in tex
     csv = pd.read_csv(__import__("io").StringIO(tables.render(summary, ["mIoU"], "csv")))
     assert np.allclose(csv.set_index("row")["mIoU"].dropna(), summary["mIoU"].dropna())
+    for field in ("delta", "ci_low", "ci_high", "n_pairs", "significant"):
+        assert f"mIoU_{field}" in csv
     with pytest.raises(ValueError, match="format"):
         tables.render(summary, ["mIoU"], "html")
+
+
+def _records(values: dict[str, list[float]], metric: str = "mIoU", seeds=(0, 1, 2)) -> pd.DataFrame:
+    """Finished runs of one task: ``{row: [value of seed 0, 1, 2]}`` (NaN: no run of that seed)."""
+    return pd.DataFrame.from_records(
+        [
+            {"row": row, "seed": seed, "status": "finished", "error": None, f"final/{metric}": v,
+             "params_total": 1e6, "flops_total": 1e9}
+            for row, vs in values.items() for seed, v in zip(seeds, vs, strict=True) if not math.isnan(v)
+        ]
+    )
+
+
+def test_delta_to_baseline_with_interval_marked_only_when_it_excludes_zero():
+    # a - base: 2, 3, 4 -> +3.00 [+0.52, +5.48] (see test_statistics); b - base: 1, 2, 3 -> [-0.48, +4.48]
+    records = _records({"base": [10, 11, 9], "a": [12, 14, 13], "b": [11, 13, 12]})
+    table = tables.summarize(records, ["mIoU"], ["base", "a", "b"], "base")
+    assert table.loc["a", "mIoU_significant"] and table.loc["a", "mIoU_effect"] == "better"
+    assert not table.loc["b", "mIoU_significant"] and table.loc["b", "mIoU_effect"] == "none"
+    frame = tables.display_frame(table, ["mIoU"]).set_index("upsampler")
+    assert frame.loc["a", "Δ mIoU"] == "+3.00 [+0.52, +5.48] ▲"
+    assert frame.loc["b", "Δ mIoU"] == "+2.00 [-0.48, +4.48]"
+    assert frame.loc["base", "Δ mIoU"] == ""
+
+
+def test_lower_is_better_delta_is_marked_as_worse_when_errors_grow():
+    records = _records({"base": [1.0, 2.0, 3.0], "up": [2.0, 3.1, 3.9]}, metric="sad")
+    table = tables.summarize(records, ["sad"], ["base", "up"], "base")
+    assert table.loc["up", "sad_effect"] == "worse"
+    assert tables.display_frame(table, ["sad"]).set_index("upsampler").loc["up", "Δ sad"].endswith("▼")
+
+
+def test_unpaired_seed_is_left_out_and_the_pair_count_shown():
+    # the row has no run of seed 1: it pairs with the baseline on seeds 0 and 2 only
+    records = _records({"base": [10, 11, 9], "a": [12, math.nan, 13]})
+    table = tables.summarize(records, ["mIoU"], ["base", "a"], "base")
+    assert table.loc["a", "mIoU_n_pairs"] == 2 and table.loc["a", "mIoU_delta"] == pytest.approx(3.0)
+    assert tables.display_frame(table, ["mIoU"]).set_index("upsampler").loc["a", "Δ mIoU"].endswith(" n=2")
+
+
+def test_best_is_bold_only_when_significantly_better_than_the_runner_up():
+    # a - b per seed: 1.0, 1.1, 0.9 (consistent lead) -> bold; c - b: 3, -2, 0.5 (higher mean, noisy) -> not
+    steady = _records({"base": [5, 5, 5], "a": [11.0, 12.1, 10.9], "b": [10, 11, 10]})
+    table = tables.summarize(steady, ["mIoU"], ["base", "a", "b"], "base")
+    assert table["mIoU_bold"].tolist() == [False, True, False]
+    assert "**11.33**" in tables.render(table, ["mIoU"])
+    noisy = _records({"base": [5, 5, 5], "c": [13.0, 9.0, 10.5], "b": [10, 11, 10]})
+    table = tables.summarize(noisy, ["mIoU"], ["base", "c", "b"], "base")
+    assert table.loc["c", "mIoU_best"] and not table["mIoU_bold"].any()
+
+
+def test_converged_runs_are_counted_per_row():
+    records = _records({"base": [10, 11, 9], "a": [12, 14, 13]})
+    records["converged"] = [True, True, None, False, True, True]
+    table = tables.summarize(records, ["mIoU"], ["base", "a"], "base")
+    assert (table.loc["base", "converged"], table.loc["base", "convergence_known"]) == (2, 2)
+    assert tables.display_frame(table, ["mIoU"]).set_index("upsampler").loc["a", "converged"] == "2/3"
+
+
+def test_claims_are_checked_against_the_intervals():
+    seg = tables.summarize(_records({"base": [10, 11, 9], "a": [12, 14, 13], "b": [11, 13, 12]}), ["mIoU"], ["base", "a", "b"], "base")
+    mat = tables.summarize(_records({"base": [1, 2, 3], "a": [2, 3.1, 3.9]}, "sad"), ["sad"], ["base", "a"], "base")
+    summaries = {"segmentation": seg, "matting": mat}
+    claims = [
+        {"claim": "a helps segmentation", "checks": [{"task": "segmentation", "row": "a", "metric": "mIoU", "expect": "better"}]},
+        {"claim": "a helps both", "checks": [
+            {"task": "segmentation", "row": "a", "metric": "mIoU", "expect": "better"},
+            {"task": "matting", "row": "a", "metric": "sad", "expect": "better"}]},
+        {"claim": "a does not help matting", "checks": [{"task": "matting", "row": "a", "metric": "sad", "expect": "not_better"}]},
+        {"claim": "b helps segmentation", "checks": [{"task": "segmentation", "row": "b", "metric": "mIoU", "expect": "better"}]},
+        {"claim": "z helps", "checks": [{"task": "segmentation", "row": "z", "metric": "mIoU", "expect": "better"}]},
+    ]
+    frame = tables.check_claims(claims, summaries)
+    assert frame["verdict"].tolist() == ["supported", "not supported", "supported", "inconclusive", "inconclusive"]
+    assert "segmentation a mIoU (better): +3.00 [+0.52, +5.48] ▲: supported" in frame.loc[0, "evidence"]
 
 
 def test_bad_arguments_are_clear(seg):

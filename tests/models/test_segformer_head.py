@@ -72,3 +72,14 @@ def test_bad_pyramid_and_bad_in_index_are_value_errors():
         head(feats)
     with pytest.raises(ValueError, match="in_index"):
         SegFormerHead(CHANNELS, partial(build, "nearest"), in_index=(0, 1, 2, 7))
+
+
+def test_coarse_output_control_fuses_at_the_coarsest_level_without_upsamplers():
+    calls = []
+    feats = pyramid()
+    head = SegFormerHead(CHANNELS, partial(RecordingUpsampler, calls), embed_dim=16, dropout=0.0, coarse_output=True)
+    out = head(feats)
+    assert out.shape == (2, 16, 4, 4) and len(head.upsamplers) == 0 and not calls
+    # the finest level still reaches the output, area-pooled: changing it changes the output
+    feats[0] = feats[0] + 1.0
+    assert not torch.allclose(head(feats), out)

@@ -52,3 +52,14 @@ def test_bad_pyramid_is_a_value_error():
     decoder = UNetDecoder([8, 16], partial(build, "nearest"))
     with pytest.raises(ValueError, match=r"\[B, C, 2H, 2W\] of the next coarser"):
         decoder([torch.randn(1, 8, 15, 15), torch.randn(1, 16, 8, 8)])
+
+
+def test_coarse_control_takes_fewer_steps_and_no_upsampler_at_zero():
+    calls = []
+    feats = [torch.randn(1, 4, 32, 32), torch.randn(1, 8, 16, 16), torch.randn(1, 16, 8, 8), torch.randn(1, 32, 4, 4)]
+    one = UNetDecoder([4, 8, 16, 32], partial(GuidedNearest, calls), channels=64, steps=1)
+    assert one(feats).shape == (1, one.out_channels, 8, 8) and [g[1] for _, g in calls] == [64]
+    none = UNetDecoder([4, 8, 16, 32], partial(GuidedNearest, calls), channels=64, steps=0)
+    assert none(feats).shape == (1, 64, 4, 4) and len(none.upsamplers) == 0 and len(calls) == 1
+    with pytest.raises(ValueError, match="steps must be between 0 and 3"):
+        UNetDecoder([4, 8, 16, 32], partial(GuidedNearest, calls), steps=4)

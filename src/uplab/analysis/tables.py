@@ -1,5 +1,7 @@
 """Result tables from run records (:mod:`uplab.analysis.records`): one table per task with the
-mean ± std over seeds of each metric, the best row per column marked, failed runs shown with their
+mean ± std over seeds of each metric, the mean paired difference to the baseline with its 95%
+confidence interval (:mod:`uplab.analysis.statistics`), the best row per column marked when it is
+significantly better than the runner-up, how many runs converged, failed runs shown with their
 error, and the parameter and FLOP increments over the baseline row; for the paper tables, the
 published numbers (``reference/paper_results.yaml``) beside ours with the difference.
 
@@ -19,6 +21,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from uplab.analysis.statistics import CONFIDENCE, check_verdict, claim_verdict, paired_difference
+
 LOWER_IS_BETTER = frozenset(
     {"loss", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "sad", "mse", "grad", "conn"}
 )
@@ -35,6 +39,14 @@ def _mean_std(values: pd.Series) -> tuple[float, float]:
     if values.empty:
         return math.nan, math.nan
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def _by_seed(runs: pd.DataFrame, column: str, factor: float) -> pd.Series:
+    """A row's finished values of one column indexed by seed (a seed run twice keeps its last)."""
+    if column not in runs or not len(runs):
+        return pd.Series(dtype=float)
+    values = runs[["seed", column]].dropna(subset=["seed"]).drop_duplicates("seed", keep="last")
+    return values.set_index("seed")[column].astype(float) * factor
 
 
 def summarize(
@@ -64,14 +76,23 @@ def summarize(
         ``interrupted``, ``failed``; else ``failed``; ``missing`` without runs),
         ``unfinished`` (the count of each status other than finished, e.g. ``2 diverged``),
         ``error`` (the first reason a run of the row gives for not finishing),
-        ``params``, ``flops`` and their increments ``d_params``, ``d_flops`` over the baseline.
+        ``params``, ``flops`` and their increments ``d_params``, ``d_flops`` over the baseline;
+        per metric the paired comparison with the baseline over the seeds both finished
+        (:func:`uplab.analysis.statistics.paired_difference`): ``<metric>_delta`` (mean of
+        row minus baseline), ``<metric>_ci_low``/``<metric>_ci_high`` (its 95% Student-t
+        interval), ``<metric>_n_pairs``, ``<metric>_significant`` (the interval excludes zero)
+        and ``<metric>_effect`` (``better``, ``worse``, ``none``, ``unknown``), and
+        ``<metric>_bold``: the best mean of the column is significantly better than the
+        runner-up's (paired over seeds); ``converged`` (finished runs whose monitored metric
+        levelled off) and ``convergence_known`` (finished runs with a verdict) where the records
+        carry a ``converged`` column.
     """
     if which not in ("final", "best"):
         raise ValueError(f"which must be 'final' or 'best', got {which!r}")
     scale = dict(scale or {})
     if baseline not in rows:
         raise ValueError(f"baseline {baseline!r} is not one of the rows {list(rows)}")
-    lines = []
+    lines, per_seed = [], {}
     for name in rows:
         runs = records[records["row"] == name] if len(records) else records
         done = runs[runs["status"] == "finished"] if len(runs) else runs
@@ -81,6 +102,10 @@ def summarize(
             values = done[column] if column in done else pd.Series(dtype=float)
             mean, std = _mean_std(values.astype(float) * scale.get(metric, 1.0))
             line[metric], line[f"{metric}_std"] = mean, std
+            per_seed[name, metric] = _by_seed(done, column, scale.get(metric, 1.0))
+        if "converged" in done:
+            known = done["converged"].dropna()
+            line["converged"], line["convergence_known"] = int(known.astype(bool).sum()), len(known)
         unfinished = runs[runs["status"] != "finished"] if len(runs) else runs
         errors = unfinished["error"].dropna() if "error" in unfinished else pd.Series(dtype=object)
         line["error"] = str(errors.iloc[0]) if len(errors) else None
@@ -105,9 +130,20 @@ def summarize(
     # divergence or a failure is not comparable to the others
     ranked = table["status"] == "ok"
     for metric in metrics:
+        up = higher_is_better(metric)
+        compared = {name: paired_difference(per_seed[name, metric], per_seed[baseline, metric], up) for name in rows}
+        for field in ("delta", "ci_low", "ci_high", "n_pairs", "significant", "effect"):
+            table[f"{metric}_{field}"] = [getattr(compared[name], field) for name in table.index]
         column = table[metric].where(ranked)
-        target = column.max() if higher_is_better(metric) else column.min()
+        target = column.max() if up else column.min()
         table[f"{metric}_best"] = column.notna() & np.isclose(column, target, rtol=0, atol=1e-12)
+        order = column.dropna().sort_values(ascending=not up, kind="stable").index
+        table[f"{metric}_bold"] = False
+        if len(order) >= 2:
+            best, runner_up = order[0], order[1]
+            lead = paired_difference(per_seed[best, metric], per_seed[runner_up, metric], up)
+            table.loc[best, f"{metric}_bold"] = lead.effect == "better"
+    table.attrs["confidence"] = CONFIDENCE
     return table
 
 
@@ -131,11 +167,42 @@ def _cell(table: pd.DataFrame, name: str, metric: str, digits: int, bold: tuple[
     if math.isnan(mean):
         return "n/a"
     text = f"{mean:.{digits}f}"
-    if line[f"{metric}_best"]:
+    if line[f"{metric}_bold"]:
         text = f"{bold[0]}{text}{bold[1]}"
     if not math.isnan(std):
         text += f" ± {std:.{digits}f}"
     return text
+
+
+EFFECT_MARKS = {"better": "▲", "worse": "▼"}
+"""How a difference to the baseline whose interval excludes zero is marked, by its direction."""
+
+
+def _delta_cell(table: pd.DataFrame, name: str, metric: str, digits: int) -> str:
+    """``+1.20 [+0.40, +2.00] ▲``: the mean paired difference to the baseline, its interval and
+    a mark when the interval excludes zero; ``n=2`` where fewer seeds paired than the most runs
+    any row of the table has (a seed without a finished run of both rows is left out)."""
+    line = table.loc[name]
+    if name == table.attrs.get("baseline") or line["status"] not in ("ok", "partial"):
+        return ""
+    delta, low, high, n = line[f"{metric}_delta"], line[f"{metric}_ci_low"], line[f"{metric}_ci_high"], line[f"{metric}_n_pairs"]
+    if math.isnan(delta):
+        return "n/a"
+    text = f"{delta:+.{digits}f}"
+    if not math.isnan(low):
+        text += f" [{low:+.{digits}f}, {high:+.{digits}f}]"
+    if line[f"{metric}_effect"] in EFFECT_MARKS:
+        text += f" {EFFECT_MARKS[line[f'{metric}_effect']]}"
+    if n < table["expected"].max():
+        text += f" n={n}"
+    return text
+
+
+def _converged(line: pd.Series) -> str:
+    known = line.get("convergence_known")
+    if known is None or (isinstance(known, float) and math.isnan(known)) or not line["runs"]:
+        return ""
+    return f"{int(line['converged'])}/{int(known)}"
 
 
 def _note(line: pd.Series) -> str:
@@ -152,19 +219,27 @@ def display_frame(
     table: pd.DataFrame, metrics: Sequence[str], digits: int = 2, bold: tuple[str, str] = ("**", "**")
 ) -> pd.DataFrame:
     """The summary as the strings shown in Markdown and LaTeX: ``mean ± std`` cells with the best
-    marked, ``Params``/``FLOPs`` of the baseline and increments of the others, seeds, notes."""
+    bold when it is significantly better than the runner-up, ``Δ <metric>`` cells (mean paired
+    difference to the baseline, its interval, ▲/▼ when the interval excludes zero),
+    ``Params``/``FLOPs`` of the baseline and increments of the others, seeds, converged runs
+    (where known), notes."""
     arrows = {m: f"{m} {'↑' if higher_is_better(m) else '↓'}" for m in metrics}
     lines = []
     for name in table.index:
         line = table.loc[name]
         absolute = name == table.attrs.get("baseline")
+        cells = {}
+        for m in metrics:
+            cells[arrows[m]] = _cell(table, name, m, digits, bold)
+            cells[f"Δ {m}"] = _delta_cell(table, name, m, digits)
         lines.append(
             {
                 "upsampler": name,
-                **{arrows[m]: _cell(table, name, m, digits, bold) for m in metrics},
+                **cells,
                 "params": human(line["params"]) if absolute else human(line["d_params"], signed=True),
                 "FLOPs": human(line["flops"]) if absolute else human(line["d_flops"], signed=True),
                 "seeds": f"{line['runs']}/{line['expected']}",
+                **({"converged": _converged(line)} if "convergence_known" in table else {}),
                 "note": _note(line),
             }
         )
@@ -182,7 +257,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
-_LATEX = {"±": "$\\pm$", "↑": "$\\uparrow$", "↓": "$\\downarrow$", "_": "\\_", "%": "\\%", "&": "\\&"}
+_LATEX = {
+    "±": "$\\pm$", "↑": "$\\uparrow$", "↓": "$\\downarrow$", "Δ": "$\\Delta$",
+    "▲": "$^{+}$", "▼": "$^{-}$", "_": "\\_", "%": "\\%", "&": "\\&",
+}
 
 
 def _latex(text: str) -> str:
@@ -280,4 +358,51 @@ def render_comparison(frame: pd.DataFrame, fmt: str = "markdown", digits: int = 
         return markdown_table(shown)
     if fmt == "latex":
         return shown.to_latex(index=False, escape=True)
+    raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+
+
+def check_claims(claims: Sequence[Mapping], summaries: Mapping[str, pd.DataFrame], digits: int = 2) -> pd.DataFrame:
+    """The papers' qualitative claims, checked against the tables' paired intervals.
+
+    Args:
+        claims: each ``{"claim": text, "source": where it is stated, "checks": [{"task", "row",
+            "metric", "expect"}]}`` with ``expect`` one of
+            :data:`uplab.analysis.statistics.EXPECTATIONS`, relative to the task's baseline.
+        summaries: :func:`summarize` per task.
+
+    Returns:
+        One line per claim: ``claim``, ``source``, ``evidence`` (each check's observed Δ and
+        interval with its verdict) and ``verdict`` (:func:`uplab.analysis.statistics.claim_verdict`).
+        A check whose row has no finished run, or whose table lacks the metric, is inconclusive.
+    """
+    lines = []
+    for claim in claims:
+        verdicts, evidence = [], []
+        for check in claim["checks"]:
+            task, row, metric, expect = (str(check[k]) for k in ("task", "row", "metric", "expect"))
+            table = summaries.get(task)
+            if table is None or row not in table.index or f"{metric}_effect" not in table:
+                effect, shown = "unknown", "no such row or metric in the table"
+            else:
+                effect = str(table.loc[row, f"{metric}_effect"])
+                shown = _delta_cell(table, row, metric, digits) or table.loc[row, "status"]
+            verdict = check_verdict(expect, effect)
+            verdicts.append(verdict)
+            evidence.append(f"{task} {row} {metric} ({expect.replace('_', ' ')}): {shown}: {verdict}")
+        lines.append(
+            {"claim": claim["claim"], "source": claim.get("source", ""), "evidence": "; ".join(evidence),
+             "verdict": claim_verdict(verdicts)}
+        )
+    return pd.DataFrame.from_records(lines, columns=["claim", "source", "evidence", "verdict"])
+
+
+def render_claims(frame: pd.DataFrame, fmt: str = "markdown") -> str:
+    """A :func:`check_claims` frame as Markdown, CSV or LaTeX."""
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt == "markdown":
+        return markdown_table(frame)
+    if fmt == "latex":
+        shown = frame.map(lambda v: _latex(str(v)))
+        return shown.to_latex(index=False, escape=False)
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")

@@ -43,6 +43,10 @@ class SegFormerHead(nn.Module):
         in_index: which levels to use (default: the last four, strides 4 to 32 of a
             ResNet or MiT pyramid). Consecutive selected levels must differ by a factor 2.
         dropout: dropout before the predictor (0.1 in SegFormer).
+        coarse_output: fuse at the coarsest level's resolution instead of the finest: the finer
+            laterals are area-pooled down and no upsampler is built, so the output has the
+            backbone's coarsest stride (the task resizes its logits bilinearly to the image). A
+            control without upsampling, for checking that a task rewards it; not in the papers.
 
     Example:
         >>> from functools import partial
@@ -60,6 +64,7 @@ class SegFormerHead(nn.Module):
         embed_dim: int = 256,
         in_index: Sequence[int] = (-4, -3, -2, -1),
         dropout: float = 0.1,
+        coarse_output: bool = False,
     ):
         super().__init__()
         in_channels = list(in_channels)
@@ -82,7 +87,8 @@ class SegFormerHead(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.dropout = nn.Dropout2d(dropout)
-        num_steps = len(selected) * (len(selected) - 1) // 2
+        self.coarse_output = coarse_output
+        num_steps = 0 if coarse_output else len(selected) * (len(selected) - 1) // 2
         ups = [upsampler(in_channels=embed_dim, scale=2, guide_channels=embed_dim) for _ in range(num_steps)]
         self.resize_directly = all(
             isinstance(u, BilinearUpsample) and not u.align_corners for u in ups
@@ -94,7 +100,9 @@ class SegFormerHead(nn.Module):
         check_pyramid(type(self).__name__, levels)
         lateral = [proj(f) for proj, f in zip(self.linear_c, levels, strict=True)]
         size = lateral[0].shape[-2:]
-        if self.resize_directly:
+        if self.coarse_output:
+            fused = [F.adaptive_avg_pool2d(f, lateral[-1].shape[-2:]) for f in lateral[:-1]] + [lateral[-1]]
+        elif self.resize_directly:
             fused = [lateral[0]] + [
                 F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in lateral[1:]
             ]

@@ -37,6 +37,10 @@ class UNetDecoder(nn.Module):
         channels: width after the coarsest level's 1×1 projection; step ``j`` (1 = first step
             from the coarsest level) works at ``max(channels // 2**j, min_channels)``.
         min_channels: the narrowest width.
+        steps: how many ×2 steps to take from the coarsest level (default: all, up to the finest
+            level). ``steps=0`` builds no upsampler and outputs the coarsest level's projection
+            (the task resizes it bilinearly to the image): a control without upsampling, for
+            checking that a task rewards it; not in the papers.
 
     Example:
         >>> from functools import partial
@@ -52,17 +56,23 @@ class UNetDecoder(nn.Module):
         upsampler: Callable[..., nn.Module],
         channels: int = 128,
         min_channels: int = 32,
+        steps: int | None = None,
     ):
         super().__init__()
         in_channels = list(in_channels)
         if len(in_channels) < 2:
             raise ValueError(f"UNetDecoder needs at least two levels, got in_channels={in_channels}")
-        steps = len(in_channels) - 1
+        if steps is not None and not 0 <= steps <= len(in_channels) - 1:
+            raise ValueError(
+                f"UNetDecoder: steps must be between 0 and {len(in_channels) - 1} for {len(in_channels)} "
+                f"levels, got {steps}; leave it unset to upsample to the finest level"
+            )
+        steps = len(in_channels) - 1 if steps is None else steps
         widths = [channels] + [max(channels // 2**j, min_channels) for j in range(1, steps + 1)]
         self.bottleneck = _conv_bn_relu(in_channels[-1], channels, kernel_size=1)
         skips, ups, fuses = [], [], []
         for j in range(1, steps + 1):
-            skip_channels = in_channels[steps - j]
+            skip_channels = in_channels[-1 - j]
             skips.append(_conv_bn_relu(skip_channels, widths[j - 1]))
             up = upsampler(in_channels=widths[j - 1], scale=2, guide_channels=widths[j - 1])
             ups.append(up)
