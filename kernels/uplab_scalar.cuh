@@ -169,10 +169,10 @@ __device__ __forceinline__ void stage_halo(const T* __restrict__ src, float* __r
 }
 
 // Opt-in halo staging of the tiled kernels (reassemble_tiled, window_dot_tiled): compile with
-// -DTILED_ASYNC_STAGING=1 (_cupy_kernels.ASYNC_STAGING_OPTION; next steps 1 and 2 in
+// -DTILED_ASYNC_STAGING=1 (variants.ASYNC_STAGING_OPTION; next steps 1 and 2 in
 // docs/benchmarks.md). The default (0) compiles none of what follows, and the kernels stage with
 // stage_halo above. The launch then needs tiled_async_shared_mem() bytes of dynamic shared memory
-// (src/uplab/ops/_cupy_kernels.py) instead of tiled_config's. Both kernels use it the same way:
+// (src/uplab/ops/cuda/geometry.py) instead of tiled_config's. Both kernels use it the same way:
 //  - Double buffer: the block stages channel chunk i + 1 while it computes chunk i, in two
 //    buffers of stage_channels * halo_h * row_stride elements of the storage type T. Two barriers
 //    per chunk as before: one after the wait (chunk i complete, from every thread), one after the
