@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -96,15 +97,22 @@ def emulator_source(includes, names) -> str:
     )
 
 
-def translation_unit() -> str:
-    """Both kernel files with every instantiation the package compiles."""
+def translation_unit(kernels=None) -> str:
+    """The kernel files with every instantiation the package compiles, or only those of
+    ``kernels`` (names without template arguments)."""
+    files = [
+        file
+        for file in sorted(compiler.KERNEL_FILES)
+        if kernels is None or set(compiler.KERNEL_FILES[file]) & set(kernels)
+    ]
     names = [
         expression
-        for file in sorted(compiler.KERNEL_FILES)
+        for file in files
         for scalar in variants.SCALAR_TYPES.values()
         for expression in compiler.name_expressions(file, scalar)
+        if kernels is None or expression.split("<")[0] in kernels
     ]
-    return emulator_source(sorted(compiler.KERNEL_FILES), names)
+    return emulator_source(files, names)
 
 
 def mma_translation_unit() -> str:
@@ -130,7 +138,7 @@ def compile_command(source: Path, exe: Path, sanitizer: str, defines=()) -> list
         CXX,
         "-std=c++20",
         "-O1",
-        "-g",
+        "-g1",  # line tables: file and line in sanitizer reports, at ~60% of -g's compile time
         "-pthread",
         "-DUPLAB_CUDA_ON_CPU=1",
         "-DCP_ASYNC_HELPERS=1",  # carafe_mma.cu's cp.async helpers, whichever file comes first
@@ -230,53 +238,64 @@ def toolchain_lacks(folder: Path, sanitizer: str) -> str | None:
 
 
 class Builds:
-    """The emulators, compiled in the background from the first request on (about 25 s on two
-    cores): the kernels per (halo staging, sanitizer), and the faulty kernels per sanitizer. Each
-    is waited for when first run."""
+    """The emulators, compiled in the background from the first request on, as many at a time as
+    there are cores and in the order the tests first need them, so that the first tests run while
+    later builds compile: per sanitizer the faulty kernels, the kernels per halo staging and the
+    tensor-core variants. A build that a test needs before its turn is compiled at once."""
 
     def __init__(self, folder: Path):
-        self.jobs, self.logs, self.missing = {}, {}, {}
-        kernels_source = folder / "kernels_on_cpu.cpp"
-        kernels_source.write_text(translation_unit())
-        faulty_source = folder / "faulty_on_cpu.cpp"
-        faulty_source.write_text(faulty_translation_unit())
-        mma_source = folder / "mma_on_cpu.cpp"
-        mma_source.write_text(mma_translation_unit())
+        self.jobs, self.results, self.missing = {}, {}, {}
+        sources = {
+            "faulty": faulty_translation_unit(),
+            "kernels": translation_unit(),
+            # the launchers pass the async staging's options to the tiled kernels alone
+            "tiled": translation_unit(compiler.TILED_KERNELS),
+            "mma": mma_translation_unit(),
+        }
+        for name, text in sources.items():
+            (folder / f"{name}_on_cpu.cpp").write_text(text)
+        builds = {"faulty": ("faulty", ())}
+        for staging in variants.STAGINGS:
+            defines = [o for o in variants.build_options(staging) if o.startswith("-D")]
+            builds[staging] = ("tiled" if staging == "async" else "kernels", defines)
+        for build, variant in MMA_VARIANT_BUILDS.items():
+            builds[build] = ("mma", [o for o in variant.options() if o.startswith("-D")])
+        self.pool = ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0)))
         for sanitizer in SANITIZERS:
             self.missing[sanitizer] = toolchain_lacks(folder, sanitizer)
             if self.missing[sanitizer]:
                 continue
-            for staging in variants.STAGINGS:
-                defines = [o for o in variants.build_options(staging) if o.startswith("-D")]
-                self._start((staging, sanitizer), folder, kernels_source, sanitizer, defines)
-            self._start(("faulty", sanitizer), folder, faulty_source, sanitizer)
-            for build, variant in MMA_VARIANT_BUILDS.items():
-                defines = [o for o in variant.options() if o.startswith("-D")]
-                self._start((build, sanitizer), folder, mma_source, sanitizer, defines)
-
-    def _start(self, key, folder, source, sanitizer, defines=()):
-        exe = folder / f"emulator_{'_'.join(key)}"
-        command = compile_command(source, exe, sanitizer, defines)
-        job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.jobs[key] = (exe, job)
+            for build, (unit, defines) in builds.items():
+                exe = folder / f"emulator_{build}_{sanitizer}"
+                source = folder / f"{unit}_on_cpu.cpp"
+                command = compile_command(source, exe, sanitizer, defines)
+                self.jobs[build, sanitizer] = exe, command, self.pool.submit(_compile, command)
 
     def exe(self, build: str, sanitizer: str) -> Path:
         """The emulator of ``build`` ("sync", "async", "faulty" or a key of MMA_VARIANT_BUILDS)
         under ``sanitizer``."""
         if self.missing[sanitizer]:
             pytest.skip(self.missing[sanitizer])
-        exe, job = self.jobs[build, sanitizer]
-        if job.returncode is None:
-            self.logs[build, sanitizer] = job.communicate()[0].decode()
-        if job.returncode != 0:
-            log = self.logs[build, sanitizer][-4000:]
+        exe, command, job = self.jobs[build, sanitizer]
+        if (build, sanitizer) not in self.results:
+            queued = job.cancel()
+            self.results[build, sanitizer] = _compile(command) if queued else job.result()
+        result = self.results[build, sanitizer]
+        if result.returncode != 0:
+            log = result.stdout[-4000:]
             pytest.fail(f"building the {build}/{sanitizer} emulator failed:\n{log}")
         return exe
 
 
+def _compile(command) -> subprocess.CompletedProcess:
+    return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 @pytest.fixture(scope="session")
 def builds(tmp_path_factory):
-    return Builds(tmp_path_factory.mktemp("cuda_on_cpu"))
+    builds = Builds(tmp_path_factory.mktemp("cuda_on_cpu"))
+    yield builds
+    builds.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run_emulator(exe: Path, name: str, config, tensors, ints, folder: Path, env=None) -> None:
