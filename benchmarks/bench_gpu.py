@@ -32,8 +32,9 @@ from typing import NamedTuple
 
 import torch
 
-from uplab.ops import _cupy_kernels, carafe, local_similarity
-from uplab.ops._cupy_kernels import MmaVariant
+from uplab.ops import carafe, local_similarity
+from uplab.ops.cuda import variants
+from uplab.ops.cuda.variants import MmaVariant
 from uplab.ops.reference import carafe_unfold, local_similarity_unfold
 
 KERNEL, SCALE = 5, 2
@@ -44,8 +45,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class KernelChoice(NamedTuple):
-    """What a row launches: _cupy_kernels' TILED_STAGING and TILED_MMA, and for the tensor-core
-    forward its MMA_VARIANT (None: the shipped one)."""
+    """What a row launches: uplab.ops.cuda.variants' TILED_STAGING and TILED_MMA, and for the
+    tensor-core forward its MMA_VARIANT (None: the shipped one)."""
 
     staging: str
     mma: bool
@@ -188,9 +189,7 @@ def _mma_applies(op: str, dtype_name: str) -> bool:
 
 
 def _shipped_choice() -> KernelChoice:
-    return KernelChoice(
-        _cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA, _cupy_kernels.MMA_VARIANT
-    )
+    return KernelChoice(variants.TILED_STAGING, variants.TILED_MMA, variants.MMA_VARIANT)
 
 
 def _kernels_of(op: str, dtype_name: str, impl: str) -> KernelChoice:
@@ -217,12 +216,12 @@ def _kernel_choice(impl: str):
     shipped = _shipped_choice()
     if impl in KERNEL_VARIANTS:
         staging, mma, variant = KERNEL_VARIANTS[impl]
-        _cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA = staging, mma
-        _cupy_kernels.MMA_VARIANT = variant or shipped.mma_variant
+        variants.TILED_STAGING, variants.TILED_MMA = staging, mma
+        variants.MMA_VARIANT = variant or shipped.mma_variant
     try:
         yield
     finally:
-        _cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA, _cupy_kernels.MMA_VARIANT = shipped
+        variants.TILED_STAGING, variants.TILED_MMA, variants.MMA_VARIANT = shipped
 
 
 def _inputs(op, shape, dtype, device):

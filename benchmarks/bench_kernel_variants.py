@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from uplab.ops import _cupy_kernels as kernels
 from uplab.ops import carafe, local_similarity
+from uplab.ops.cuda import compiler, geometry, launchers, runtime, variants
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_gpu import time_ms  # noqa: E402  (the same event timer as the GPU benchmark)
@@ -51,19 +51,19 @@ DEFAULT_MIN_BLOCKS = 2  # TILED_MIN_BLOCKS in uplab_scalar.cuh
 @functools.cache
 def _module(file: str, scalar: str, min_blocks: int, staging: str):
     """The tiled kernels of ``file`` for one storage type, built with this register budget and
-    halo staging (the package's own build, ``_cupy_kernels._compiled``, also holds the generic
-    kernels: compiling only the tiled ones keeps the 16 modules' compile time down)."""
+    halo staging (the package's own build, ``uplab.ops.cuda.compiler.compiled``, also holds the
+    generic kernels: compiling only the tiled ones keeps the 16 modules' compile time down)."""
     import cupy
 
     names = tuple(
-        kernels.tiled_name(kernel, scalar, k)
-        for kernel in kernels.KERNEL_FILES[file]
-        if kernel in kernels.TILED_KERNELS
-        for k in kernels.TILED_KERNEL_SIZES
+        compiler.tiled_name(kernel, scalar, k)
+        for kernel in compiler.KERNEL_FILES[file]
+        if kernel in compiler.TILED_KERNELS
+        for k in variants.TILED_KERNEL_SIZES
     )
-    options = (*kernels.build_options(staging), f"-DTILED_MIN_BLOCKS={min_blocks}")
+    options = (*variants.build_options(staging), f"-DTILED_MIN_BLOCKS={min_blocks}")
     module = cupy.RawModule(
-        code=kernels.kernel_source(file), options=options, name_expressions=names
+        code=compiler.kernel_source(file), options=options, name_expressions=names
     )
     return {n: module.get_function(n) for n in names}
 
@@ -72,7 +72,7 @@ def _run(fn, config, tensors, ints):
     import numpy as np
 
     args = tuple(np.uint64(t.data_ptr()) for t in tensors) + tuple(np.int32(i) for i in ints)
-    stream = kernels._cupy_stream(
+    stream = runtime.cupy_stream(
         torch.cuda.current_device(), torch.cuda.current_stream().cuda_stream
     )
     fn(config.grid, config.block, args, shared_mem=config.shared_mem, stream=stream)
@@ -83,14 +83,14 @@ def carafe_tiled(f, m, k, s, groups, block, stage, min_blocks, staging, split_ch
     bsz, c, h, w = f.shape
     out = f.new_empty(bsz, c, h * s, w * s)
     n_sm = torch.cuda.get_device_properties(f.device).multi_processor_count
-    cfg = kernels.tiled_config(
+    cfg = geometry.tiled_config(
         *(bsz, c, h, w, k, s, groups, n_sm, block, stage, split_channels),
         staging=staging,
         itemsize=f.element_size(),
     )
-    scalar = kernels.scalar_type(f.dtype)
+    scalar = variants.scalar_type(f.dtype)
     fn = _module("carafe.cu", scalar, min_blocks, staging)[
-        kernels.tiled_name("reassemble_tiled", scalar, k)
+        compiler.tiled_name("reassemble_tiled", scalar, k)
     ]
     _run(fn, cfg, (f, m, out), (c, h, w, s, groups, cfg.per_block, cfg.stage))
     return out
@@ -101,15 +101,15 @@ def similarity_tiled(q, key, k, s, groups, block, stage, min_blocks, staging):
     bsz, c, h, w = key.shape
     out = q.new_empty(bsz, groups * k * k, h * s, w * s)
     n_sm = torch.cuda.get_device_properties(q.device).multi_processor_count
-    cfg = kernels.tiled_config(
+    cfg = geometry.tiled_config(
         *(bsz, c, h, w, k, s, groups, n_sm, block, stage),
         split_channels=False,
         staging=staging,
         itemsize=key.element_size(),
     )
-    scalar = kernels.scalar_type(q.dtype)
+    scalar = variants.scalar_type(q.dtype)
     fn = _module("local_similarity.cu", scalar, min_blocks, staging)[
-        kernels.tiled_name("window_dot_tiled", scalar, k)
+        compiler.tiled_name("window_dot_tiled", scalar, k)
     ]
     _run(fn, cfg, (q, key, out), (c, h, w, s, groups, cfg.stage))
     return out
@@ -123,8 +123,8 @@ def _launch_tiled(op, a, b, block, stage, min_blocks, staging="sync"):
 
 def _generic(op, a, b):
     if op == "carafe":
-        return kernels.reassemble(a, b, K, S, 1, path="generic")
-    return kernels.window_dot(a, b, K, S, 1, path="generic")
+        return launchers.reassemble(a, b, K, S, 1, path="generic")
+    return launchers.window_dot(a, b, K, S, 1, path="generic")
 
 
 def _inputs(op, shape, dtype):
@@ -172,16 +172,16 @@ def _check_case(k, s, groups, width) -> list[str]:
             dim=1,
         )
         _poison(want_c.shape, dtype)
-        got_c = kernels.reassemble(fd, md, k, s, groups, path="tiled")
+        got_c = launchers.reassemble(fd, md, k, s, groups, path="tiled")
         _poison(want_c.shape, dtype)
         got_a = carafe_tiled(
-            fd, md, k, s, groups, kernels.TILED_BLOCK, 3, DEFAULT_MIN_BLOCKS, "async", False
+            fd, md, k, s, groups, geometry.TILED_BLOCK, 3, DEFAULT_MIN_BLOCKS, "async", False
         )
         _poison(want_w.shape, dtype)
-        got_w = kernels.window_dot(qd, fd, k, s, groups, path="tiled")
+        got_w = launchers.window_dot(qd, fd, k, s, groups, path="tiled")
         _poison(want_w.shape, dtype)
         got_wa = similarity_tiled(
-            qd, fd, k, s, groups, kernels.TILED_BLOCK, 3, DEFAULT_MIN_BLOCKS, "async"
+            qd, fd, k, s, groups, geometry.TILED_BLOCK, 3, DEFAULT_MIN_BLOCKS, "async"
         )
         case = f"k={k} s={s} g={groups} w={width} {dtype}"
         for name, got, want in (
@@ -214,25 +214,25 @@ def measure_case(op, shape_name, shape, dtype_name, dtype, copy_bw) -> list[tupl
     moved = sum(t.numel() * t.element_size() for t in (a, b))
     moved += torch.Size(out_shape).numel() * a.element_size()
     reference = _generic(op, a, b)
-    variants = {"generic": functools.partial(_generic, op, a, b)}
+    candidates = {"generic": functools.partial(_generic, op, a, b)}
     for block in BLOCKS:
         for stage in STAGES:
             for mb in MIN_BLOCKS:
                 for staging in STAGINGS[op]:
                     # The stage that runs: tiled_config shrinks it to fit 48 KiB of shared memory
                     # (async: two buffers), so two requested stages may name one variant.
-                    used = kernels.tiled_config(
+                    used = geometry.tiled_config(
                         *(shape[0], shape[1], shape[2], shape[3], K, S, 1, 1, block, stage),
                         staging=staging,
                         itemsize=a.element_size(),
                     ).stage
                     name = f"tiled {block[0]}x{block[1]} stage {used} minb {mb} {staging}"
-                    variants[name] = functools.partial(
+                    candidates[name] = functools.partial(
                         _launch_tiled, op, a, b, block, stage, mb, staging
                     )
     rows = []
     tol = 1e-5 if dtype == torch.float32 else 1e-2
-    for name, fn in variants.items():
+    for name, fn in candidates.items():
         _poison(out_shape, dtype)
         got = fn()
         torch.cuda.synchronize()
@@ -279,8 +279,8 @@ def profile() -> None:
                     op,
                     a,
                     b,
-                    kernels.TILED_BLOCK,
-                    kernels.TILED_STAGE_CHANNELS,
+                    geometry.TILED_BLOCK,
+                    geometry.TILED_STAGE_CHANNELS,
                     DEFAULT_MIN_BLOCKS,
                     staging,
                 )

@@ -3,7 +3,7 @@ on a GPU: MMA_STAGES cp.async buffers (2 to 4) of MMA_SLABS 16-channel slabs (1 
 tile, MMA_WARPS_X warps per parent row over MMA_WARPS_Y rows (32 x 4 parents and 512 threads,
 the shipped tile; 16 x 8 of 512; 8 x 8 of 256), and each tile in strips down a column with its
 halo rows carried over (MMA_STRIP, three stages of one slab),
-built with ``_cupy_kernels.MmaVariant(stages, slabs, warps_x, warps_y, strip).options()``; the
+built with ``variants.MmaVariant(stages, slabs, warps_x, warps_y, strip).options()``; the
 32 x 4 tile with one slab only (compile time), and variants whose shared memory passes the default
 48 KiB left out.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from uplab.ops import _cupy_kernels as kernels
+from uplab.ops.cuda import geometry, launchers, variants
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_gpu import copy_bandwidth, time_ms  # noqa: E402  (the GPU benchmark's own timers)
@@ -43,15 +43,15 @@ VARIANTS = tuple(
     variant
     for variant in (
         *(
-            kernels.MmaVariant(stages, slabs, warps_x, warps_y)
+            variants.MmaVariant(stages, slabs, warps_x, warps_y)
             for warps_x, warps_y, slab_counts in TILES
             for slabs in slab_counts
             for stages in (2, 3, 4)
         ),
         # strips: each tile's bottom halo rows carried to the next tile down the column
-        *(kernels.MmaVariant(warps_x=x, warps_y=y, strip=True) for x, y, _ in TILES),
+        *(variants.MmaVariant(warps_x=x, warps_y=y, strip=True) for x, y, _ in TILES),
     )
-    if kernels.mma_variant_fits(variant)
+    if geometry.mma_variant_fits(variant)
 )
 
 
@@ -63,18 +63,18 @@ def _inputs(kernel_size: int):
 
 
 def _forward(features, masks, kernel_size, variant):
-    kernels.MMA_VARIANT = variant
-    return kernels.reassemble(features, masks, kernel_size, SCALE, 1, path="mma")
+    variants.MMA_VARIANT = variant
+    return launchers.reassemble(features, masks, kernel_size, SCALE, 1, path="mma")
 
 
 def _strip_tiles(features, kernel_size: int, variant) -> int:
     """Tiles a block of ``variant`` computes down a column at this shape (1 without strips)."""
-    return kernels.mma_device_config(features, kernel_size, 1, variant).strip_tiles
+    return geometry.mma_device_config(features, kernel_size, 1, variant).strip_tiles
 
 
 def measure(kernel_size: int, copy_bw: float) -> list[str]:
     """One table row per variant for this kernel size."""
-    shipped = kernels.MMA_VARIANT
+    shipped = variants.MMA_VARIANT
     features, masks = _inputs(kernel_size)
     moved = (features.numel() * (1 + SCALE**2) + masks.numel()) * features.element_size()
     rows = []
@@ -104,7 +104,7 @@ def measure(kernel_size: int, copy_bw: float) -> list[str]:
             )
             print(rows[-1], flush=True)
     finally:
-        kernels.MMA_VARIANT = shipped
+        variants.MMA_VARIANT = shipped
     return rows
 
 

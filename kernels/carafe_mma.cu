@@ -1,5 +1,6 @@
 // CARAFE forward on tensor cores, for float16 and bfloat16 at scale 2 and K in {3, 5}: what
-// _cupy_kernels.reassemble's "auto" picks there (TILED_MMA, on by default; path="mma" forces it).
+// uplab.ops.cuda.launchers.reassemble's "auto" picks there (variants.TILED_MMA, on by default;
+// path="mma" forces it).
 //
 //   out[b, c, 2y + dy, 2x + dx] = sum_k masks[b, g*K*K + k, 2y + dy, 2x + dx]
 //                                       * features[b, c, y + ky - r, x + kx - r]
@@ -56,12 +57,12 @@
 // memory would need about 58. Measured on an H100: docs/benchmarks.md.
 // Grid: x = tiles of MMA_TILE_W x MMA_WARPS_Y parents (with MMA_STRIP, strips of strip_tiles
 // tiles down a column), y = chunks of channels_per_block channels (a multiple of 16),
-// z = batch * groups. Dynamic shared memory: mma_shared_mem() in _cupy_kernels.py.
+// z = batch * groups. Dynamic shared memory: mma_shared_mem() in src/uplab/ops/cuda/geometry.py.
 #define CP_ASYNC_HELPERS 1
 #include "uplab_scalar.cuh"
 
 #define MMA_PARENTS_X 8  // parents of a warp, along x
-// The tile (_cupy_kernels.MmaVariant builds others with -D): a block of MMA_WARPS_Y x MMA_WARPS_X
+// The tile (variants.MmaVariant builds others with -D): a block of MMA_WARPS_Y x MMA_WARPS_X
 // warps owns MMA_WARPS_Y parent rows of MMA_TILE_W parents, MMA_WARPS_X warps a row. A wider tile
 // reads fewer feature sectors per parent: a halo row of 8 parents (12 elements at K = 5) always
 // spans two 32-byte sectors, one of 16 parents three, one of 32 four (the emulator's sector trace,
@@ -75,7 +76,7 @@
 #define MMA_TILE_W (MMA_PARENTS_X * MMA_WARPS_X)
 #define MMA_THREADS (MMA_WARPS_Y * MMA_WARPS_X * 32)
 #define MMA_CHANNELS 16
-// The feature pipeline (_cupy_kernels.MmaVariant builds others with -D): MMA_STAGES buffers of
+// The feature pipeline (variants.MmaVariant builds others with -D): MMA_STAGES buffers of
 // MMA_SLABS 16-channel slabs, staged together and computed one after another.
 #ifndef MMA_STAGES
 #define MMA_STAGES 3
@@ -83,7 +84,7 @@
 #ifndef MMA_SLABS
 #define MMA_SLABS 1
 #endif
-// Strips (_cupy_kernels.MmaVariant(strip=True) builds MMA_STRIP=1): a block computes strip_tiles
+// Strips (variants.MmaVariant(strip=True) builds MMA_STRIP=1): a block computes strip_tiles
 // tiles down a column, one after another, and keeps the bottom 2R halo rows of each tile's
 // channels in shared memory (the carry, [channel][2R rows][MMA_ROW_STRIDE]) as the top 2R halo rows
 // of the next, so that a column's overlapping halo rows are read from global memory once: at K = 5

@@ -169,11 +169,11 @@ __device__ __forceinline__ void stage_halo(const T* __restrict__ src, float* __r
 }
 
 // cp.async halo staging of the tiled kernels (reassemble_tiled, window_dot_tiled), compiled with
-// -DTILED_ASYNC_STAGING=1 (_cupy_kernels.ASYNC_STAGING_OPTION; the launcher's default staging,
+// -DTILED_ASYNC_STAGING=1 (variants.ASYNC_STAGING_OPTION; the launcher's default staging,
 // TILED_STAGING = "async": carafe fp32 forward 0.737 against 1.787 ms with plain loads on an
 // H100, fe702ff, 2026-11-26; docs/benchmarks.md, "Staging"). Without it (0) none of what follows
 // is compiled, and the kernels stage with stage_halo above. The launch then needs
-// tiled_async_shared_mem() bytes of dynamic shared memory (src/uplab/ops/_cupy_kernels.py)
+// tiled_async_shared_mem() bytes of dynamic shared memory (src/uplab/ops/cuda/geometry.py)
 // instead of tiled_config's. Both kernels use it the same way:
 //  - Double buffer: the block stages channel chunk i + 1 while it computes chunk i, in two
 //    buffers of stage_channels * halo_h * row_stride elements of the storage type T. Two barriers

@@ -472,8 +472,7 @@ COST_INPUTS = (
     "src/uplab/models",
     "src/uplab/upsamplers",
     "src/uplab/ops",
-    ":(exclude)src/uplab/ops/_cupy_kernels.py",
-    ":(exclude)src/uplab/ops/cuda.py",
+    ":(exclude)src/uplab/ops/cuda",
     "src/uplab/tasks",
     "conf/train.yaml",
     "conf/task",
@@ -498,12 +497,12 @@ def cost_input_files(root: Path = ROOT) -> list[str]:
         return sorted(f for f in listed.split("\0") if f)
     except (OSError, subprocess.CalledProcessError):
         files = []
-        excluded = {e.split(")", 1)[1] for e in COST_INPUTS if e.startswith(":(exclude)")}
+        excluded = tuple(e.split(")", 1)[1] for e in COST_INPUTS if e.startswith(":(exclude)"))
         for entry in (e for e in COST_INPUTS if not e.startswith(":")):
             path = root / entry
             found = [f for ext in ("py", "yaml") for f in path.rglob(f"*.{ext}")] if path.is_dir() else [path]
             files += [f.relative_to(root).as_posix() for f in found]
-        return sorted(set(files) - excluded)
+        return sorted(f for f in set(files) if not any(f == e or f.startswith(f"{e}/") for e in excluded))
 
 
 def cost_inputs_digest(root: Path = ROOT) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from uplab.ops import _cupy_kernels
+from uplab.ops.cuda import geometry, variants
 
 ROOT = Path(__file__).parents[2]
 spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "bench_gpu.py")
@@ -19,7 +19,7 @@ LARGE = "16x256x128x128"
 
 
 def _switches():
-    return _cupy_kernels.TILED_STAGING, _cupy_kernels.TILED_MMA, _cupy_kernels.MMA_VARIANT
+    return variants.TILED_STAGING, variants.TILED_MMA, variants.MMA_VARIANT
 
 
 def test_variant_rows_switch_the_kernels_and_restore_them():
@@ -29,7 +29,7 @@ def test_variant_rows_switch_the_kernels_and_restore_them():
             assert _switches() == (staging, mma, variant or shipped[2])
         assert _switches() == shipped
     with pytest.raises(RuntimeError), bench_gpu._kernel_choice("cuda-mma-8x8"):
-        assert _cupy_kernels.MMA_VARIANT.tile == (8, 8)
+        assert variants.MMA_VARIANT.tile == (8, 8)
         raise RuntimeError("a failed measurement")
     assert _switches() == shipped
     with bench_gpu._kernel_choice("cuda"):
@@ -52,7 +52,7 @@ def test_wider_tile_rows_launch_the_variants_the_emulator_tests():
         "cuda-mma-8x8": (8, 8),
         "cuda-mma-16x8": (16, 8),
         "cuda-mma-8x8-strip": (8, 8),
-        "cuda-mma-strip": _cupy_kernels.MMA_VARIANT.tile,
+        "cuda-mma-strip": variants.MMA_VARIANT.tile,
     }
     assert {
         i for i, v in bench_gpu.KERNEL_VARIANTS.items() if v.mma_variant and v.mma_variant.strip
@@ -61,7 +61,7 @@ def test_wider_tile_rows_launch_the_variants_the_emulator_tests():
         "cuda-mma-strip",
     }
     for impl in tiles:
-        assert _cupy_kernels.mma_variant_fits(bench_gpu.KERNEL_VARIANTS[impl].mma_variant)
+        assert geometry.mma_variant_fits(bench_gpu.KERNEL_VARIANTS[impl].mma_variant)
 
 
 def _timed_impls(op, dtype):
@@ -71,8 +71,8 @@ def _timed_impls(op, dtype):
 def test_table_skips_variants_that_launch_the_shipped_kernels(monkeypatch):
     # With async staging shipped, "cuda-async" repeats "cuda" except where the shipped choice is
     # the tensor-core forward (carafe bf16 with TILED_MMA); "cuda-mma*" only apply there.
-    monkeypatch.setattr(_cupy_kernels, "TILED_STAGING", "async")
-    monkeypatch.setattr(_cupy_kernels, "TILED_MMA", False)
+    monkeypatch.setattr(variants, "TILED_STAGING", "async")
+    monkeypatch.setattr(variants, "TILED_MMA", False)
     wide = ["cuda-mma-8x8", "cuda-mma-16x8", "cuda-mma-8x8-strip", "cuda-mma-strip"]
     assert _timed_impls("carafe", "fp32") == ["cuda", "cuda-sync", "torch", "unfold"]
     assert _timed_impls("carafe", "bf16") == [
@@ -84,13 +84,13 @@ def test_table_skips_variants_that_launch_the_shipped_kernels(monkeypatch):
         "unfold",
     ]
     assert _timed_impls("local_similarity", "bf16") == ["cuda", "cuda-sync", "torch", "unfold"]
-    monkeypatch.setattr(_cupy_kernels, "TILED_MMA", True)
+    monkeypatch.setattr(variants, "TILED_MMA", True)
     shipped_mma = ["cuda", "cuda-sync", "cuda-async"]  # cuda-async: the FFMA kernel
     assert _timed_impls("carafe", "bf16") == [*shipped_mma, *wide, "torch", "unfold"]
     assert bench_gpu._timed("carafe", "fp32", "cuda-async") is False
     # once another tile is shipped, its row repeats "cuda" and is left out
     shipped = bench_gpu.KERNEL_VARIANTS[wide[0]].mma_variant
-    monkeypatch.setattr(_cupy_kernels, "MMA_VARIANT", shipped)
+    monkeypatch.setattr(variants, "MMA_VARIANT", shipped)
     assert _timed_impls("carafe", "bf16") == [*shipped_mma, *wide[1:], "torch", "unfold"]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from uplab.ops import _cupy_kernels as kernels
+from uplab.ops.cuda import geometry, variants
 
 ROOT = Path(__file__).parents[2]
 spec = importlib.util.spec_from_file_location(
@@ -19,7 +19,7 @@ spec.loader.exec_module(bench)
 
 
 def test_variants_include_the_shipped_one_and_fit_the_default_shared_memory():
-    assert kernels.MMA_VARIANT in bench.VARIANTS
+    assert variants.MMA_VARIANT in bench.VARIANTS
     assert len(set(bench.VARIANTS)) == len(bench.VARIANTS)
     assert {v.tile for v in bench.VARIANTS} == {(8, 8), (16, 8), (32, 4)}
     plain = [v for v in bench.VARIANTS if not v.strip]
@@ -28,14 +28,14 @@ def test_variants_include_the_shipped_one_and_fit_the_default_shared_memory():
     # each tile in strips too, at the shipped pipeline, with room for a block's carry
     strips = [v for v in bench.VARIANTS if v.strip]
     assert {v.tile for v in strips} == {(8, 8), (16, 8), (32, 4)}
-    assert {(v.stages, v.slabs) for v in strips} == {(kernels.MMA_VARIANT.stages, 1)}
+    assert {(v.stages, v.slabs) for v in strips} == {(variants.MMA_VARIANT.stages, 1)}
     for variant in strips:
-        for k in kernels.MMA_KERNEL_SIZES:
-            assert kernels.mma_config(16, 256, 128, 128, k, 1, 132, 2, variant).strip_tiles > 1
-    assert sorted(bench.KERNEL_SIZES) == sorted(kernels.MMA_KERNEL_SIZES)
+        for k in variants.MMA_KERNEL_SIZES:
+            assert geometry.mma_config(16, 256, 128, 128, k, 1, 132, 2, variant).strip_tiles > 1
+    assert sorted(bench.KERNEL_SIZES) == sorted(variants.MMA_KERNEL_SIZES)
     for variant in bench.VARIANTS:
-        for k in kernels.MMA_KERNEL_SIZES:
-            assert kernels.mma_shared_mem(k, 2, variant) <= kernels.SHARED_MEMORY_LIMIT, variant
+        for k in variants.MMA_KERNEL_SIZES:
+            assert geometry.mma_shared_mem(k, 2, variant) <= geometry.SHARED_MEMORY_LIMIT, variant
 
 
 def test_refuses_to_run_without_a_cuda_device(monkeypatch):

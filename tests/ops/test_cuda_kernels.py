@@ -16,7 +16,8 @@ import math
 import pytest
 import torch
 
-from uplab.ops import _cupy_kernels, carafe, dispatch, local_similarity
+from uplab.ops import carafe, dispatch, local_similarity
+from uplab.ops.cuda import compiler, geometry, launchers, variants
 
 GPU_READY = torch.cuda.is_available() and dispatch.cupy_status() is None
 pytestmark = [
@@ -163,11 +164,11 @@ def test_works_under_autocast(dtype):
 def test_new_sizes_do_not_recompile():
     f, m = [t.float() for t in _carafe_inputs(1, 4, 3, 5, 3, 2)[0]]
     carafe(f, m, 3, 2, backend="cuda")
-    compiled = _cupy_kernels._compiled.cache_info().currsize
+    compiled = compiler.compiled.cache_info().currsize
     for b, c, h, w, k, s in [(2, 5, 7, 4, 5, 4), (1, 3, 11, 2, 7, 1)]:
         f, m = [t.float() for t in _carafe_inputs(b, c, h, w, k, s)[0]]
         carafe(f, m, k, s, backend="cuda")
-    assert _cupy_kernels._compiled.cache_info().currsize == compiled
+    assert compiler.compiled.cache_info().currsize == compiled
 
 
 def _module_pair(name, channels, **kw):
@@ -207,7 +208,7 @@ def test_tiled_kernels_at_multi_tile_sizes_match_torch_path(k, s, dtype):
     # Several tiles each way with ragged last ones, groups, and enough blocks that the dispatcher
     # picks the tiled kernels for the forward and for window_dot (carafe's grad_masks,
     # local_similarity's forward); then window_dot_tiled forced on a grid too small for "auto".
-    assert _cupy_kernels.tiled_applies(dtype, k, s)
+    assert variants.tiled_applies(dtype, k, s)
     inputs, grad = _carafe_inputs(16, 24, 37, 45, k, s, 2)
     op = lambda f, m, backend: carafe(f, m, k, s, group_size=2, backend=backend)  # noqa: E731
     _compare(op, inputs, grad, dtype)
@@ -215,7 +216,7 @@ def test_tiled_kernels_at_multi_tile_sizes_match_torch_path(k, s, dtype):
     op = lambda q, key, backend: local_similarity(q, key, k, s, backend=backend)  # noqa: E731
     _compare(op, inputs, grad, dtype)
     q, key = [t[:1].to(dtype) for t in inputs]
-    got = _cupy_kernels.window_dot(q, key, k, s, 1, path="tiled")
+    got = launchers.window_dot(q, key, k, s, 1, path="tiled")
     want = local_similarity(q.double(), key.double(), k, s, backend="torch")
     torch.testing.assert_close(got.double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1])
 
@@ -230,7 +231,7 @@ def _reassemble_async_staging(features, masks, k, s, groups, stage, split_channe
     """``reassemble_tiled`` built with the cp.async staging, ``stage`` channels per buffer."""
     b, c, h, w = features.shape
     _leave_nan_block((b, c, h * s, w * s), features.dtype)
-    return _cupy_kernels.reassemble(
+    return launchers.reassemble(
         *(features, masks, k, s, groups),
         path="tiled",
         stage_channels=stage,
@@ -243,7 +244,7 @@ def _window_dot_async_staging(query, key, k, s, groups, stage):
     """``window_dot_tiled`` built with the cp.async staging, ``stage`` channels per buffer."""
     b, c, h, w = key.shape
     _leave_nan_block((b, groups * k * k, h * s, w * s), key.dtype)
-    return _cupy_kernels.window_dot(
+    return launchers.window_dot(
         query, key, k, s, groups, path="tiled", stage_channels=stage, staging="async"
     )
 
@@ -277,7 +278,7 @@ def test_async_staging_matches_sync_tiled_kernel_and_torch_path(k, s, dtype):
             want = carafe(
                 features.double(), masks.double(), k, s, group_size=groups, backend="torch"
             )
-            sync = _cupy_kernels.reassemble(features, masks, k, s, groups, path="tiled")
+            sync = launchers.reassemble(features, masks, k, s, groups, path="tiled")
             for split_channels in (False, True):
                 got = _reassemble_async_staging(features, masks, k, s, groups, 2, split_channels)
                 case = f"groups={groups} width={width} offset={offset} split={split_channels}"
@@ -307,7 +308,7 @@ def test_window_dot_async_staging_matches_sync_tiled_kernel_and_torch_path(k, s,
                 ],
                 dim=1,
             )
-            sync = _cupy_kernels.window_dot(query, key, k, s, groups, path="tiled")
+            sync = launchers.window_dot(query, key, k, s, groups, path="tiled")
             got = _window_dot_async_staging(query, key, k, s, groups, 2)
             case = f"groups={groups} width={width} offset={offset}"
             assert torch.equal(got, sync), f"async staging differs from the sync kernel: {case}"
@@ -317,26 +318,26 @@ def test_window_dot_async_staging_matches_sync_tiled_kernel_and_torch_path(k, s,
 # The shipped tile (32 x 4 parents), and the other tiles and the strips bench_gpu.py and
 # bench_mma_variants.py time beside it.
 MMA_TILES = {
-    "32x4": _cupy_kernels.MmaVariant(),
-    "8x8": _cupy_kernels.MmaVariant(warps_x=1, warps_y=8),
-    "16x8": _cupy_kernels.MmaVariant(warps_x=2, warps_y=8),
-    "8x8-strip": _cupy_kernels.MmaVariant(warps_x=1, warps_y=8, strip=True),
-    "32x4-strip": _cupy_kernels.MmaVariant(strip=True),
+    "32x4": variants.MmaVariant(),
+    "8x8": variants.MmaVariant(warps_x=1, warps_y=8),
+    "16x8": variants.MmaVariant(warps_x=2, warps_y=8),
+    "8x8-strip": variants.MmaVariant(warps_x=1, warps_y=8, strip=True),
+    "32x4-strip": variants.MmaVariant(strip=True),
 }
 
 
 @pytest.mark.parametrize("tile", MMA_TILES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("k", _cupy_kernels.MMA_KERNEL_SIZES)
+@pytest.mark.parametrize("k", variants.MMA_KERNEL_SIZES)
 def test_tensor_core_forward_matches_torch_path(k, dtype, tile, monkeypatch):
     # reassemble_mma on the real mma.sync (the CPU emulation checks the same cases against its
     # lane-by-lane model, tests/ops/test_kernels_on_cpu.py): ragged tiles, a full and a ragged
     # 16-channel chunk per group, groups, every cp.async copy width, misaligned base; for the
     # shipped 32 x 4-parent tile and the variants a GPU run may make the default; strips of 3
     # tiles (the launcher would take 1 at these sizes), so that 37 rows end in a ragged strip.
-    monkeypatch.setattr(_cupy_kernels, "MMA_VARIANT", MMA_TILES[tile])
+    monkeypatch.setattr(variants, "MMA_VARIANT", MMA_TILES[tile])
     if MMA_TILES[tile].strip:
-        monkeypatch.setattr(_cupy_kernels, "mma_strip_tiles", lambda *args: 3)
+        monkeypatch.setattr(geometry, "mma_strip_tiles", lambda *args: 3)
     torch.manual_seed(0)
     atol, rtol = TOL[dtype]
     cases = ((1, (19, 0)), (2, (20, 0)), (1, (24, 0)), (2, (22, 1)), (1, (70, 0)))  # 70: 2+ tiles
@@ -345,7 +346,7 @@ def test_tensor_core_forward_matches_torch_path(k, dtype, tile, monkeypatch):
         masks = torch.randn(3, groups * k * k, 74, 2 * width, device="cuda").to(dtype)
         want = carafe(features.double(), masks.double(), k, 2, group_size=groups, backend="torch")
         _leave_nan_block(want.shape, dtype)
-        got = _cupy_kernels.reassemble(features, masks, k, 2, groups, path="mma")
+        got = launchers.reassemble(features, masks, k, 2, groups, path="mma")
         case = f"groups={groups} width={width} offset={offset}"
         torch.testing.assert_close(got.double(), want, atol=atol, rtol=rtol, msg=case)
 
@@ -356,23 +357,23 @@ def test_tensor_core_strips_opt_in_to_shared_memory_past_48_kib(tile, monkeypatc
     # split for occupancy here) take 73 KiB at K=5 for 8 x 8 tiles and 185 KiB for 32 x 4 (two
     # blocks of 105 KiB on an A100), which the launch must opt in to (cuFuncSetAttribute).
     variant = MMA_TILES[tile]
-    monkeypatch.setattr(_cupy_kernels, "MMA_VARIANT", variant)
-    monkeypatch.setattr(_cupy_kernels, "mma_strip_tiles", lambda *args: 3)
-    monkeypatch.setattr(_cupy_kernels, "TILED_BLOCKS_PER_SM", 0)
+    monkeypatch.setattr(variants, "MMA_VARIANT", variant)
+    monkeypatch.setattr(geometry, "mma_strip_tiles", lambda *args: 3)
+    monkeypatch.setattr(geometry, "TILED_BLOCKS_PER_SM", 0)
     features = torch.randn(2, 512, 37, 70, device="cuda").to(torch.bfloat16)
     masks = torch.randn(2, 25, 74, 140, device="cuda").to(torch.bfloat16)
-    config = _cupy_kernels.mma_device_config(features, 5, 1)
-    assert config.shared_mem > _cupy_kernels.SHARED_MEMORY_LIMIT
+    config = geometry.mma_device_config(features, 5, 1)
+    assert config.shared_mem > geometry.SHARED_MEMORY_LIMIT
     want = carafe(features.double(), masks.double(), 5, 2, backend="torch")
     _leave_nan_block(want.shape, torch.bfloat16)
-    got = _cupy_kernels.reassemble(features, masks, 5, 2, 1, path="mma")
+    got = launchers.reassemble(features, masks, 5, 2, 1, path="mma")
     atol, rtol = TOL[torch.bfloat16]
     torch.testing.assert_close(got.double(), want, atol=atol, rtol=rtol)
 
 
 def test_tensor_core_forward_through_autograd(monkeypatch):
     # TILED_MMA: carafe's "auto" forward takes reassemble_mma (the backward is unchanged).
-    monkeypatch.setattr(_cupy_kernels, "TILED_MMA", True)
+    monkeypatch.setattr(variants, "TILED_MMA", True)
     inputs, grad = _carafe_inputs(4, 48, 33, 40, 5, 2)
     op = lambda f, m, backend: carafe(f, m, 5, 2, backend=backend)  # noqa: E731
     _compare(op, inputs, grad, torch.bfloat16)

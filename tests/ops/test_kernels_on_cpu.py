@@ -1,8 +1,9 @@
 """The CUDA kernels of ``kernels/*.cu`` run on the CPU, on every machine: the sources are compiled
 with g++ against a small emulation of the CUDA execution model (``tests/ops/cuda_on_cpu``: blocks
 of real threads, ``__syncthreads`` as a barrier, cp.async with deferred landing) and driven
-through the package's own launch code, :mod:`uplab.ops._cupy_kernels` and the autograd Functions
-of :mod:`uplab.ops.cuda`, with only the CuPy launch replaced by a run of the emulator.
+through the package's own launch code, :mod:`uplab.ops.cuda` (its launchers, launch geometry and
+autograd Functions), with only the CuPy launch (:func:`uplab.ops.cuda.runtime.launch`) replaced by
+a run of the emulator.
 
 So without a GPU this checks what the GPU tests check for correctness (outputs and gradients vs
 the PyTorch path for every dtype, K, scale and groups; both halo stagings of the tiled kernels, bit
@@ -26,14 +27,22 @@ import math
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from uplab.ops import _cupy_kernels as kernels
 from uplab.ops import carafe, cuda, local_similarity
+from uplab.ops.cuda import (
+    compiler,
+    device_properties,
+    geometry,
+    launchers,
+    runtime,
+    variants,
+)
 
 CXX = shutil.which("g++")
 pytestmark = pytest.mark.skipif(
@@ -88,32 +97,39 @@ def emulator_source(includes, names) -> str:
     )
 
 
-def translation_unit() -> str:
-    """Both kernel files with every instantiation the package compiles."""
+def translation_unit(kernels=None) -> str:
+    """The kernel files with every instantiation the package compiles, or only those of
+    ``kernels`` (names without template arguments)."""
+    files = [
+        file
+        for file in sorted(compiler.KERNEL_FILES)
+        if kernels is None or set(compiler.KERNEL_FILES[file]) & set(kernels)
+    ]
     names = [
         expression
-        for file in sorted(kernels.KERNEL_FILES)
-        for scalar in kernels.SCALAR_TYPES.values()
-        for expression in kernels.name_expressions(file, scalar)
+        for file in files
+        for scalar in variants.SCALAR_TYPES.values()
+        for expression in compiler.name_expressions(file, scalar)
+        if kernels is None or expression.split("<")[0] in kernels
     ]
-    return emulator_source(sorted(kernels.KERNEL_FILES), names)
+    return emulator_source(files, names)
 
 
 def mma_translation_unit() -> str:
     """carafe_mma.cu alone, for the emulators of its non-default variants."""
     names = [
         expression
-        for scalar in kernels.SCALAR_TYPES.values()
-        for expression in kernels.name_expressions("carafe_mma.cu", scalar)
+        for scalar in variants.SCALAR_TYPES.values()
+        for expression in compiler.name_expressions("carafe_mma.cu", scalar)
     ]
     return emulator_source(["carafe_mma.cu"], names)
 
 
 # reassemble_mma variants with their own emulator build (the kernels' builds take the default)
 MMA_VARIANT_BUILDS = {
-    "mma_8x8": kernels.MmaVariant(warps_x=1, warps_y=8),  # shipped until the ninth session
-    "mma_16x8": kernels.MmaVariant(warps_x=2, warps_y=8),
-    "mma_8x8_strip": kernels.MmaVariant(warps_x=1, warps_y=8, strip=True),
+    "mma_8x8": variants.MmaVariant(warps_x=1, warps_y=8),  # shipped until the ninth session
+    "mma_16x8": variants.MmaVariant(warps_x=2, warps_y=8),
+    "mma_8x8_strip": variants.MmaVariant(warps_x=1, warps_y=8, strip=True),
 }
 
 
@@ -122,13 +138,13 @@ def compile_command(source: Path, exe: Path, sanitizer: str, defines=()) -> list
         CXX,
         "-std=c++20",
         "-O1",
-        "-g",
+        "-g1",  # line tables: file and line in sanitizer reports, at ~60% of -g's compile time
         "-pthread",
         "-DUPLAB_CUDA_ON_CPU=1",
         "-DCP_ASYNC_HELPERS=1",  # carafe_mma.cu's cp.async helpers, whichever file comes first
         *defines,
         *SANITIZERS[sanitizer],
-        f"-I{kernels.kernel_dir()}",
+        f"-I{compiler.kernel_dir()}",
         f"-I{EMULATION}",
         "-Wno-unknown-pragmas",
         str(source),
@@ -151,7 +167,7 @@ FAULTY_KERNELS = (
 
 def test_emulator_counts_bank_conflicts(builds, tmp_path):
     n = 32
-    config = kernels.LaunchConfig((1, 1, 1), (n, 1, 1), 4 * n * n, 0)
+    config = geometry.LaunchConfig((1, 1, 1), (n, 1, 1), 4 * n * n, 0)
     report = tmp_path / "banks.txt"
     env = {**SANITIZER_ENV, "CUDA_ON_CPU_BANKS": str(report)}
     values, out = torch.arange(1.0, n + 1), torch.zeros(n)
@@ -174,7 +190,7 @@ def test_emulator_counts_bank_conflicts(builds, tmp_path):
 
 def test_emulator_counts_global_sectors(builds, tmp_path):
     n = 32
-    config = kernels.LaunchConfig((1, 1, 1), (n, 1, 1), 4 * 128, 0)
+    config = geometry.LaunchConfig((1, 1, 1), (n, 1, 1), 4 * 128, 0)
     report = tmp_path / "sectors.txt"
     env = {**SANITIZER_ENV, "CUDA_ON_CPU_SECTORS": str(report)}
     values, out = torch.arange(1.0, 129), torch.zeros(n)
@@ -222,53 +238,64 @@ def toolchain_lacks(folder: Path, sanitizer: str) -> str | None:
 
 
 class Builds:
-    """The emulators, compiled in the background from the first request on (about 25 s on two
-    cores): the kernels per (halo staging, sanitizer), and the faulty kernels per sanitizer. Each
-    is waited for when first run."""
+    """The emulators, compiled in the background from the first request on, as many at a time as
+    there are cores and in the order the tests first need them, so that the first tests run while
+    later builds compile: per sanitizer the faulty kernels, the kernels per halo staging and the
+    tensor-core variants. A build that a test needs before its turn is compiled at once."""
 
     def __init__(self, folder: Path):
-        self.jobs, self.logs, self.missing = {}, {}, {}
-        kernels_source = folder / "kernels_on_cpu.cpp"
-        kernels_source.write_text(translation_unit())
-        faulty_source = folder / "faulty_on_cpu.cpp"
-        faulty_source.write_text(faulty_translation_unit())
-        mma_source = folder / "mma_on_cpu.cpp"
-        mma_source.write_text(mma_translation_unit())
+        self.jobs, self.results, self.missing = {}, {}, {}
+        sources = {
+            "faulty": faulty_translation_unit(),
+            "kernels": translation_unit(),
+            # the launchers pass the async staging's options to the tiled kernels alone
+            "tiled": translation_unit(compiler.TILED_KERNELS),
+            "mma": mma_translation_unit(),
+        }
+        for name, text in sources.items():
+            (folder / f"{name}_on_cpu.cpp").write_text(text)
+        builds = {"faulty": ("faulty", ())}
+        for staging in variants.STAGINGS:
+            defines = [o for o in variants.build_options(staging) if o.startswith("-D")]
+            builds[staging] = ("tiled" if staging == "async" else "kernels", defines)
+        for build, variant in MMA_VARIANT_BUILDS.items():
+            builds[build] = ("mma", [o for o in variant.options() if o.startswith("-D")])
+        self.pool = ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0)))
         for sanitizer in SANITIZERS:
             self.missing[sanitizer] = toolchain_lacks(folder, sanitizer)
             if self.missing[sanitizer]:
                 continue
-            for staging in kernels.STAGINGS:
-                defines = [o for o in kernels.build_options(staging) if o.startswith("-D")]
-                self._start((staging, sanitizer), folder, kernels_source, sanitizer, defines)
-            self._start(("faulty", sanitizer), folder, faulty_source, sanitizer)
-            for build, variant in MMA_VARIANT_BUILDS.items():
-                defines = [o for o in variant.options() if o.startswith("-D")]
-                self._start((build, sanitizer), folder, mma_source, sanitizer, defines)
-
-    def _start(self, key, folder, source, sanitizer, defines=()):
-        exe = folder / f"emulator_{'_'.join(key)}"
-        command = compile_command(source, exe, sanitizer, defines)
-        job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.jobs[key] = (exe, job)
+            for build, (unit, defines) in builds.items():
+                exe = folder / f"emulator_{build}_{sanitizer}"
+                source = folder / f"{unit}_on_cpu.cpp"
+                command = compile_command(source, exe, sanitizer, defines)
+                self.jobs[build, sanitizer] = exe, command, self.pool.submit(_compile, command)
 
     def exe(self, build: str, sanitizer: str) -> Path:
         """The emulator of ``build`` ("sync", "async", "faulty" or a key of MMA_VARIANT_BUILDS)
         under ``sanitizer``."""
         if self.missing[sanitizer]:
             pytest.skip(self.missing[sanitizer])
-        exe, job = self.jobs[build, sanitizer]
-        if job.returncode is None:
-            self.logs[build, sanitizer] = job.communicate()[0].decode()
-        if job.returncode != 0:
-            log = self.logs[build, sanitizer][-4000:]
+        exe, command, job = self.jobs[build, sanitizer]
+        if (build, sanitizer) not in self.results:
+            queued = job.cancel()
+            self.results[build, sanitizer] = _compile(command) if queued else job.result()
+        result = self.results[build, sanitizer]
+        if result.returncode != 0:
+            log = result.stdout[-4000:]
             pytest.fail(f"building the {build}/{sanitizer} emulator failed:\n{log}")
         return exe
 
 
+def _compile(command) -> subprocess.CompletedProcess:
+    return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 @pytest.fixture(scope="session")
 def builds(tmp_path_factory):
-    return Builds(tmp_path_factory.mktemp("cuda_on_cpu"))
+    builds = Builds(tmp_path_factory.mktemp("cuda_on_cpu"))
+    yield builds
+    builds.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run_emulator(exe: Path, name: str, config, tensors, ints, folder: Path, env=None) -> None:
@@ -314,19 +341,19 @@ def emulate(builds, monkeypatch, tmp_path):
     state = {"sanitizer": "address", "env": {}, "launches": [], "stagings": []}
 
     def launch(
-        kernel, file, config, tensors, ints, kernel_size=None, options=kernels.NVRTC_OPTIONS
+        kernel, file, config, tensors, ints, kernel_size=None, options=variants.NVRTC_OPTIONS
     ):
-        staging = "async" if kernels.ASYNC_STAGING_OPTION in options else "sync"
+        staging = "async" if variants.ASYNC_STAGING_OPTION in options else "sync"
         build = staging
-        if file == "carafe_mma.cu" and options != kernels.MmaVariant().options():
+        if file == "carafe_mma.cu" and options != variants.MmaVariant().options():
             builds_of = {v.options(): name for name, v in MMA_VARIANT_BUILDS.items()}
             assert options in builds_of, f"no emulator build of {options}"
             build = builds_of[options]
-        scalar = kernels.scalar_type(tensors[0].dtype)
+        scalar = variants.scalar_type(tensors[0].dtype)
         name = (
             f"{kernel}<{scalar}>"
             if kernel_size is None
-            else kernels.tiled_name(kernel, scalar, kernel_size)
+            else compiler.tiled_name(kernel, scalar, kernel_size)
         )
         tensors[-1].fill_(float("nan"))  # an element the kernel does not write stays NaN
         env = {**SANITIZER_ENV, **state["env"]}
@@ -335,9 +362,9 @@ def emulate(builds, monkeypatch, tmp_path):
         state["launches"].append(name)
         state["stagings"].append(staging)
 
-    monkeypatch.setattr(kernels, "_launch", launch)
-    monkeypatch.setattr(kernels, "_multiprocessors", lambda device_index: N_SM)
-    monkeypatch.setattr(kernels, "_shared_memory", lambda device_index: H100_SHARED_MEMORY)
+    monkeypatch.setattr(runtime, "launch", launch)
+    monkeypatch.setattr(device_properties, "multiprocessors", lambda device_index: N_SM)
+    monkeypatch.setattr(device_properties, "shared_memory", lambda device_index: H100_SHARED_MEMORY)
 
     def configure(sanitizer="address", env=None):
         """The names of the kernels launched from now on are appended to the returned list (and
@@ -403,10 +430,10 @@ def test_carafe_kernels_match_torch_path(emulate, k, s, dtype):
     launches = emulate()
     inputs, grad = _carafe_case(2, 10, 7, 9, k, s)
     _check_carafe(inputs, grad, k, s, 1, dtype)
-    if kernels.mma_applies(dtype, k, s):
+    if variants.mma_applies(dtype, k, s):
         forward = "reassemble_mma"
     else:
-        forward = "reassemble_tiled" if kernels.tiled_applies(dtype, k, s) else "reassemble<"
+        forward = "reassemble_tiled" if variants.tiled_applies(dtype, k, s) else "reassemble<"
     assert launches[0].startswith(forward), launches
     assert launches[1].startswith("reassemble_transpose<")
 
@@ -442,21 +469,21 @@ def test_tiled_kernels_at_multi_tile_sizes_match_torch_path(emulate, k, s, dtype
     launches = emulate()
     features = torch.randn(1, 20, 19, 37, dtype=torch.float64).to(dtype)
     masks = torch.randn(1, k * k, 19 * s, 37 * s, dtype=torch.float64).to(dtype)
-    got = kernels.reassemble(features, masks, k, s, 1, path="tiled", stage_channels=3)
+    got = launchers.reassemble(features, masks, k, s, 1, path="tiled", stage_channels=3)
     want = carafe(features.double(), masks.double(), k, s, backend="torch")
     torch.testing.assert_close(got.double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1])
     query = torch.randn(1, 20, 19 * s, 37 * s, dtype=torch.float64).to(dtype)
-    got = kernels.window_dot(query, features, k, s, 1, path="tiled", stage_channels=3)
+    got = launchers.window_dot(query, features, k, s, 1, path="tiled", stage_channels=3)
     want = local_similarity(query.double(), features.double(), k, s, backend="torch")
     torch.testing.assert_close(got.double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1])
     assert launches == [
-        kernels.tiled_name("reassemble_tiled", kernels.scalar_type(dtype), k),
-        kernels.tiled_name("window_dot_tiled", kernels.scalar_type(dtype), k),
+        compiler.tiled_name("reassemble_tiled", variants.scalar_type(dtype), k),
+        compiler.tiled_name("window_dot_tiled", variants.scalar_type(dtype), k),
     ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("staging", kernels.STAGINGS)
+@pytest.mark.parametrize("staging", variants.STAGINGS)
 def test_tiled_launch_shapes_of_the_variant_benchmark_match_torch_path(emulate, staging, dtype):
     # The block shapes benchmarks/bench_kernel_variants.py times (and one narrower), each with both
     # halo stagings, so that a GPU session spends no time on a variant that is wrong.
@@ -470,16 +497,16 @@ def test_tiled_launch_shapes_of_the_variant_benchmark_match_torch_path(emulate, 
     atol, rtol = TOL[dtype]
     for block in ((32, 2), (32, 4), (32, 8), (16, 2)):
         options = dict(path="tiled", block=block, stage_channels=5, staging=staging)
-        out = kernels.reassemble(features, masks, k, s, 1, **options)
+        out = launchers.reassemble(features, masks, k, s, 1, **options)
         torch.testing.assert_close(out.double(), want_out, atol=atol, rtol=rtol, msg=str(block))
-        sim = kernels.window_dot(query, features, k, s, 1, **options)
+        sim = launchers.window_dot(query, features, k, s, 1, **options)
         torch.testing.assert_close(sim.double(), want_sim, atol=atol, rtol=rtol, msg=str(block))
 
 
 def test_tiled_staging_default_reaches_forward_and_backward(emulate, monkeypatch):
     # benchmarks/bench_gpu.py times whole ops with TILED_STAGING switched: every tiled launch of
     # carafe's forward and backward must then take the async build, and still match.
-    monkeypatch.setattr(kernels, "TILED_STAGING", "async")
+    monkeypatch.setattr(variants, "TILED_STAGING", "async")
     launches = emulate()
     inputs, grad = _carafe_case(8, 6, 16, 20, 3, 2)
     _check_carafe(inputs, grad, 3, 2, 1, torch.float32)
@@ -489,7 +516,7 @@ def test_tiled_staging_default_reaches_forward_and_backward(emulate, monkeypatch
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
+@pytest.mark.parametrize("k", variants.MMA_KERNEL_SIZES)
 def test_tensor_core_forward_matches_torch_path(emulate, monkeypatch, k, dtype):
     # reassemble_mma (mma.sync emulated lane by lane): ragged 32 x 4-parent tiles, 20 channels per
     # group (a full and a ragged 16-channel chunk), 70 (five chunks, every buffer of the
@@ -498,25 +525,25 @@ def test_tensor_core_forward_matches_torch_path(emulate, monkeypatch, k, dtype):
     # split over blocks (grid.y) as the launcher does for few tiles.
     launches = emulate()
     s = 2
-    occupancy = kernels.TILED_BLOCKS_PER_SM  # the launcher's blocks per SM
+    occupancy = geometry.TILED_BLOCKS_PER_SM  # the launcher's blocks per SM
     cases = ((1, 19, 0, 20), (2, 20, 0, 20), (1, 24, 0, 70), (2, 22, 1, 20), (1, 21, 0, 70))
     for i, (groups, width, offset, per_group) in enumerate(cases):
         split = i == len(cases) - 1
-        monkeypatch.setattr(kernels, "TILED_BLOCKS_PER_SM", occupancy if split else 0)
-        config = kernels.mma_config(2, per_group * groups, 11, width, k, groups, N_SM, 2)
+        monkeypatch.setattr(geometry, "TILED_BLOCKS_PER_SM", occupancy if split else 0)
+        config = geometry.mma_config(2, per_group * groups, 11, width, k, groups, N_SM, 2)
         assert (config.grid[1] > 1) == split, config
         features = _at_offset((2, per_group * groups, 11, width), offset, dtype)
         masks = torch.randn(2, groups * k * k, 11 * s, width * s).to(dtype)
-        got = kernels.reassemble(features, masks, k, s, groups, path="mma")
+        got = launchers.reassemble(features, masks, k, s, groups, path="mma")
         want = carafe(features.double(), masks.double(), k, s, group_size=groups, backend="torch")
         case = f"groups={groups} width={width} offset={offset} channels={per_group}"
         torch.testing.assert_close(
             got.double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1], msg=case
         )
-    assert set(launches) == {kernels.tiled_name("reassemble_mma", kernels.scalar_type(dtype), k)}
+    assert set(launches) == {compiler.tiled_name("reassemble_mma", variants.scalar_type(dtype), k)}
 
 
-@pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
+@pytest.mark.parametrize("k", variants.MMA_KERNEL_SIZES)
 def test_tensor_core_forward_a_loads_are_free_of_bank_conflicts(emulate, tmp_path, k):
     # The emulator's bank trace (CUDA_ON_CPU_BANKS) of reassemble_mma's A-fragment loads, the
     # shared loads it routes through shared_load(): one wavefront each, with 4-byte staging copies
@@ -528,44 +555,44 @@ def test_tensor_core_forward_a_loads_are_free_of_bank_conflicts(emulate, tmp_pat
         emulate("address", {"CUDA_ON_CPU_BANKS": str(report)})
         features = torch.randn(1, 32, 8, width).to(torch.bfloat16)
         masks = torch.randn(1, k * k, 16, 2 * width).to(torch.bfloat16)
-        got = kernels.reassemble(features, masks, k, 2, 1, path="mma")
+        got = launchers.reassemble(features, masks, k, 2, 1, path="mma")
         want = carafe(features.double(), masks.double(), k, 2, backend="torch")
         torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=1e-2)
-        config = kernels.mma_config(1, 32, 8, width, k, 1, N_SM, 2)
-        chunks = math.ceil(config.per_block / kernels.MMA_CHANNELS)
+        config = geometry.mma_config(1, 32, 8, width, k, 1, N_SM, 2)
+        chunks = math.ceil(config.per_block / variants.MMA_CHANNELS)
         # an A fragment per parent (K=3) or per pair of parents (K=5: their union window)
-        windows = kernels.MMA_PARENTS_X // (2 if k == 5 else 1)
+        windows = variants.MMA_PARENTS_X // (2 if k == 5 else 1)
         loads = math.prod(config.grid) * config.block[0] // 32 * chunks * windows
         loads *= steps * 4  # a k-step loads 4 A registers
         assert report.read_text().split() == [str(loads), str(loads), "1"], f"width={width}"
 
 
 @pytest.mark.parametrize("build", MMA_VARIANT_BUILDS)
-@pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
+@pytest.mark.parametrize("k", variants.MMA_KERNEL_SIZES)
 def test_tensor_core_forward_with_other_tiles(emulate, monkeypatch, tmp_path, k, build):
     # The variants timed by benchmarks/bench_mma_variants.py beside the shipped 32 x 4 parents: 8
     # warps over 8 x 8 parents, 16 over 16 x 8, 8 x 8 in strips. Ragged tiles (widths 19, 40, 22;
     # height 11), several chunks, groups, a misaligned base; then under ThreadSanitizer, and the
     # bank trace of its A loads (one wavefront each, whatever the tile's row width).
-    monkeypatch.setattr(kernels, "MMA_VARIANT", MMA_VARIANT_BUILDS[build])
+    monkeypatch.setattr(variants, "MMA_VARIANT", MMA_VARIANT_BUILDS[build])
     launches = emulate()
     for groups, width, offset, per_group in ((1, 19, 0, 70), (2, 40, 0, 20), (1, 22, 1, 20)):
         features = _at_offset((2, per_group * groups, 11, width), offset, torch.bfloat16)
         masks = torch.randn(2, groups * k * k, 22, 2 * width).to(torch.bfloat16)
-        got = kernels.reassemble(features, masks, k, 2, groups, path="mma")
+        got = launchers.reassemble(features, masks, k, 2, groups, path="mma")
         want = carafe(features.double(), masks.double(), k, 2, group_size=groups, backend="torch")
         case = f"groups={groups} width={width} offset={offset} channels={per_group}"
         torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=1e-2, msg=case)
-    assert set(launches) == {kernels.tiled_name("reassemble_mma", "bfloat16_t", k)}
+    assert set(launches) == {compiler.tiled_name("reassemble_mma", "bfloat16_t", k)}
     emulate("thread")
     inputs, grad = _carafe_case(1, 18, 10, 20, k, 2)
-    monkeypatch.setattr(kernels, "TILED_MMA", True)
+    monkeypatch.setattr(variants, "TILED_MMA", True)
     _check_carafe(inputs, grad, k, 2, 1, torch.bfloat16)
     report = tmp_path / "banks.txt"
     emulate("address", {"CUDA_ON_CPU_BANKS": str(report)})
     features = torch.randn(1, 32, 8, 32).to(torch.bfloat16)
     masks = torch.randn(1, k * k, 16, 64).to(torch.bfloat16)
-    kernels.reassemble(features, masks, k, 2, 1, path="mma")
+    launchers.reassemble(features, masks, k, 2, 1, path="mma")
     loads, wavefronts, worst = report.read_text().split()
     assert int(loads) > 0 and loads == wavefronts and worst == "1"
 
@@ -596,7 +623,7 @@ def feature_staging(variant, shape, kernel_size: int, strip_tiles: int = 1) -> t
     return sectors * b * c, copies * b * c
 
 
-@pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
+@pytest.mark.parametrize("k", variants.MMA_KERNEL_SIZES)
 def test_tensor_core_forward_feature_sectors_per_tile(emulate, monkeypatch, tmp_path, k):
     # The emulator's sector trace (CUDA_ON_CPU_SECTORS) of the feature staging's cp.async copies,
     # against feature_staging(): what the wider tiles and the strips are for. Per warp copy
@@ -608,14 +635,14 @@ def test_tensor_core_forward_feature_sectors_per_tile(emulate, monkeypatch, tmp_
     masks = torch.randn(1, k * k, 64, 128).to(torch.bfloat16)
     want = carafe(features.double(), masks.double(), k, 2, backend="torch")
     per_copy = {}
-    for variant in (kernels.MmaVariant(), *MMA_VARIANT_BUILDS.values()):
-        monkeypatch.setattr(kernels, "MMA_VARIANT", variant)
+    for variant in (variants.MmaVariant(), *MMA_VARIANT_BUILDS.values()):
+        monkeypatch.setattr(variants, "MMA_VARIANT", variant)
         for strip_tiles in (1, 2, 4) if variant.strip else (1,):
-            monkeypatch.setattr(kernels, "mma_strip_tiles", lambda *args, n=strip_tiles: n)
+            monkeypatch.setattr(geometry, "mma_strip_tiles", lambda *args, n=strip_tiles: n)
             case = f"{variant} strips of {strip_tiles}"
             report = tmp_path / f"sectors_{len(per_copy)}.txt"
             emulate("address", {"CUDA_ON_CPU_SECTORS": str(report)})
-            got = kernels.reassemble(features, masks, k, 2, 1, path="mma")
+            got = launchers.reassemble(features, masks, k, 2, 1, path="mma")
             torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=1e-2)
             copies, sectors, block_sectors, lane_copies = map(int, report.read_text().split())
             assert (block_sectors, lane_copies) == feature_staging(variant, shape, k, strip_tiles)
@@ -627,7 +654,7 @@ def test_tensor_core_forward_feature_sectors_per_tile(emulate, monkeypatch, tmp_
     assert per_copy[(8, 8), 4] < per_copy[(8, 8), 2] < per_copy[(8, 8), 1] == per_copy[(8, 8), 0]
 
 
-@pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
+@pytest.mark.parametrize("k", variants.MMA_KERNEL_SIZES)
 def test_tensor_core_forward_strips_equal_the_tiles_bit_for_bit(emulate, monkeypatch, k):
     # The 8 x 8 tile in strips: a block computes strip_tiles tiles down a column and carries each
     # tile's bottom 2R staged halo rows over to the next in shared memory. Same products, same
@@ -652,52 +679,52 @@ def test_tensor_core_forward_strips_equal_the_tiles_bit_for_bit(emulate, monkeyp
     for groups, width, height, offset, per_group, lengths in cases:
         features = _at_offset((2, per_group * groups, height, width), offset, torch.bfloat16)
         masks = torch.randn(2, groups * k * k, 2 * height, 2 * width).to(torch.bfloat16)
-        monkeypatch.setattr(kernels, "MMA_VARIANT", MMA_VARIANT_BUILDS["mma_8x8"])
-        want = kernels.reassemble(features, masks, k, 2, groups, path="mma")
-        monkeypatch.setattr(kernels, "MMA_VARIANT", strip)
+        monkeypatch.setattr(variants, "MMA_VARIANT", MMA_VARIANT_BUILDS["mma_8x8"])
+        want = launchers.reassemble(features, masks, k, 2, groups, path="mma")
+        monkeypatch.setattr(variants, "MMA_VARIANT", strip)
         for strip_tiles in lengths:
-            monkeypatch.setattr(kernels, "mma_strip_tiles", lambda *args, n=strip_tiles: n)
-            got = kernels.reassemble(features, masks, k, 2, groups, path="mma")
+            monkeypatch.setattr(geometry, "mma_strip_tiles", lambda *args, n=strip_tiles: n)
+            got = launchers.reassemble(features, masks, k, 2, groups, path="mma")
             case = f"groups={groups} {width}x{height} offset={offset} strips of {strip_tiles}"
             assert torch.equal(got, want), case
-    limit = kernels.mma_shared_limit(0, strip)  # an H100's, from the fixture
-    assert kernels.mma_config(2, 70, 9, 8, k, 1, N_SM, 2, strip, shared_limit=limit).grid[1] == 3
-    config = kernels.mma_config(2, 400, 17, 20, k, 1, N_SM, 2, strip, shared_limit=limit)
+    limit = geometry.mma_shared_limit(0, strip)  # an H100's, from the fixture
+    assert geometry.mma_config(2, 70, 9, 8, k, 1, N_SM, 2, strip, shared_limit=limit).grid[1] == 3
+    config = geometry.mma_config(2, 400, 17, 20, k, 1, N_SM, 2, strip, shared_limit=limit)
     assert config.per_block == 400
-    assert config.shared_mem == kernels.mma_shared_mem(k, 2, strip, 400)
-    assert (config.shared_mem > kernels.SHARED_MEMORY_LIMIT) == (k == 5)  # K=3: 48 bytes each
+    assert config.shared_mem == geometry.mma_shared_mem(k, 2, strip, 400)
+    assert (config.shared_mem > geometry.SHARED_MEMORY_LIMIT) == (k == 5)  # K=3: 48 bytes each
     emulate("thread")
     features = torch.randn(1, 18, 20, 12).to(torch.bfloat16)
     masks = torch.randn(1, k * k, 40, 24).to(torch.bfloat16)
-    monkeypatch.setattr(kernels, "mma_strip_tiles", lambda *args: 3)
-    got = kernels.reassemble(features, masks, k, 2, 1, path="mma")
+    monkeypatch.setattr(geometry, "mma_strip_tiles", lambda *args: 3)
+    got = launchers.reassemble(features, masks, k, 2, 1, path="mma")
     want = carafe(features.double(), masks.double(), k, 2, backend="torch")
     torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=1e-2)
 
 
-@pytest.mark.parametrize("staging", kernels.STAGINGS)
+@pytest.mark.parametrize("staging", variants.STAGINGS)
 def test_tiled_kernels_window_loads_are_free_of_bank_conflicts(emulate, tmp_path, staging):
     # reassemble_tiled and window_dot_tiled read each thread's window from the staged tile with
     # lanes along x: consecutive words (float tiles) or halfwords (the async build's 16-bit
     # tiles), one wavefront per load. Whole tiles only: the trace needs every lane of a warp.
     for k, dtype in ((3, torch.float32), (5, torch.bfloat16), (7, torch.float32)):
-        rows = kernels.tiled_quad_rows(k) * kernels.TILED_BLOCK[1] // 2
-        features = torch.randn(1, 16, rows, kernels.TILED_BLOCK[0]).to(dtype)
-        masks = torch.randn(1, k * k, 2 * rows, 2 * kernels.TILED_BLOCK[0]).to(dtype)
-        query = torch.randn(1, 16, 2 * rows, 2 * kernels.TILED_BLOCK[0]).to(dtype)
+        rows = geometry.tiled_quad_rows(k) * geometry.TILED_BLOCK[1] // 2
+        features = torch.randn(1, 16, rows, geometry.TILED_BLOCK[0]).to(dtype)
+        masks = torch.randn(1, k * k, 2 * rows, 2 * geometry.TILED_BLOCK[0]).to(dtype)
+        query = torch.randn(1, 16, 2 * rows, 2 * geometry.TILED_BLOCK[0]).to(dtype)
         for name, op, inputs in (
-            ("reassemble", kernels.reassemble, (features, masks)),
-            ("window_dot", kernels.window_dot, (query, features)),
+            ("reassemble", launchers.reassemble, (features, masks)),
+            ("window_dot", launchers.window_dot, (query, features)),
         ):
             report = tmp_path / f"banks_{name}_{k}.txt"
             emulate("address", {"CUDA_ON_CPU_BANKS": str(report)})
             op(*inputs, k, 2, 1, path="tiled", staging=staging)
-            threads = kernels.TILED_BLOCK[0] * kernels.TILED_BLOCK[1]
+            threads = geometry.TILED_BLOCK[0] * geometry.TILED_BLOCK[1]
             loads = threads // 32 * 16 * k * k  # one tile: per warp, K*K per channel
             assert report.read_text().split() == [str(loads), str(loads), "1"], f"{name} K={k}"
 
 
-@pytest.mark.parametrize("k", kernels.MMA_KERNEL_SIZES)
+@pytest.mark.parametrize("k", variants.MMA_KERNEL_SIZES)
 def test_tensor_core_forward_keeps_non_finite_values_in_their_windows(emulate, k):
     # An infinite feature reaches only the children whose window holds it, as in the PyTorch path
     # (zero masks elsewhere must not turn it into NaN for other parents). At K=5 the feature is
@@ -706,7 +733,7 @@ def test_tensor_core_forward_keeps_non_finite_values_in_their_windows(emulate, k
     features = torch.randn(1, 16, 9, 9).to(torch.bfloat16)
     features[0, 3, 4, 4] = float("inf")
     masks = torch.rand(1, k * k, 18, 18).to(torch.bfloat16)
-    got = kernels.reassemble(features, masks, k, 2, 1, path="mma")
+    got = launchers.reassemble(features, masks, k, 2, 1, path="mma")
     want = carafe(features.double(), masks.double(), k, 2, backend="torch")
     assert torch.equal(got.isinf(), want.isinf()) and not got.isnan().any()
     finite = want.isfinite()
@@ -716,7 +743,7 @@ def test_tensor_core_forward_keeps_non_finite_values_in_their_windows(emulate, k
 def test_tensor_core_forward_through_autograd_and_without_data_races(emulate, monkeypatch):
     # TILED_MMA sends "auto" forwards of carafe to reassemble_mma (backward unchanged), here under
     # ThreadSanitizer: warps meet at each mma and __syncwarp, blocks at each chunk.
-    monkeypatch.setattr(kernels, "TILED_MMA", True)
+    monkeypatch.setattr(variants, "TILED_MMA", True)
     launches = emulate("thread")
     inputs, grad = _carafe_case(1, 18, 10, 12, 5, 2)
     _check_carafe(inputs, grad, 5, 2, 1, torch.bfloat16)
@@ -726,17 +753,17 @@ def test_tensor_core_forward_through_autograd_and_without_data_races(emulate, mo
 def test_tensor_core_forward_falls_back_below_sm_80(emulate, monkeypatch):
     # TILED_MMA on a GPU without mma.sync for 16-bit floats: "auto" keeps the tiled kernel, an
     # explicit path="mma" is refused with the reason.
-    monkeypatch.setattr(kernels, "TILED_MMA", True)
-    monkeypatch.setattr(kernels, "_has_mma_sync", lambda tensor: False)
+    monkeypatch.setattr(variants, "TILED_MMA", True)
+    monkeypatch.setattr(launchers, "_has_mma_sync", lambda tensor: False)
     launches = emulate()
     features = torch.randn(1, 16, 6, 7).to(torch.bfloat16)
     masks = torch.randn(1, 25, 12, 14).to(torch.bfloat16)
-    got = kernels.reassemble(features, masks, 5, 2, 1)
+    got = launchers.reassemble(features, masks, 5, 2, 1)
     want = carafe(features.double(), masks.double(), 5, 2, backend="torch")
     torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=1e-2)
     assert launches == ["reassemble_tiled<bfloat16_t, 5>"]
     with pytest.raises(ValueError, match="needs compute capability 8.0"):
-        kernels.reassemble(features, masks, 5, 2, 1, path="mma")
+        launchers.reassemble(features, masks, 5, 2, 1, path="mma")
 
 
 # (width, elements the base lies past an aligned allocation): every copy width of the async
@@ -763,13 +790,13 @@ def test_async_staging_equals_sync_staging_bit_for_bit(emulate, k, s, dtype):
             features = _at_offset((1, 9, 11, width), offset, dtype)
             masks = torch.randn(1, groups * k * k, 11 * s, width * s).to(dtype)
             case = f"groups={groups} width={width} offset={offset}"
-            sync = kernels.reassemble(features, masks, k, s, groups, path="tiled")
+            sync = launchers.reassemble(features, masks, k, s, groups, path="tiled")
             want = carafe(
                 features.double(), masks.double(), k, s, group_size=groups, backend="torch"
             )
             torch.testing.assert_close(sync.double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1])
             for split_channels in (False, True):
-                got = kernels.reassemble(
+                got = launchers.reassemble(
                     *(features, masks, k, s, groups),
                     path="tiled",
                     stage_channels=2,
@@ -780,14 +807,14 @@ def test_async_staging_equals_sync_staging_bit_for_bit(emulate, k, s, dtype):
                     f"carafe async != sync: {case} split={split_channels}"
                 )
             query = torch.randn(1, 9, 11 * s, width * s).to(dtype)
-            sync = kernels.window_dot(query, features, k, s, groups, path="tiled")
-            got = kernels.window_dot(
+            sync = launchers.window_dot(query, features, k, s, groups, path="tiled")
+            got = launchers.window_dot(
                 query, features, k, s, groups, path="tiled", stage_channels=2, staging="async"
             )
             assert torch.equal(got, sync), f"window_dot async != sync: {case}"
 
 
-@pytest.mark.parametrize("staging", kernels.STAGINGS)
+@pytest.mark.parametrize("staging", variants.STAGINGS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_tiled_kernels_have_no_data_races(emulate, staging, dtype):
     # ThreadSanitizer over the tiled kernels at several staged chunks per block (a missing barrier
@@ -803,8 +830,8 @@ def test_tiled_kernels_have_no_data_races(emulate, staging, dtype):
     results = []
     for mode in lands:
         emulate("thread", {"CUDA_ON_CPU_ASYNC_LANDS": mode})
-        out = kernels.reassemble(features, masks, k, s, 1, split_channels=False, **options)
-        sim = kernels.window_dot(query, features, k, s, 1, **options)
+        out = launchers.reassemble(features, masks, k, s, 1, split_channels=False, **options)
+        sim = launchers.window_dot(query, features, k, s, 1, **options)
         results.append((out, sim))
     for got in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(got, results[0], strict=True))
@@ -826,7 +853,7 @@ def test_generic_kernels_have_no_data_races(emulate):
 def _faulty(builds, tmp_path, name, sanitizer, env=None):
     """Run faulty kernel ``name`` on one block of 32 threads: (process, output)."""
     n = 32
-    config = kernels.LaunchConfig((1, 1, 1), (n, 1, 1), 4 * n, 0)
+    config = geometry.LaunchConfig((1, 1, 1), (n, 1, 1), 4 * n, 0)
     values = torch.arange(1.0, n + 1)
     out = torch.zeros(n)
     exe = builds.exe("faulty", sanitizer)

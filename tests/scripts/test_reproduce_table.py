@@ -224,7 +224,7 @@ def _git_repo(tmp_path):
     import subprocess
 
     repo = tmp_path / "repo"
-    for name in ("src/uplab/upsamplers/fade.py", "src/uplab/train.py", "conf/upsampler/fade.yaml", "src/uplab/ops/cuda.py"):
+    for name in ("src/uplab/upsamplers/fade.py", "src/uplab/train.py", "conf/upsampler/fade.yaml", "src/uplab/ops/cuda/autograd.py"):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_text(f"# {name}\nx = 1\n")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
@@ -237,7 +237,7 @@ def test_cost_digest_depends_only_on_tracked_cost_inputs(tmp_path):
     digest = rt.cost_inputs_digest(repo)
     (repo / "src/uplab/upsamplers/scratch.py").write_text("untracked = True\n")
     (repo / "src/uplab/train.py").write_text("# training loop changed\n")
-    (repo / "src/uplab/ops/cuda.py").write_text("# the CUDA path changed\n")
+    (repo / "src/uplab/ops/cuda/autograd.py").write_text("# the CUDA path changed\n")
     fade = repo / "src/uplab/upsamplers/fade.py"
     fade.write_bytes(fade.read_bytes().replace(b"\n", b"\r\n"))  # a core.autocrlf checkout
     assert rt.cost_inputs_digest(repo) == digest

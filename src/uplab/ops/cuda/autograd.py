@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from uplab.ops import _cupy_kernels as kernels
+from uplab.ops.cuda import launchers
 
 
 class _CarafeCuda(torch.autograd.Function):
@@ -29,7 +29,7 @@ class _CarafeCuda(torch.autograd.Function):
         features, masks = features.contiguous(), masks.contiguous()
         ctx.save_for_backward(features, masks)
         ctx.config = (kernel_size, scale_factor, group_size)
-        return kernels.reassemble(features, masks, kernel_size, scale_factor, group_size)
+        return launchers.reassemble(features, masks, kernel_size, scale_factor, group_size)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
@@ -39,9 +39,9 @@ class _CarafeCuda(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_features = grad_masks = None
         if ctx.needs_input_grad[0]:
-            grad_features = kernels.reassemble_transpose(grad_out, masks, k, s, g)
+            grad_features = launchers.reassemble_transpose(grad_out, masks, k, s, g)
         if ctx.needs_input_grad[1]:
-            grad_masks = kernels.window_dot(grad_out, features, k, s, g)
+            grad_masks = launchers.window_dot(grad_out, features, k, s, g)
         return grad_features, grad_masks, None, None, None
 
 
@@ -52,7 +52,7 @@ class _LocalSimilarityCuda(torch.autograd.Function):
         query, key = query.contiguous(), key.contiguous()
         ctx.save_for_backward(query, key)
         ctx.config = (kernel_size, scale_factor)
-        return kernels.window_dot(query, key, kernel_size, scale_factor, 1)
+        return launchers.window_dot(query, key, kernel_size, scale_factor, 1)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
@@ -62,9 +62,9 @@ class _LocalSimilarityCuda(torch.autograd.Function):
         grad_sim = grad_sim.contiguous()
         grad_query = grad_key = None
         if ctx.needs_input_grad[0]:
-            grad_query = kernels.reassemble(key, grad_sim, k, s, 1)
+            grad_query = launchers.reassemble(key, grad_sim, k, s, 1)
         if ctx.needs_input_grad[1]:
-            grad_key = kernels.reassemble_transpose(query, grad_sim, k, s, 1)
+            grad_key = launchers.reassemble_transpose(query, grad_sim, k, s, 1)
         return grad_query, grad_key, None, None
 
 
