@@ -2,7 +2,8 @@
 
 A phrase like "the ninth session", "run 3 of", "shipped until then" or "in an earlier run" dates a
 fact by a story the reader never saw; `docs/benchmarks.md` says "66b4ab2, 2026-11-26" instead.
-This scans the prose and comments of docs/, kernels/, scripts/ and benchmarks/ for such phrases.
+This scans the prose and comments of docs/, kernels/, scripts/, benchmarks/, src/, tests/ and conf/
+for such phrases.
 """
 
 import re
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("docs", "kernels", "scripts", "benchmarks")
+FOLDERS = ("docs", "kernels", "scripts", "benchmarks", "src", "tests", "conf")
 SUFFIXES = {".md", ".py", ".sh", ".cu", ".cuh", ".yaml", ".txt"}
 
 _ORDINAL = (
@@ -72,7 +73,7 @@ def _files():
                 yield path
 
 
-def test_docs_kernels_and_scripts_date_facts_by_commit_not_by_the_order_of_the_work():
+def test_the_tree_dates_facts_by_commit_not_by_the_order_of_the_work():
     found = []
     for path in _files():
         for number, joined, cut in _joined_lines(path.read_text(encoding="utf-8")):

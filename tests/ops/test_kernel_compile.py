@@ -324,7 +324,7 @@ def test_tensor_core_variant_defaults_match_the_kernel_source():
     assert variants.MMA_VARIANT == variant
     small = geometry.mma_shared_mem(5, 2, variants.MmaVariant(stages=2, slabs=1))
     assert geometry.mma_shared_mem(5, 2, variants.MmaVariant(stages=4, slabs=2)) == 4 * small
-    square = variants.MmaVariant(warps_x=1, warps_y=8)  # the 8 x 8 tile, shipped until session 9
+    square = variants.MmaVariant(warps_x=1, warps_y=8)  # the 8 x 8 tile (the shipped tile is 32 x 4)
     wide = variants.MmaVariant(warps_x=2, warps_y=8)
     assert geometry.mma_row_stride(5, wide) == geometry.mma_row_stride(5, square) + 8
     cfg = geometry.mma_config(2, 64, 20, 40, 5, 1, 132, 2, wide)

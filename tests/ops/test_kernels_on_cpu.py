@@ -127,7 +127,7 @@ def mma_translation_unit() -> str:
 
 # reassemble_mma variants with their own emulator build (the kernels' builds take the default)
 MMA_VARIANT_BUILDS = {
-    "mma_8x8": variants.MmaVariant(warps_x=1, warps_y=8),  # shipped until the ninth session
+    "mma_8x8": variants.MmaVariant(warps_x=1, warps_y=8),  # the 8 x 8 tile (the shipped tile is 32 x 4)
     "mma_16x8": variants.MmaVariant(warps_x=2, warps_y=8),
     "mma_8x8_strip": variants.MmaVariant(warps_x=1, warps_y=8, strip=True),
 }
@@ -547,8 +547,8 @@ def test_tensor_core_forward_matches_torch_path(emulate, monkeypatch, k, dtype):
 def test_tensor_core_forward_a_loads_are_free_of_bank_conflicts(emulate, tmp_path, k):
     # The emulator's bank trace (CUDA_ON_CPU_BANKS) of reassemble_mma's A-fragment loads, the
     # shared loads it routes through shared_load(): one wavefront each, with 4-byte staging copies
-    # (K=3: windows at odd columns) and element copies (odd width). The first version of the
-    # kernel, 16-bit loads from rows padded to 16-byte copies, measured 3.6 (K=5) and 2.8 (K=3).
+    # (K=3: windows at odd columns) and element copies (odd width). 16-bit loads from rows padded
+    # to 16-byte copies would take 3.6 (K=5) and 2.8 (K=3) wavefronts (docs/benchmarks.md).
     steps = (2 * k * (k + 1) // 2 + 15) // 16
     for width in (24, 19):
         report = tmp_path / f"banks_{width}.txt"

@@ -29,7 +29,8 @@ TILED_KERNEL_SIZES = (3, 5, 7)
 TILED_SCALARS = ("float", "half_t", "bfloat16_t")
 # The tensor-core forward (kernels/carafe_mma.cu): 16-bit floats, scale 2, K*K <= 32; sm_80+.
 # "auto" takes it where it applies (TILED_MMA): on an H100 at 16x256x128x128, bf16, K=5, its forward
-# took 0.486 ms against the tiled FFMA kernel's 0.802 ms (docs/benchmarks.md, run 5).
+# takes 0.364 ms (66b4ab2) against the tiled FFMA kernel's 0.802 ms (fe702ff; docs/benchmarks.md,
+# "Tensor cores").
 MMA_KERNEL_SIZES = (3, 5)
 MMA_SCALARS = ("half_t", "bfloat16_t")
 MMA_SCALE = 2
@@ -37,10 +38,10 @@ MMA_PARENTS_X, MMA_CHANNELS = 8, 16  # as .cu
 TILED_MMA = True
 # Halo staging of the tiled kernels: "async" (the default: a double buffer filled with cp.async,
 # kernels built with ASYNC_STAGING_OPTION; helpers and rationale in kernels/uplab_scalar.cuh) or
-# "sync" (plain loads into a float tile, the first tiled build). Measured on an H100 at
+# "sync" (plain loads into a float tile). Measured on an H100 at
 # 16x256x128x128 (docs/benchmarks.md): carafe's forward 1.87 -> 0.70 ms (fp32) and 1.75 -> 0.76 ms
 # (bf16), bit for bit the same outputs. Read at each launch, so a benchmark may switch it for
-# whole ops (scripts/bench_gpu.py).
+# whole ops (benchmarks/bench_gpu.py).
 STAGINGS = ("sync", "async")
 TILED_STAGING = "async"
 ASYNC_STAGING_OPTION = "-DTILED_ASYNC_STAGING=1"
@@ -116,5 +117,5 @@ class MmaVariant:
         return 32 * self.warps_x * self.warps_y
 
 
-# Read at each launch, so a benchmark may switch it (scripts/bench_mma_variants.py).
+# Read at each launch, so a benchmark may switch it (benchmarks/bench_mma_variants.py).
 MMA_VARIANT = MmaVariant()
