@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # One pytest-xdist worker per core (each on one thread). `make test` is CI's suite; `make test-full`
-# adds the tests marked `full` (the emulator's long sweeps), which CI's time budget leaves out.
+# adds the tests marked `full` (benchmark-only kernel variants), which CI's time budget leaves out.
 PYTEST := $(PY) -m pytest -q -n auto --dist worksteal
 
 test: setup

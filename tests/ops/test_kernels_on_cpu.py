@@ -654,6 +654,9 @@ def test_tensor_core_forward_feature_sectors_per_tile(emulate, monkeypatch, tmp_
     assert per_copy[(8, 8), 4] < per_copy[(8, 8), 2] < per_copy[(8, 8), 1] == per_copy[(8, 8), 0]
 
 
+# The strips are a variant benchmarks/bench_mma_variants.py times, not a shipped build: `make
+# test-full` checks them (85 s of emulation on 2 cores), `make test` leaves them out.
+@pytest.mark.full
 @pytest.mark.parametrize("k", variants.MMA_KERNEL_SIZES)
 def test_tensor_core_forward_strips_equal_the_tiles_bit_for_bit(emulate, monkeypatch, k):
     # The 8 x 8 tile in strips: a block computes strip_tiles tiles down a column and carries each
