@@ -11,7 +11,7 @@ SWEEP  ?= toy_seg_upsampler
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test test-full lint reproduce-table publish-tables sweep bench gpu-check gpu-profile cost clean
+.PHONY: setup test test-full lint reproduce-table publish-tables notebook sweep bench gpu-check gpu-profile cost clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ reproduce-table: setup
 # copies the table, its figures and a recounted cost table from outputs/results/ to results/
 publish-tables: setup
 	$(PY) scripts/reproduce_table.py --table $(TABLE) --publish
+
+# the ablation notebook, executed on $(UPLAB_RUNS) (default: outputs/ if it holds runs, else the
+# fixture sweep) into outputs/inspect_ablations.html
+notebook: setup
+	$(VENV)/bin/jupyter nbconvert --to html --execute notebooks/inspect_ablations.ipynb --output-dir outputs
 
 # SWEEP=quick: a four-trial grid on a smoke-test schedule (about 6 min on 2 cores); ends with the trials' comparison table
 sweep: setup

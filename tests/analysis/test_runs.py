@@ -112,3 +112,31 @@ def test_default_folder_is_outputs_with_runs_else_the_fixture_runs_with_a_messag
     assert ru.default_folder(tmp_path)[0] == tmp_path / "outputs"
     monkeypatch.setenv("UPLAB_RUNS", str(FIXTURE))
     assert ru.default_folder(tmp_path)[0] == FIXTURE
+
+
+def test_a_folder_of_several_tasks_gives_one_table_per_task_with_seeds_averaged(tmp_path):
+    # A table's folder (outputs/tables/toy): every run overrides task=<its task> and
+    # trainer.default_root_dir=<its own directory>; neither may split the seeds of one setting,
+    # and each task's table lists its own metrics only.
+    source = json.loads((FIXTURE / "sweep" / "1" / "results.json").read_text())
+    for task, metric, value in (("segmentation", "mIoU", 0.5), ("depth", "d1", 0.7)):
+        for seed in (0, 1):
+            run = tmp_path / task / f"seed{seed}"
+            (run / ".hydra").mkdir(parents=True)
+            record = json.loads(json.dumps(source))
+            record["config"]["task"]["_target_"] = f"uplab.tasks.{task.capitalize()}Task"
+            record["config"]["seed"] = seed
+            record["metrics"].update(monitor=f"val/{metric}", final={f"val/{metric}": value + seed / 10})
+            (run / "results.json").write_text(json.dumps(record))
+            (run / ".hydra" / "overrides.yaml").write_text(
+                f"- task={task}\n- seed={seed}\n- trainer.default_root_dir={run}\n"
+            )
+    runs = ru.load_runs(tmp_path)
+    text = ru.report(runs)
+    assert "### depth" in text and "### segmentation" in text
+    depth, segmentation = text.split("### depth")[1].split("### segmentation")
+    assert "d1" in depth and "mIoU" not in depth and "mIoU" in segmentation and "d1" not in segmentation
+    table = ru.compare(runs[runs["task"] == "depth"])
+    assert list(table["seeds"]) == [2] and table["d1"].iloc[0] == pytest.approx(0.75)
+    both = ru.compare(runs)  # `uplab-runs --format csv` and the notebook compare the whole folder
+    assert list(both.columns).count("task") == 1 and sorted(both["seeds"]) == [2, 2]

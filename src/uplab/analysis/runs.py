@@ -43,8 +43,9 @@ from uplab.paths import project_root
 
 # config keys that do not change what a run computes; ``seed`` is the axis runs are averaged over
 IGNORED_KEYS = (
-    "seed", "resume", "tags", "paths", "logger", "hydra",
+    "seed", "resume", "keep_checkpoint", "tags", "paths", "logger", "hydra",
     "callbacks.rich_progress_bar", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+    "trainer.default_root_dir",  # where a run writes (a table gives each run its own directory)
 )
 HYDRA_OVERRIDES = Path(".hydra") / "overrides.yaml"
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
@@ -150,7 +151,9 @@ def settings(runs: pd.DataFrame) -> pd.DataFrame:
 
 def metric_names(runs: pd.DataFrame, which: str = "final") -> list[str]:
     """The metrics the runs report (``<which>/<metric>`` columns), the monitored one first."""
-    names = [c.split("/", 1)[1] for c in runs.columns if c.startswith(f"{which}/")]
+    names = [
+        c.split("/", 1)[1] for c in runs.columns if c.startswith(f"{which}/") and runs[c].notna().any()
+    ]
     monitors = list(runs["monitor"].dropna().unique()) if "monitor" in runs else []
     return sorted(names, key=lambda m: (m not in monitors, names.index(m)))
 
@@ -166,7 +169,7 @@ def compare(runs: pd.DataFrame, metrics: Sequence[str] | None = None, which: str
     done = runs[runs["status"] == "finished"] if len(runs) else runs
     if done.empty:
         return pd.DataFrame()
-    keys = settings(done)
+    keys = settings(done).drop(columns=["task"], errors="ignore")  # a column of its own already
     metrics = list(metrics or metric_names(done, which))
     frame = pd.concat([done[["task"]].fillna(DEFAULT), keys], axis=1)
     group_cols = list(frame.columns)
@@ -214,11 +217,15 @@ def report(runs: pd.DataFrame, metrics: Sequence[str] | None = None, which: str 
     if runs.empty:
         return "no runs"
     done = runs[runs["status"] == "finished"]
-    metrics = list(metrics or metric_names(done, which))
     parts = [f"{len(runs)} runs, {len(done)} finished; {which} evaluation, mean ± std over seeds"]
-    table = compare(runs, metrics, which)
-    if len(table):
-        parts.append(markdown_table(display(table, metrics)))
+    tasks = list(done["task"].fillna(DEFAULT).unique()) if len(done) else []
+    for task in tasks:  # one table per task: their metrics differ
+        of_task = runs[runs["task"].fillna(DEFAULT) == task]
+        shown = list(metrics or metric_names(of_task[of_task["status"] == "finished"], which))
+        table = compare(of_task, shown, which)
+        if len(table):
+            heading = [f"### {task}"] if len(tasks) > 1 else []
+            parts.append("\n\n".join([*heading, markdown_table(display(table, shown))]))
     left = unfinished(runs)
     if len(left):
         parts.append(f"{len(left)} runs did not finish:\n" + markdown_table(left.fillna("")))
