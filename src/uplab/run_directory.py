@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from uplab.analysis.run_record import current_umask, write_json_atomic
+from uplab.analysis.run_record import write_atomic, write_json_atomic
 
 LOCK_FILE = "run.lock"
 STATE_FILE = "run_state.json"
@@ -127,19 +126,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if "://" in str(path):  # remote filesystems keep Lightning's fsspec path
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~current_umask())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, lambda f: torch.save(checkpoint, f))
         return None
 
 

@@ -12,9 +12,9 @@ import resource
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -57,22 +57,30 @@ def current_umask() -> int:
     return mask
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and
-    ``os.replace``, so a reader never sees a half-written file; the file gets the mode a plain
-    ``open`` would give it (0644 under the usual umask), not ``mkstemp``'s 0600."""
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """Write ``path`` through ``write(file)`` on a temporary file in the same directory, flushed
+    to disk, then ``os.replace``: a reader never sees a half-written file, and a failed write
+    leaves the old file in place and no temporary one. The file gets the mode a plain ``open``
+    would give it (0644 under the usual umask), not ``mkstemp``'s 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`write_atomic`)."""
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> Path:
