@@ -68,6 +68,18 @@ def test_warmup_poly_matches_mmcv_by_hand():
     assert values == pytest.approx(expected)
 
 
+def test_warmup_poly_mid_schedule_at_power_09_by_hand():
+    # mmcv's poly with linear warm-up, 10 steps, power 0.9, min_lr 0.1 x base, warm-up 4 steps
+    # from ratio 1e-6. Step 2 (warming up): regular = 0.9 * 0.8^0.9 + 0.1, warm-up factor
+    # 1 - (1 - 2/4) * (1 - 1e-6); step 6: 0.9 * 0.4^0.9 + 0.1, no warm-up.
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
+    values = lrs(
+        warmup_poly(optimizer, total_iters=10, power=0.9, min_lr_ratio=0.1, warmup_iters=4), 7
+    )
+    assert values[2] == pytest.approx(2.0 * (0.9 * 0.8**0.9 + 0.1) * (1 - 0.5 * (1 - 1e-6)))
+    assert values[6] == pytest.approx(2.0 * (0.9 * 0.4**0.9 + 0.1))
+
+
 def test_warmup_poly_ends_at_the_min_ratio():
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
     scheduler = warmup_poly(optimizer, total_iters=5, power=0.9, min_lr_ratio=0.1)

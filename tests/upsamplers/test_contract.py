@@ -273,3 +273,18 @@ def test_build_rejects_an_option_the_upsampler_does_not_have():
         ValueError, match=r"build\('bilinear'\): .*unexpected keyword argument 'kernel_size'"
     ):
         build("bilinear", in_channels=C, kernel_size=3)
+
+
+def test_bilinear_baseline_by_hand():
+    # align_corners=False at scale 2: output pixel j samples (j + 0.5) / 2 - 0.5, clamped to the
+    # map, so a row [a, b] becomes [a, 3a/4 + b/4, a/4 + 3b/4, b]; rows then columns.
+    x = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+    expected = torch.tensor(
+        [
+            [0.0, 0.25, 0.75, 1.0],
+            [0.5, 0.75, 1.25, 1.5],
+            [1.5, 1.75, 2.25, 2.5],
+            [2.0, 2.25, 2.75, 3.0],
+        ]
+    )
+    assert torch.equal(build("bilinear", in_channels=1)(x)[0, 0], expected)
