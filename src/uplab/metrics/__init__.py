@@ -10,7 +10,6 @@ from uplab.metrics.errors import NothingToEvaluate
 from uplab.metrics.matting import MattingMetrics, matting_errors
 from uplab.metrics.segmentation import SegmentationMetrics
 
-
 __all__ = [
     "DepthMetrics",
     "DetectionMetrics",
