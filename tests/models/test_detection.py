@@ -144,3 +144,42 @@ def test_l1_box_losses_replace_torchvisions_smooth_l1():
     assert losses["l1"]["loss_classifier"] == losses["smooth_l1"]["loss_classifier"]
     with pytest.raises(ValueError, match="box_loss"):
         small_detector(box_loss="giou")
+
+
+def test_fpn_without_top_down_reads_no_coarser_level():
+    """The control without upsampling: level i is blind to every coarser input (with the
+    top-down pathway, it is not)."""
+    cut = UpsamplingFPN([8, 16, 32, 64], partial(build, "nearest"), out_channels=16, top_down=False)
+    full = UpsamplingFPN([8, 16, 32, 64], partial(build, "nearest"), out_channels=16)
+    full.load_state_dict(cut.state_dict())
+    assert len(cut.upsamplers) == 0
+    x = fpn_inputs()
+    for coarser in ("1", "2", "3"):
+        changed = {**x, coarser: torch.randn_like(x[coarser])}
+        for fpn, blind in ((cut, True), (full, False)):
+            before, after = fpn(x), fpn(changed)
+            assert not torch.equal(before[coarser], after[coarser])
+            finer = [k for k in ("0", "1", "2") if k < coarser]
+            assert all(torch.equal(before[k], after[k]) for k in finer) == blind
+
+
+def test_coarse_output_fpn_has_the_coarsest_stride_at_every_level_and_trains_in_the_detector():
+    fpn = UpsamplingFPN(
+        [8, 16, 32, 64], partial(build, "deconv"), out_channels=16, coarse_output=True
+    )
+    assert len(fpn.upsamplers) == 0
+    x = fpn_inputs()
+    out = fpn(x)
+    assert [tuple(v.shape[-2:]) for v in out.values()] == [(4, 4)] * 4 + [(2, 2)]
+    finest_changed = fpn({**x, "0": torch.randn_like(x["0"])})
+    assert not torch.equal(out["0"], finest_changed["0"])  # the finer laterals still count, pooled
+    det = build_faster_rcnn(
+        TimmBackbone("test_resnet"), partial(UpsamplingFPN, out_channels=16, coarse_output=True),
+        partial(build, "nearest"), num_classes=3, anchor_sizes=(8, 16, 32, 64, 128),
+        min_size=64, max_size=64,
+    )
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 12.0, 10.0]]), "labels": torch.tensor([1])}]
+    losses = det([torch.rand(3, 64, 64)], targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match="needs top_down=True"):
+        UpsamplingFPN([8, 16], partial(build, "nearest"), coarse_output=True, top_down=False)

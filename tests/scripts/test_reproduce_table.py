@@ -353,6 +353,10 @@ def test_control_rows_build_decoders_without_upsamplers(tmp_path):
     seg = instantiate(rt.compose_run(runs["segmentation", "coarse"]).decoder)(levels[2:], partial(build, "bilinear"))
     unet = instantiate(rt.compose_run(runs["depth", "coarse"]).decoder)(levels, partial(build, "carafe"))
     assert seg.coarse_output and len(seg.upsamplers) == 0 and len(unet.upsamplers) == 0
+    fpn = {row: instantiate(rt.compose_run(runs["detection", row]).decoder)(levels[2:], partial(build, "nearest"))
+           for row in ("coarse", "no_top_down")}
+    assert fpn["coarse"].coarse_output and not fpn["no_top_down"].top_down
+    assert len(fpn["coarse"].upsamplers) == len(fpn["no_top_down"].upsamplers) == 0
 
 
 def test_render_marks_convergence_and_checks_claims_from_the_runs(tmp_path):

@@ -46,6 +46,13 @@ class UpsamplingFPN(FeaturePyramidNetwork):
         upsampler: factory ``upsampler(in_channels=, scale=2, guide_channels=)``.
         out_channels: FPN width (256).
         extra_blocks: torchvision's extra levels (default ``LastLevelMaxPool``, as in Faster R-CNN).
+        top_down: keep the top-down pathway. ``False`` is the control with no upsampling: each
+            level is its own lateral projection and output conv, blind to the coarser levels
+            (the "bottom-up pyramid" ablation of Lin et al., Table 1 (d)); no upsampler is built.
+        coarse_output: run the top-down pathway at the coarsest level's resolution: the finer
+            laterals are area-pooled down to it instead of the coarser map being upsampled, so
+            every output level has the backbone's coarsest stride and no upsampler is built. A
+            control without upsampling, for checking that a task rewards it; not in the papers.
     """
 
     def __init__(
@@ -54,16 +61,25 @@ class UpsamplingFPN(FeaturePyramidNetwork):
         upsampler: Callable[..., nn.Module],
         out_channels: int = 256,
         extra_blocks: ExtraFPNBlock | None = None,
+        top_down: bool = True,
+        coarse_output: bool = False,
     ):
+        if coarse_output and not top_down:
+            raise ValueError(
+                "UpsamplingFPN: coarse_output=True runs the top-down pathway at the coarsest "
+                "resolution, so it needs top_down=True; got top_down=False (choose one control)"
+            )
         super().__init__(
             list(in_channels),
             out_channels,
             extra_blocks=LastLevelMaxPool() if extra_blocks is None else extra_blocks,
         )
         self.out_channels = out_channels
+        self.top_down = top_down
+        self.coarse_output = coarse_output
         self.upsamplers = nn.ModuleList(
             upsampler(in_channels=out_channels, scale=2, guide_channels=out_channels)
-            for _ in range(len(in_channels) - 1)
+            for _ in range(len(in_channels) - 1 if top_down and not coarse_output else 0)
         )
 
     def forward(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -74,7 +90,12 @@ class UpsamplingFPN(FeaturePyramidNetwork):
         results = [self.layer_blocks[-1](last_inner)]
         for idx in range(len(features) - 2, -1, -1):
             lateral = self.inner_blocks[idx](features[idx])
-            last_inner = lateral + self.upsamplers[idx](last_inner, guide=lateral)
+            if self.coarse_output:
+                last_inner = F.adaptive_avg_pool2d(lateral, last_inner.shape[-2:]) + last_inner
+            elif self.top_down:
+                last_inner = lateral + self.upsamplers[idx](last_inner, guide=lateral)
+            else:
+                last_inner = lateral
             results.insert(0, self.layer_blocks[idx](last_inner))
         if self.extra_blocks is not None:
             results, names = self.extra_blocks(results, features, names)
