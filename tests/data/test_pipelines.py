@@ -16,7 +16,7 @@ from uplab.data.pipelines.a2u_matting import (
     SquashForeground,
     _ellipse,
 )
-from uplab.data.pipelines.bts import CropValidRegion, EigenCropMask
+from uplab.data.pipelines.bts import ColorAugment, CropValidRegion, EigenCropMask
 from uplab.data.pipelines.common import PadTo, ResizeKeepRatio, keep_ratio_size
 from uplab.data.pipelines.segformer import CatMaxRandomCrop, PhotoMetricDistortion, RandomRescale
 from uplab.metrics import DepthMetrics, DetectionMetrics, MattingMetrics, SegmentationMetrics
@@ -228,6 +228,35 @@ def test_bts_train_crops_the_valid_region_then_the_training_window():
     out = P.bts_nyu_train()(sample, rng(0))
     assert out["image"].shape == (416, 544, 3) and out["depth"].shape == (416, 544)
     assert out["depth"].max() == 1.0 and out["image"].max() <= 1.0
+
+
+def test_bts_pipelines_keep_the_frames_at_their_own_scale():
+    # BTS neither rescales nor pads: a training sample is a window of the registered region, a
+    # test sample the whole 480x640 frame
+    image = np.random.default_rng(2).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    depth = np.random.default_rng(3).uniform(0.5, 9.0, (480, 640)).astype(np.float32)
+    train = P.bts_nyu_train(degrees=0.0, flip=0.0, color_p=0.0)
+    out = train({"image": image, "depth": depth}, rng(4))
+    region = depth[45:472, 43:608]
+    windows = np.lib.stride_tricks.sliding_window_view(region, (416, 544))
+    hits = np.argwhere((windows == out["depth"]).all(axis=(2, 3)))
+    assert len(hits) == 1
+    top, left = hits[0]
+    np.testing.assert_array_equal(out["image"], image[45 + top : 45 + top + 416, 43 + left : 43 + left + 544])
+    test = P.bts_nyu_test()({"image": image, "depth": depth}, rng())
+    assert test["image"] is image and test["depth"].shape == (480, 640)
+
+
+def test_bts_colour_augmentation_is_gamma_then_brightness_then_per_channel_colour():
+    image = np.full((2, 2, 3), 0.5, np.float32)
+    draws = rng(2)
+    assert draws.random() < 0.5  # this seed augments
+    gamma, brightness = draws.uniform(0.9, 1.1), draws.uniform(0.75, 1.25)
+    colour = draws.uniform(0.9, 1.1, size=3)
+    out = ColorAugment()({"image": image}, rng(2))["image"]
+    expected = np.clip(0.5**gamma * brightness * colour, 0, 1)
+    np.testing.assert_allclose(out[0, 0], expected, rtol=1e-6)
+    assert ColorAugment(p=0.0)({"image": image}, rng(2))["image"] is image
 
 
 def test_depth_evaluation_counts_only_eigen_crop():
