@@ -71,6 +71,17 @@ def test_every_table_config_plans_and_paper_tables_name_existing_or_listed_exper
             assert named, f"paper table {name} names no experiment configs"
 
 
+@pytest.mark.parametrize("name", [t for t in rt.available_tables() if t.startswith("paper-")])
+def test_paper_tables_are_rendered_with_the_deviations_of_their_recipe(name):
+    from uplab import recipes
+
+    table = rt.load_table(name)
+    experiments = {o.split("=", 1)[1] for r in rt.plan_runs(table, Path("/nonexistent")) for o in r.overrides if o.startswith("experiment=")}
+    assert all(e.endswith(f"_{table.recipe}") for e in experiments), (table.recipe, experiments)
+    recipe = recipes.load_recipe(recipes.recipes_dir() / f"{table.recipe}.yaml")
+    assert recipes.deviations_markdown([recipe]).strip() in rt.render_paper_table(table, [], "markdown")
+
+
 def test_unknown_table_and_task_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="available: .*toy"):
         rt.load_table("nope")
