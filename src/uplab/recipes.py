@@ -46,7 +46,6 @@ from typing import Any
 
 import yaml
 
-
 # Every recipe covers these aspects (issue 17's list, in the order a recipe reads).
 ASPECTS = (
     "initial_weights",
@@ -205,7 +204,7 @@ def values_equal(actual: Any, expected: Any) -> bool:
         return (
             isinstance(actual, (list, tuple))
             and len(actual) == len(expected)
-            and all(values_equal(a, e) for a, e in zip(actual, expected))
+            and all(values_equal(a, e) for a, e in zip(actual, expected, strict=True))
         )
     if isinstance(expected, dict):
         return (
