@@ -144,3 +144,61 @@ def test_l1_box_losses_replace_torchvisions_smooth_l1():
     assert losses["l1"]["loss_classifier"] == losses["smooth_l1"]["loss_classifier"]
     with pytest.raises(ValueError, match="box_loss"):
         small_detector(box_loss="giou")
+
+
+def test_strided_anchors_follow_mmdetections_geometry():
+    """Anchors stride 64 apart on the max-pool level of an 800-pixel-high image (torchvision
+    infers 800 // 13 = 61) and unrounded base anchors (torchvision rounds 32 * sqrt(2) / 2)."""
+    from torchvision.models.detection.image_list import ImageList
+
+    from uplab.models.detection import StridedAnchorGenerator
+
+    ratios = ((0.5, 1.0, 2.0),) * 2
+    generator = StridedAnchorGenerator(((32,), (512,)), ratios, strides=(4, 64))
+    images = ImageList(torch.zeros(1, 3, 800, 1216), [(800, 1216)])
+    features = [torch.zeros(1, 1, 200, 304), torch.zeros(1, 1, 13, 19)]
+    (anchors,) = generator(images, features)
+    assert anchors.shape == ((200 * 304 + 13 * 19) * 3, 4)
+    last = anchors[200 * 304 * 3 :].view(13, 19, 3, 4)[12, 18, 1]  # square anchor, last cell
+    assert torch.allclose(last, torch.tensor([18 * 64 - 256, 12 * 64 - 256, 18 * 64 + 256, 12 * 64 + 256.0]))
+    half_w, half_h = 16 * 2**0.5, 16 / 2**0.5  # ratio h / w = 0.5 at size 32
+    assert torch.allclose(anchors[0], torch.tensor([-half_w, -half_h, half_w, half_h]))
+    with pytest.raises(ValueError, match="one anchor stride per level"):
+        StridedAnchorGenerator(((32,), (64,)), ratios, strides=(4,))
+
+
+def test_rpn_matcher_is_mmdetections_max_iou_assigner():
+    """Low-quality matches only from min_pos_iou on, and to the box the anchor is best for."""
+    from torchvision.models.detection._utils import Matcher
+
+    from uplab.models.detection import MaxIoUMatcher
+
+    iou = torch.tensor(
+        [
+            [0.8, 0.1, 0.5, 0.0],  # box 0: anchor 0 matches it (>= 0.7)
+            [0.1, 0.25, 0.0, 0.0],  # box 1: its best anchor reaches only 0.25 < min_pos_iou
+            [0.0, 0.0, 0.45, 0.1],  # box 2: anchor 2 is its best, though nearer box 0
+        ]
+    )
+    below = Matcher.BELOW_LOW_THRESHOLD
+    assert MaxIoUMatcher(0.7, 0.3, min_pos_iou=0.3)(iou).tolist() == [0, below, 2, below]
+    torchvisions = Matcher(0.7, 0.3, allow_low_quality_matches=True)(iou).tolist()
+    assert torchvisions == [0, 1, 0, below]
+
+
+def test_mmdetection_init_of_the_fpn_and_the_box_head():
+    torch.manual_seed(0)
+    det = small_detector(init="mmdetection")
+    predictor = det.roi_heads.box_predictor
+    assert predictor.bbox_pred.weight.std().item() == pytest.approx(0.001, rel=0.15)
+    assert predictor.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.15)
+    xavier = [det.roi_heads.box_head.fc6, det.roi_heads.box_head.fc7, *det.backbone.fpn.inner_blocks]
+    for module in xavier:
+        weight = next(m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))).weight
+        fan_out, fan_in = weight.shape[0] * weight[0, 0].numel(), weight[0].numel()
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert 0.9 * bound < weight.abs().max().item() <= bound
+    biases = [predictor.bbox_pred.bias, predictor.cls_score.bias, det.roi_heads.box_head.fc6.bias]
+    assert all(not b.any() for b in biases)
+    with pytest.raises(ValueError, match="init must be one of"):
+        small_detector(init="caffe2")
