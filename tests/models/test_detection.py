@@ -22,8 +22,11 @@ def test_nearest_fpn_is_torchvisions_fpn():
     ref = FeaturePyramidNetwork([8, 16, 32, 64], 16, extra_blocks=ours.extra_blocks)
     ref.load_state_dict(ours.state_dict(), strict=True)
     x = fpn_inputs()
-    for (name, a), (ref_name, b) in zip(ours(x).items(), ref(x).items(), strict=True):
+    out = ours(x)
+    for (name, a), (ref_name, b) in zip(out.items(), ref(x).items(), strict=True):
         assert name == ref_name and torch.allclose(a, b)
+    # mmdetection's FPN(num_outs=5) extra level: F.max_pool2d(P5, 1, stride=2)
+    assert torch.equal(out["pool"], out["3"][..., ::2, ::2])
 
 
 def test_top_down_steps_are_guided_by_the_lateral():
