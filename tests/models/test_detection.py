@@ -205,3 +205,25 @@ def test_mmdetection_init_of_the_fpn_and_the_box_head():
     assert all(not b.any() for b in biases)
     with pytest.raises(ValueError, match="init must be one of"):
         small_detector(init="caffe2")
+
+
+def test_rpn_ignores_the_anchors_on_a_batchs_padding():
+    """mmdetection's valid flags: an image padded to its batch's size gets no target on anchors
+    beyond its own size rounded up to 32 (here 30 -> 32 rows of a 64-row batch)."""
+    from torchvision.models.detection.image_list import ImageList
+
+    torch.manual_seed(0)
+    det = small_detector(box_loss="l1", rpn_ignore_padding=True).train()
+    rpn, seen = det.rpn, []
+    sample = rpn.fg_bg_sampler
+    rpn.fg_bg_sampler = lambda labels: (seen.append([x.clone() for x in labels]), sample(labels))[1]
+    images = ImageList(torch.zeros(2, 3, 64, 64), [(64, 64), (30, 64)])
+    features = {str(i): torch.randn(2, 16, 16 >> i, 16 >> i) for i in range(5)}
+    box = {"boxes": torch.tensor([[4.0, 4.0, 28.0, 24.0]]), "labels": torch.tensor([1])}
+    rpn(images, features, [box, box])
+    anchors = rpn.anchor_generator(images, list(features.values()))[0]
+    below = (anchors[:, 1] + anchors[:, 3]) / 2 >= 32
+    ((full, short),) = seen
+    assert below.any() and torch.all(short[below] == -1)  # never sampled
+    assert torch.all(full[below] == 0)  # the full-size image's negatives there stay
+    assert torch.equal(full[~below], short[~below])

@@ -152,10 +152,46 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
         return result
 
 
-class L1RegionProposalNetwork(RegionProposalNetwork):
+class ValidAnchorRegionProposalNetwork(RegionProposalNetwork):
+    """torchvision's RPN that can leave out, in training, the anchors on a batch's padding, as
+    mmdetection 2.x's valid flags do (``AnchorHead.get_anchors``: only the anchors whose grid
+    point lies inside the image's own padded shape, ``pad_shape``, take part in the targets).
+
+    torchvision pads every image of a batch to the batch's largest, rounded up to
+    ``size_divisible``, and assigns targets to every anchor of that tensor, so an image smaller
+    than its batch gets negatives sampled from plain padding. With ``pad_divisor`` set, an anchor
+    whose centre lies at or beyond the image's size rounded up to ``pad_divisor`` (mmdetection's
+    per-image ``Pad(size_divisor=32)``) is ignored (label -1: never sampled). None (the class
+    default) keeps torchvision's behaviour.
+    """
+
+    pad_divisor: int | None = None
+
+    def forward(self, images: ImageList, features: dict[str, torch.Tensor], targets=None):
+        self._image_sizes = images.image_sizes  # read by assign_targets_to_anchors
+        return super().forward(images, features, targets)
+
+    def assign_targets_to_anchors(
+        self, anchors: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        labels, matched_gt_boxes = super().assign_targets_to_anchors(anchors, targets)
+        if self.pad_divisor is None:
+            return labels, matched_gt_boxes
+        d = self.pad_divisor
+        for image_labels, image_anchors, (height, width) in zip(
+            labels, anchors, self._image_sizes, strict=True
+        ):
+            centres = (image_anchors[:, :2] + image_anchors[:, 2:]) / 2
+            padded = image_anchors.new_tensor([-(-width // d) * d, -(-height // d) * d])
+            image_labels[(centres >= padded).any(dim=1)] = -1.0
+        return labels, matched_gt_boxes
+
+
+class L1RegionProposalNetwork(ValidAnchorRegionProposalNetwork):
     """torchvision's RPN with mmdetection 2.x's box loss: L1 (``loss_bbox=dict(type='L1Loss')``)
     on the positive anchors' deltas, summed and divided by the number of sampled anchors (the
-    avg_factor of mmdetection's sampled RPN), in place of smooth L1 with beta 1/9."""
+    avg_factor of mmdetection's sampled RPN), in place of smooth L1 with beta 1/9. It ignores the
+    padding's anchors when ``pad_divisor`` is set (:class:`ValidAnchorRegionProposalNetwork`)."""
 
     def compute_loss(
         self,
@@ -342,6 +378,7 @@ def build_faster_rcnn(
     box_loss: str = "smooth_l1",
     box_roi_align: Mapping[str, Any] | None = None,
     rpn_min_pos_iou: float | None = None,
+    rpn_ignore_padding: bool = False,
     init: str = "torchvision",
     **detector_kwargs,
 ) -> FasterRCNN:
@@ -376,6 +413,9 @@ def build_faster_rcnn(
         rpn_min_pos_iou: match the RPN's anchors with mmdetection's ``MaxIoUAssigner``
             (:class:`MaxIoUMatcher`, low-quality matches from this IoU on; mmdetection's Faster
             R-CNN: 0.3); None keeps torchvision's ``Matcher(allow_low_quality_matches=True)``.
+        rpn_ignore_padding: in training, ignore the anchors beyond each image's size padded to
+            ``size_divisible`` (:class:`ValidAnchorRegionProposalNetwork`; mmdetection's valid
+            flags); False keeps torchvision's targets on the whole padded batch.
         init: ``"torchvision"`` (its modules' defaults) or ``"mmdetection"``
             (:func:`init_as_mmdetection`: the FPN, box head and RPN head as mmdetection 2.x
             initialises them).
@@ -439,6 +479,10 @@ def build_faster_rcnn(
         # (with its defaults and the rpn_*/box_* arguments) stays the one place they are set
         model.rpn.__class__ = L1RegionProposalNetwork
         model.roi_heads.__class__ = L1RoIHeads
+    if rpn_ignore_padding:
+        if not isinstance(model.rpn, ValidAnchorRegionProposalNetwork):
+            model.rpn.__class__ = ValidAnchorRegionProposalNetwork
+        model.rpn.pad_divisor = model.transform.size_divisible
     if rpn_min_pos_iou is not None:
         matcher = model.rpn.proposal_matcher
         model.rpn.proposal_matcher = MaxIoUMatcher(
