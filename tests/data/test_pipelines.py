@@ -284,6 +284,24 @@ def test_detection_evaluation_of_the_ground_truth_is_perfect():
     assert float(metric.compute()["AP50"]) == pytest.approx(1.0)
 
 
+
+def test_mmdet_pipelines_only_flip_in_training():
+    """mmdetection's Faster R-CNN 1x: no crop and no photometric change in training (only the
+    flip; the resize, normalisation and pad are the detector's), nothing at test time."""
+    image = np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    boxes = np.array([[2, 3, 20, 30]], np.float32)
+
+    def sample():
+        return {"image": image.copy(), "boxes": boxes.copy(), "labels": np.array([1])}
+
+    kept = P.mmdet_train(flip=0.0)(sample(), rng())
+    flipped = P.mmdet_train(flip=1.0)(sample(), rng())
+    assert np.array_equal(kept["image"], image) and np.array_equal(kept["boxes"], boxes)
+    assert np.array_equal(flipped["image"], image[:, ::-1])
+    tested = P.mmdet_test()(sample(), rng())
+    assert np.array_equal(tested["image"], image) and np.array_equal(tested["boxes"], boxes)
+
+
 def test_pad_and_resize_reject_bad_arguments():
     with pytest.raises(ValueError, match="exactly one"):
         PadTo()
