@@ -1,5 +1,6 @@
 """Download the released initial weights of reference/weights.yaml into the cache ($UPLAB_WEIGHTS,
-default ~/.cache/uplab/weights), check their SHA-256 and move each in whole.
+default ~/.cache/uplab/weights), check their SHA-256, load each into the module the rows load it
+into (every tensor used, none missing), and move each in whole.
 
     python scripts/fetch_weights.py --all
     python scripts/fetch_weights.py torchvision_resnet50 a2u_resnet34
@@ -14,8 +15,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from hydra.utils import instantiate
 
 from uplab import weights
+
+
+def load_into_module(item: weights.WeightsEntry, file: Path) -> None:
+    """Load ``file`` into the module the rows load it into (the entry's ``loads_into``), strictly:
+    a file that is not the released one fails here, before it reaches the cache."""
+    try:
+        instantiate(item.loads_into, checkpoint=str(file))
+    except Exception as err:  # a foreign file fails in the loader's own way (unpickling, keys)
+        reason = err.__cause__ or err  # the loader's error, not Hydra's wrapper around it
+        raise weights.WeightsError(
+            f"{item.file} does not load into {item.loads_into['_target_']}: "
+            f"{' '.join(str(reason).split())}"
+        ) from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for name in names:
         try:
-            target = weights.fetch(name, args.source, progress=not args.no_progress)
+            target = weights.fetch(
+                name, args.source, progress=not args.no_progress, check=load_into_module
+            )
         except (weights.WeightsError, OSError) as err:
             print(f"fetch_weights: {name}: {err}", file=sys.stderr)
             failed += 1

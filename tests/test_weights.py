@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -35,10 +36,11 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def released(tmp_path, monkeypatch) -> weights.WeightsEntry:
-    """A manifest entry whose URL is a local file with a known SHA-256, as the only entry."""
+    """A manifest entry whose URL is a local file with a known SHA-256, as the only entry: timm's
+    tiny ``test_resnet`` with random values, loaded into TimmBackbone."""
     published = tmp_path / "published" / "tiny-0123.pth"
     published.parent.mkdir()
-    torch.save({"w": torch.arange(4.0)}, published)
+    torch.save(timm.create_model("test_resnet").state_dict(), published)
     item = weights.WeightsEntry(
         name="tiny",
         file="tiny-0123.pth",
@@ -46,7 +48,8 @@ def released(tmp_path, monkeypatch) -> weights.WeightsEntry:
         direct=True,
         sha256=hashlib.sha256(published.read_bytes()).hexdigest(),
         sha256_prefix=None,
-        key_mapping="uplab.weights.load_strict",
+        key_mapping="uplab.models.backbones.timm_backbone.TimmBackbone.load_checkpoint",
+        loads_into={"_target_": "uplab.models.backbones.TimmBackbone", "name": "test_resnet"},
         source="here",
         settings=(),
     )
@@ -75,6 +78,7 @@ def test_manifest_entries_name_real_mappings_and_consistent_hashes():
             assert len(item.sha256) == 64 and int(item.sha256, 16) >= 0, item.name
         if item.sha256_prefix:
             assert item.sha256_prefix in item.file and (item.sha256 or "").startswith(item.sha256_prefix)
+        assert callable(_import_dotted(item.loads_into["_target_"])), item.name
 
 
 def _import_dotted(dotted: str):
@@ -119,7 +123,8 @@ def test_resolve_names_the_file_the_url_and_the_command(cache):
 
 def test_fetch_checks_the_hash_and_moves_the_file_in_whole(cache, released, monkeypatch):
     target = weights.fetch("tiny", progress=False)
-    assert target == cache / "tiny-0123.pth" and torch.load(target)["w"].tolist() == [0, 1, 2, 3]
+    assert target == cache / "tiny-0123.pth"
+    assert target.read_bytes() == Path(released.url.removeprefix("file://")).read_bytes()
     target.unlink()
     monkeypatch.setattr(weights, "manifest", lambda: {"tiny": replace(released, sha256="ab" * 32)})
     with pytest.raises(weights.WeightsError, match=r"tiny-0123\.pth: SHA-256 [0-9a-f]{64} where.*abab"):
@@ -144,16 +149,38 @@ def test_fetch_offline_and_by_hand(cache, released, monkeypatch, tmp_path):
         weights.fetch("tiny")
 
 
-def test_fetch_weights_script_reports_each_entry_on_one_line(cache, released, capsys):
+def _load_script():
     spec = importlib.util.spec_from_file_location("fetch_weights", ROOT / "scripts" / "fetch_weights.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_fetch_weights_script_reports_each_entry_on_one_line(cache, released, capsys):
+    script = _load_script()
     assert script.main(["--all", "--no-progress"]) == 0
     assert capsys.readouterr().out.startswith(f"tiny: {cache / 'tiny-0123.pth'} (SHA-256 checked)")
     (cache / "tiny-0123.pth").write_bytes(b"not the release")
     assert script.main(["tiny"]) == 1  # in the cache, but not the published file
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("fetch_weights: tiny: tiny-0123.pth: SHA-256")
+
+
+def test_fetch_weights_script_loads_a_file_without_a_published_hash_before_it_moves_in(
+    cache, released, monkeypatch, tmp_path, capsys
+):
+    script = _load_script()
+    monkeypatch.setattr(weights, "manifest", lambda: {"tiny": replace(released, sha256=None)})
+    foreign = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18").state_dict(), foreign)
+    assert script.main(["tiny", "--from", str(foreign)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "tiny-0123.pth does not load into uplab.models.backbones.TimmBackbone: " in err
+    assert "does not fit FeatureListNet: " in err and "Error in call" not in err
+    assert list(cache.iterdir()) == []
+    assert script.main(["tiny", "--from", released.url.removeprefix("file://"), "--no-progress"]) == 0
+    assert "not published: nothing to check it against" in capsys.readouterr().out
 
 
 # -- strict loading -----------------------------------------------------------------------------

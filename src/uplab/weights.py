@@ -19,15 +19,18 @@ import re
 import shutil
 import tempfile
 import urllib.error
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 from omegaconf import OmegaConf
-from torch import nn
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 ENV = "UPLAB_WEIGHTS"
 MANIFEST = Path(__file__).resolve().parents[2] / "reference" / "weights.yaml"
@@ -53,6 +56,7 @@ class WeightsEntry:
     sha256: str | None
     sha256_prefix: str | None
     key_mapping: str
+    loads_into: Mapping[str, Any]
     source: str
     settings: tuple[str, ...]
 
@@ -82,6 +86,7 @@ def _read_manifest(path: Path) -> dict[str, WeightsEntry]:
             sha256=fields.get("sha256"),
             sha256_prefix=fields.get("sha256_prefix"),
             key_mapping=fields["key_mapping"],
+            loads_into=dict(fields["loads_into"]),
             source=" ".join(str(fields["source"]).split()),
             settings=tuple(fields.get("settings") or ()),
         )
@@ -172,7 +177,12 @@ def verify(item: WeightsEntry, file: str | os.PathLike) -> str:
     return actual
 
 
-def fetch(name: str, source: str | os.PathLike | None = None, progress: bool = True) -> Path:
+def fetch(
+    name: str,
+    source: str | os.PathLike | None = None,
+    progress: bool = True,
+    check: Callable[[WeightsEntry, Path], None] | None = None,
+) -> Path:
     """Put entry ``name`` into the cache: download its URL (or copy ``source``, a file downloaded
     by hand), check its hash, and move it into place whole, so the cache never holds a partial
     or unverified file. A file already in the cache is checked, not fetched again.
@@ -182,6 +192,8 @@ def fetch(name: str, source: str | os.PathLike | None = None, progress: bool = T
         source: a local copy of the file, for entries whose URL is a folder or page
             (``direct: false``) and for machines without network.
         progress: show a progress bar while downloading.
+        check: a further check of the file before it moves in (scripts/fetch_weights.py loads
+            it into the entry's ``loads_into`` module); it raises to reject the file.
 
     Returns:
         The file's path in the cache.
@@ -193,6 +205,8 @@ def fetch(name: str, source: str | os.PathLike | None = None, progress: bool = T
     target = cache_dir() / item.file
     if source is None and target.is_file():
         verify(item, target)
+        if check is not None:
+            check(item, target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(prefix=f".{item.file}.", suffix=".partial", dir=target.parent)
@@ -208,6 +222,8 @@ def fetch(name: str, source: str | os.PathLike | None = None, progress: bool = T
         else:
             _download(item, partial, progress)
         verify(item, partial)
+        if check is not None:
+            check(item, Path(partial))
         os.chmod(partial, 0o644)
         os.replace(partial, target)
     finally:
@@ -217,6 +233,8 @@ def fetch(name: str, source: str | os.PathLike | None = None, progress: bool = T
 
 
 def _download(item: WeightsEntry, destination: str, progress: bool) -> None:
+    import torch  # only here: importing uplab (which registers the resolver) stays light
+
     try:
         torch.hub.download_url_to_file(item.url, destination, progress=progress)
     except (urllib.error.URLError, OSError) as err:
