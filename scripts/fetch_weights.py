@@ -61,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             continue
         item = weights.entry(name)
-        checked = "SHA-256 checked" if item.sha256 or item.sha256_prefix else (
-            f"SHA-256 {weights.sha256_of(target)}, not published: nothing to check it against"
+        checked = (
+            "SHA-256 checked"
+            if item.sha256 or item.sha256_prefix
+            else (
+                f"SHA-256 {weights.sha256_of(target)}, not published: nothing to check it against"
+            )
         )
         print(f"{name}: {target} ({checked})")
     return 1 if failed else 0

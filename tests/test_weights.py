@@ -77,7 +77,9 @@ def test_manifest_entries_name_real_mappings_and_consistent_hashes():
         if item.sha256:
             assert len(item.sha256) == 64 and int(item.sha256, 16) >= 0, item.name
         if item.sha256_prefix:
-            assert item.sha256_prefix in item.file and (item.sha256 or "").startswith(item.sha256_prefix)
+            assert item.sha256_prefix in item.file and (item.sha256 or "").startswith(
+                item.sha256_prefix
+            )
         assert callable(_import_dotted(item.loads_into["_target_"])), item.name
 
 
@@ -127,7 +129,9 @@ def test_fetch_checks_the_hash_and_moves_the_file_in_whole(cache, released, monk
     assert target.read_bytes() == Path(released.url.removeprefix("file://")).read_bytes()
     target.unlink()
     monkeypatch.setattr(weights, "manifest", lambda: {"tiny": replace(released, sha256="ab" * 32)})
-    with pytest.raises(weights.WeightsError, match=r"tiny-0123\.pth: SHA-256 [0-9a-f]{64} where.*abab"):
+    with pytest.raises(
+        weights.WeightsError, match=r"tiny-0123\.pth: SHA-256 [0-9a-f]{64} where.*abab"
+    ):
         weights.fetch("tiny", progress=False)
     assert list(cache.iterdir()) == []  # neither the file nor a partial download stays
 
@@ -137,7 +141,10 @@ def test_fetch_offline_and_by_hand(cache, released, monkeypatch, tmp_path):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(weights.WeightsError, match=r"cannot download file://.*name resolution.*fetch_weights\.py tiny --from"):
+    with pytest.raises(
+        weights.WeightsError,
+        match=r"cannot download file://.*name resolution.*fetch_weights\.py tiny --from",
+    ):
         weights.fetch("tiny", progress=False)
     assert list(cache.iterdir()) == []
     by_hand = tmp_path / "published" / "tiny-0123.pth"
@@ -145,12 +152,16 @@ def test_fetch_offline_and_by_hand(cache, released, monkeypatch, tmp_path):
     folder = replace(released, direct=False, url="https://drive.google.com/drive/folders/x")
     monkeypatch.setattr(weights, "manifest", lambda: {"tiny": folder})
     (cache / "tiny-0123.pth").unlink()
-    with pytest.raises(weights.WeightsError, match=r"is a folder, not a file a script can download"):
+    with pytest.raises(
+        weights.WeightsError, match=r"is a folder, not a file a script can download"
+    ):
         weights.fetch("tiny")
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("fetch_weights", ROOT / "scripts" / "fetch_weights.py")
+    spec = importlib.util.spec_from_file_location(
+        "fetch_weights", ROOT / "scripts" / "fetch_weights.py"
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script
@@ -179,7 +190,9 @@ def test_fetch_weights_script_loads_a_file_without_a_published_hash_before_it_mo
     assert "tiny-0123.pth does not load into uplab.models.backbones.TimmBackbone: " in err
     assert "does not fit FeatureListNet: " in err and "Error in call" not in err
     assert list(cache.iterdir()) == []
-    assert script.main(["tiny", "--from", released.url.removeprefix("file://"), "--no-progress"]) == 0
+    assert (
+        script.main(["tiny", "--from", released.url.removeprefix("file://"), "--no-progress"]) == 0
+    )
     assert "not published: nothing to check it against" in capsys.readouterr().out
 
 
@@ -191,7 +204,9 @@ def torchvision_resnet50_file(tmp_path_factory) -> Path:
     """torchvision's ResNet-50 state dict as its released file holds it: random values, every
     key of the architecture (the classifier included), no BatchNorm step counters."""
     torch.manual_seed(0)
-    state = {k: v for k, v in resnet50().state_dict().items() if not k.endswith("num_batches_tracked")}
+    state = {
+        k: v for k, v in resnet50().state_dict().items() if not k.endswith("num_batches_tracked")
+    }
     for value in state.values():
         value.copy_(torch.randn_like(value))
     path = tmp_path_factory.mktemp("released") / "resnet50-0676ba61.pth"
@@ -204,7 +219,12 @@ def test_torchvision_resnet50_loads_into_timms_resnet50_strictly(torchvision_res
     backbone = TimmBackbone("resnet50", include_input=True, checkpoint=torchvision_resnet50_file)
     ours = backbone.model.state_dict()
     assert set(released) - set(ours) == {"fc.weight", "fc.bias"}  # the ImageNet classifier
-    for key in ("conv1.weight", "bn1.running_var", "layer3.5.bn3.bias", "layer4.0.downsample.0.weight"):
+    for key in (
+        "conv1.weight",
+        "bn1.running_var",
+        "layer3.5.bn3.bias",
+        "layer4.0.downsample.0.weight",
+    ):
         assert torch.equal(ours[key], released[key]), key
 
 
@@ -212,10 +232,16 @@ def test_a_missing_or_extra_key_is_named(torchvision_resnet50_file):
     released = torch.load(torchvision_resnet50_file)
     backbone = TimmBackbone("resnet50")
     missing = {k: v for k, v in released.items() if k != "layer2.1.conv2.weight"}
-    with pytest.raises(weights.WeightsError, match=r"1 module tensors the checkpoint lacks: layer2\.1\.conv2\.weight"):
+    with pytest.raises(
+        weights.WeightsError,
+        match=r"1 module tensors the checkpoint lacks: layer2\.1\.conv2\.weight",
+    ):
         backbone.load_checkpoint(missing)
     extra = {**released, "layer1.0.se.fc.weight": torch.zeros(1)}
-    with pytest.raises(weights.WeightsError, match=r"1 checkpoint tensors the module has no place for: layer1\.0\.se\.fc\.weight"):
+    with pytest.raises(
+        weights.WeightsError,
+        match=r"1 checkpoint tensors the module has no place for: layer1\.0\.se\.fc\.weight",
+    ):
         backbone.load_checkpoint(extra)
     with pytest.raises(ValueError, match="pretrained=True and checkpoint"):
         TimmBackbone("resnet50", pretrained=True, checkpoint=torchvision_resnet50_file)
@@ -223,8 +249,7 @@ def test_a_missing_or_extra_key_is_named(torchvision_resnet50_file):
 
 def test_mit_checkpoint_missing_a_tensor_is_named():
     released = {
-        key: torch.randn_like(value)
-        for key, value in MixTransformer("mit_b0").state_dict().items()
+        key: torch.randn_like(value) for key, value in MixTransformer("mit_b0").state_dict().items()
     }
     released.pop("stages.3.norm.bias")
     with pytest.raises(weights.WeightsError, match=r"lacks: stages\.3\.norm\.bias"):
@@ -243,7 +268,9 @@ def test_preflight_names_the_missing_released_file_in_one_line(cache):
     assert "https://download.pytorch.org/models/resnet50-0676ba61.pth" in message
     assert "python scripts/fetch_weights.py torchvision_resnet50" in message
     matting = compose_row("fade_a2u_matting_r34_comp1k")
-    with pytest.raises(UsageError, match=r"a2u_resnet34\.pth\.tar.*cloudstor.*fetch_weights\.py a2u_resnet34"):
+    with pytest.raises(
+        UsageError, match=r"a2u_resnet34\.pth\.tar.*cloudstor.*fetch_weights\.py a2u_resnet34"
+    ):
         check_weights(matting)
 
 
@@ -251,9 +278,15 @@ def test_a_paper_row_with_a_random_encoder_stops_unless_asked(cache):
     with pytest.raises(UsageError, match=r"random weights.*scratch_encoder=true"):
         check_initial_weights(compose_row("sapa_g_segformer_b1_ade20k", "backbone.checkpoint=null"))
     with pytest.raises(UsageError, match="random weights"):
-        check_initial_weights(compose_row("sapa_g_a2u_matting_r34_comp1k", "paper.backbone.checkpoint=null"))
+        check_initial_weights(
+            compose_row("sapa_g_a2u_matting_r34_comp1k", "paper.backbone.checkpoint=null")
+        )
     check_initial_weights(compose_row("sapa_g_segformer_b1_ade20k"))
     check_initial_weights(
-        compose_row("sapa_g_segformer_b1_ade20k", "backbone.checkpoint=null", "scratch_encoder=true")
+        compose_row(
+            "sapa_g_segformer_b1_ade20k", "backbone.checkpoint=null", "scratch_encoder=true"
+        )
     )
-    check_initial_weights(compose_row("sapa_g_segformer_b1_ade20k", "tags=[toy]", "backbone.checkpoint=null"))
+    check_initial_weights(
+        compose_row("sapa_g_segformer_b1_ade20k", "tags=[toy]", "backbone.checkpoint=null")
+    )

@@ -117,7 +117,11 @@ def path(name: str) -> Path:
 
 def missing_message(item: WeightsEntry) -> str:
     """One line: the file that is not in the cache, where it is published, how to get it."""
-    how = "download it with" if item.direct else f"download it by hand from that {_kind(item)}, then run"
+    how = (
+        "download it with"
+        if item.direct
+        else f"download it by hand from that {_kind(item)}, then run"
+    )
     return (
         f"initial weights {item.name!r} ({item.file}) are not in {cache_dir()} ({ENV}); they are "
         f"published at {item.url}: {how}: {item.command()}"
