@@ -141,3 +141,20 @@ def test_freeze_bn_keeps_the_encoder_statistics_through_a_training_step(freeze_b
     unchanged = torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
     assert unchanged == freeze_bn
     assert not torch.equal(bn.weight.detach(), weight)  # the affine weights train either way
+
+
+def test_linear_output_trains_on_the_raw_output_and_is_clamped_for_evaluation():
+    torch.manual_seed(0)
+    image, trimap = torch.randn(1, 3, 4, 4) * 50, torch.full((1, 1, 4, 4), 0.5)
+    trimap[..., 0, 0] = 1.0
+    linear, sigmoid = tiny_task(output="linear"), tiny_task()
+    sigmoid.load_state_dict(linear.state_dict())
+    raw = linear(image, trimap)
+    assert raw.min() < 0 or raw.max() > 1  # the release's predictor is not squashed
+    torch.testing.assert_close(sigmoid(image, trimap), torch.sigmoid(raw))
+    evaluated = linear.predict_alpha(image, trimap)
+    expected = raw.clamp(0, 1)
+    expected[..., 0, 0] = 1.0  # the trimap's known foreground pasted
+    torch.testing.assert_close(evaluated, expected)
+    with pytest.raises(ValueError, match=r"output must be one of \('sigmoid', 'linear'\)"):
+        tiny_task(output="relu")

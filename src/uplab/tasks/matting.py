@@ -15,6 +15,7 @@ from uplab.tasks.base import TaskModule
 from uplab.tasks.figures import denormalize
 
 UNKNOWN = 0.5
+OUTPUTS = ("sigmoid", "linear")
 
 
 def _unknown_mean(per_pixel: torch.Tensor, unknown: torch.Tensor, per_image: bool) -> torch.Tensor:
@@ -92,8 +93,10 @@ class MattingTask(TaskModule):
     """Image matting (the Composition-1k setting of IndexNet, A2U and FADE).
 
     The model reads the normalised image and the trimap as four channels and predicts
-    ``sigmoid(out)``. For evaluation and figures the trimap's known regions are pasted into the
-    prediction, as the released test scripts do.
+    ``sigmoid(out)``, or ``out`` itself (``output="linear"``: the A2U release trains on the raw
+    output and clips it to [0, 1] only at test, ``np.clip(alpha, 0, 1)`` in dongdong93/a2u_matting
+    ``scripts/test.py`` and ``trainval.py``). For evaluation and figures the prediction is clamped
+    to [0, 1] and the trimap's known regions are pasted into it, as the released test scripts do.
 
     Training loss: ``(1 - w) * alpha_loss + w * composition_loss`` with ``w = composition_weight``
     (Deep Image Matting, Eqs. 1-2; the A2U release: ``w = 0.5`` and per-image normalisation).
@@ -109,6 +112,9 @@ class MattingTask(TaskModule):
             pipeline, ``uplab.data.pipelines.a2u_matting_train``, hands them).
         per_image_loss: normalise both losses per image, as the A2U release does (see
             :func:`_unknown_mean`); False pools the batch's unknown pixels.
+        output: ``"sigmoid"`` or ``"linear"`` (see above).
+        alpha_quantization: how evaluated predictions become 8-bit mattes, ``"round"`` or
+            ``"floor"`` (the A2U release's saved PNGs; :class:`~uplab.metrics.MattingMetrics`).
         freeze_bn: keep the encoder's BatchNorm layers in eval mode during training, so their
             running statistics stay as loaded (the affine weights still train). The A2U release
             sets ``TRAIN.freeze_bn: True`` but calls ``eval()`` on them only when the network is
@@ -130,15 +136,20 @@ class MattingTask(TaskModule):
         composition_weight: float = 0.0,
         per_image_loss: bool = False,
         freeze_bn: bool = False,
+        output: str = "sigmoid",
+        alpha_quantization: str = "round",
     ):
         if not 0.0 <= composition_weight <= 1.0:
             raise ValueError(f"composition_weight must be in [0, 1]; got {composition_weight}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}")
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(
             ignore=["backbone", "decoder", "upsampler", "optimizer", "scheduler"]
         )
         self.model = DenseModel(backbone(in_chans=4), decoder, upsampler, 1)
-        self.val_metrics = MattingMetrics()
+        self.val_metrics = MattingMetrics(quantization=alpha_quantization)
+        self.output = output
         self.composition_weight = composition_weight
         self.per_image_loss = per_image_loss
         self.freeze_bn = freeze_bn
@@ -165,7 +176,11 @@ class MattingTask(TaskModule):
         out = self.model(torch.cat([image, trimap], dim=1))
         if out.shape[-2:] != image.shape[-2:]:
             out = F.interpolate(out, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.sigmoid(out)
+        return torch.sigmoid(out) if self.output == "sigmoid" else out
+
+    def predict_alpha(self, image: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
+        """The evaluated alpha: the output clamped to [0, 1], the trimap's known regions pasted."""
+        return self.paste_known(self(image, trimap).clamp(0.0, 1.0), trimap)
 
     @staticmethod
     def paste_known(pred: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
@@ -202,16 +217,13 @@ class MattingTask(TaskModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        pred = self(batch["image"], batch["trimap"])
+        pred = self.predict_alpha(batch["image"], batch["trimap"])
         loss = unknown_region_l1(pred, batch["alpha"], batch["trimap"])
         self.log("val/loss", loss, batch_size=len(pred), sync_dist=True)
-        self.val_metrics.update(
-            self.paste_known(pred, batch["trimap"]), batch["alpha"], batch["trimap"]
-        )
+        self.val_metrics.update(pred, batch["alpha"], batch["trimap"])
 
     def predict_for_figure(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        trimap = batch["trimap"][:1]
-        return self.paste_known(self(batch["image"][:1], trimap), trimap)
+        return self.predict_alpha(batch["image"][:1], batch["trimap"][:1])
 
     def figure_panels(self, batch: dict[str, torch.Tensor], output: torch.Tensor) -> dict[str, Any]:
         return {
