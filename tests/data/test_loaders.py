@@ -309,7 +309,10 @@ def test_composition1k_random_background_draws_a_new_background_per_read(toy_roo
             return {"image": sample["fg"], "alpha": alpha, "trimap": np.zeros_like(alpha)}
 
         dataset = Composition1k(
-            toy_root / "matting", "train", transform=keep_bg, composite=False,
+            toy_root / "matting",
+            "train",
+            transform=keep_bg,
+            composite=False,
             random_background=random_background,
         )
         for epoch in range(12):
