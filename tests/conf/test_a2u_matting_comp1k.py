@@ -1,15 +1,20 @@
-"""The A2U matting rows' optimizer groups follow the release's name filter (dongdong93/a2u_matting
-``scripts/trainval.py``: parameters named with dconv, pred, short, bconv or bilinear at lr 0.01, the
-rest at lr / TRAIN.mult = 1e-4), with each row's released module names."""
+"""The A2U matting rows' recipe fields that live in code or outside the row's config: the optimizer
+groups follow the release's name filter (dongdong93/a2u_matting ``scripts/trainval.py``: parameters
+named with dconv, pred, short, bconv or bilinear at lr 0.01, the rest at lr / TRAIN.mult = 1e-4)
+with each row's released module names, and the table reports the evaluation of least SAD."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from uplab.analysis import cost
+from uplab.tasks import MattingTask
 from uplab.tasks.build import build_task
+from uplab.train import config_dir
 
 MODEL = "a2u_matting_r34"
 
@@ -49,3 +54,10 @@ def test_encoder_at_lr_over_100_decoder_at_lr_and_the_upsampler_as_released(
         assert modules[f"decoder.stages.{stage}.dconv"] == {1e-2}
         assert modules[f"decoder.stages.{stage}.dconv1"] == {1e-2}
         assert modules[f"decoder.stages.{stage}.up"] == {upsampler_lr}
+
+
+def test_the_matting_table_reports_the_evaluation_of_least_sad():
+    # trainval.py saves model_best.pth when an epoch's SAD is the least so far; test.py reads it
+    table = yaml.safe_load((Path(config_dir()) / "table" / "paper-matting.yaml").read_text())
+    assert table["which"] == "best"
+    assert (MattingTask.monitor, MattingTask.monitor_mode) == ("val/sad", "min")
