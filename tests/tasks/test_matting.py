@@ -158,3 +158,14 @@ def test_linear_output_trains_on_the_raw_output_and_is_clamped_for_evaluation():
     torch.testing.assert_close(evaluated, expected)
     with pytest.raises(ValueError, match=r"output must be one of \('sigmoid', 'linear'\)"):
         tiny_task(output="relu")
+
+
+def test_the_unknown_region_enters_the_network_as_trimap_unknown_input():
+    trimap = torch.tensor([[[[0.0, 0.5], [1.0, 0.5]]]])
+    seen = []
+    for value in (0.5, 128 / 255):
+        task = tiny_task(trimap_unknown_input=value)
+        task.model.backbone.register_forward_hook(lambda m, args, out: seen.append(args[0][:, 3]))
+        task(torch.zeros(1, 3, 2, 2), trimap)
+    torch.testing.assert_close(seen[0], trimap[:, 0])
+    torch.testing.assert_close(seen[1], torch.tensor([[[0.0, 128 / 255], [1.0, 128 / 255]]]))

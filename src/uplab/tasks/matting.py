@@ -113,6 +113,9 @@ class MattingTask(TaskModule):
         per_image_loss: normalise both losses per image, as the A2U release does (see
             :func:`_unknown_mean`); False pools the batch's unknown pixels.
         output: ``"sigmoid"`` or ``"linear"`` (see above).
+        trimap_unknown_input: the value the trimap's unknown region has in the input channel
+            (0.5, uplab's trimap encoding; the A2U release feeds ``trimap / 255.``: 128 / 255).
+            Losses and metrics read the trimap as it is.
         alpha_quantization: how evaluated predictions become 8-bit mattes, ``"round"`` or
             ``"floor"`` (the A2U release's saved PNGs; :class:`~uplab.metrics.MattingMetrics`).
         freeze_bn: keep the encoder's BatchNorm layers in eval mode during training, so their
@@ -137,6 +140,7 @@ class MattingTask(TaskModule):
         per_image_loss: bool = False,
         freeze_bn: bool = False,
         output: str = "sigmoid",
+        trimap_unknown_input: float = UNKNOWN,
         alpha_quantization: str = "round",
     ):
         if not 0.0 <= composition_weight <= 1.0:
@@ -150,6 +154,7 @@ class MattingTask(TaskModule):
         self.model = DenseModel(backbone(in_chans=4), decoder, upsampler, 1)
         self.val_metrics = MattingMetrics(quantization=alpha_quantization)
         self.output = output
+        self.trimap_unknown_input = trimap_unknown_input
         self.composition_weight = composition_weight
         self.per_image_loss = per_image_loss
         self.freeze_bn = freeze_bn
@@ -173,6 +178,8 @@ class MattingTask(TaskModule):
         self._freeze_encoder_bn()
 
     def forward(self, image: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
+        if self.trimap_unknown_input != UNKNOWN:
+            trimap = torch.where(trimap == UNKNOWN, self.trimap_unknown_input, trimap)
         out = self.model(torch.cat([image, trimap], dim=1))
         if out.shape[-2:] != image.shape[-2:]:
             out = F.interpolate(out, size=image.shape[-2:], mode="bilinear", align_corners=False)
