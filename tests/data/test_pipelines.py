@@ -248,6 +248,9 @@ def test_matting_evaluation_is_unchanged_by_the_test_padding():
     trimap[5:15, 5:20] = 128
     padded = P.a2u_matting_test(16)({"image": image, "alpha": alpha, "trimap": trimap}, rng())
     assert padded["image"].shape == (32, 32, 3) and (padded["trimap"][20:] == 0).all()
+    # None: left to the task (MattingTask(eval_size_divisor=...) pads the trimap as released)
+    unpadded = P.a2u_matting_test(None)({"image": image, "alpha": alpha, "trimap": trimap}, rng())
+    assert unpadded["image"].shape == (20, 27, 3)
 
     def sad(a, t):
         gt = torch.from_numpy(a.astype(np.float32) / 255)[None, None]

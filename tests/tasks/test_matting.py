@@ -169,3 +169,19 @@ def test_the_unknown_region_enters_the_network_as_trimap_unknown_input():
         task(torch.zeros(1, 3, 2, 2), trimap)
     torch.testing.assert_close(seen[0], trimap[:, 0])
     torch.testing.assert_close(seen[1], torch.tensor([[[0.0, 128 / 255], [1.0, 128 / 255]]]))
+
+
+def test_eval_size_divisor_reflect_pads_image_and_trimap_and_crops_the_output():
+    torch.manual_seed(0)
+    image, trimap = torch.randn(1, 3, 5, 6), torch.randint(0, 3, (1, 1, 5, 6)) / 2
+    trimap[..., 0, :] = 0.5
+    task = tiny_task(output="linear", eval_size_divisor=4)
+    seen = []
+    task.model.backbone.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    alpha = task.predict_alpha(image, trimap)
+    padded = torch.nn.functional.pad(torch.cat([image, trimap], 1), (0, 2, 0, 3), mode="reflect")
+    torch.testing.assert_close(seen[0], padded)  # the trimap channel reflected too, as released
+    expected = task(padded[:, :3], padded[:, 3:])[..., :5, :6].clamp(0, 1)
+    torch.testing.assert_close(alpha, task.paste_known(expected, trimap))
+    with pytest.raises(ValueError, match="eval_size_divisor must be a positive integer or None"):
+        tiny_task(eval_size_divisor=0)

@@ -116,6 +116,8 @@ class MattingTask(TaskModule):
         trimap_unknown_input: the value the trimap's unknown region has in the input channel
             (0.5, uplab's trimap encoding; the A2U release feeds ``trimap / 255.``: 128 / 255).
             Losses and metrics read the trimap as it is.
+        eval_size_divisor: reflect-pad the evaluated input to a multiple of this (see
+            :meth:`predict_alpha`); None leaves the size to the evaluation pipeline.
         alpha_quantization: how evaluated predictions become 8-bit mattes, ``"round"`` or
             ``"floor"`` (the A2U release's saved PNGs; :class:`~uplab.metrics.MattingMetrics`).
         freeze_bn: keep the encoder's BatchNorm layers in eval mode during training, so their
@@ -141,6 +143,7 @@ class MattingTask(TaskModule):
         freeze_bn: bool = False,
         output: str = "sigmoid",
         trimap_unknown_input: float = UNKNOWN,
+        eval_size_divisor: int | None = None,
         alpha_quantization: str = "round",
     ):
         if not 0.0 <= composition_weight <= 1.0:
@@ -155,6 +158,11 @@ class MattingTask(TaskModule):
         self.val_metrics = MattingMetrics(quantization=alpha_quantization)
         self.output = output
         self.trimap_unknown_input = trimap_unknown_input
+        if eval_size_divisor is not None and eval_size_divisor < 1:
+            raise ValueError(
+                f"eval_size_divisor must be a positive integer or None; got {eval_size_divisor!r}"
+            )
+        self.eval_size_divisor = eval_size_divisor
         self.composition_weight = composition_weight
         self.per_image_loss = per_image_loss
         self.freeze_bn = freeze_bn
@@ -186,8 +194,21 @@ class MattingTask(TaskModule):
         return torch.sigmoid(out) if self.output == "sigmoid" else out
 
     def predict_alpha(self, image: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
-        """The evaluated alpha: the output clamped to [0, 1], the trimap's known regions pasted."""
-        return self.paste_known(self(image, trimap).clamp(0.0, 1.0), trimap)
+        """The evaluated alpha: the output clamped to [0, 1], the trimap's known regions pasted.
+
+        With ``eval_size_divisor`` the input (image and trimap channel) is reflect-padded at the
+        bottom and right to a multiple of it and the output cropped back, as the A2U release's
+        test does (``np.pad(..., mode="reflect")`` then ``outputs[:h, :w]``).
+        """
+        height, width = image.shape[-2:]
+        if self.eval_size_divisor is None:
+            out = self(image, trimap)
+        else:
+            d = self.eval_size_divisor
+            pad = (0, -width % d, 0, -height % d)
+            padded = self(F.pad(image, pad, mode="reflect"), F.pad(trimap, pad, mode="reflect"))
+            out = padded[..., :height, :width]
+        return self.paste_known(out.clamp(0.0, 1.0), trimap)
 
     @staticmethod
     def paste_known(pred: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,9 @@ whose top-left corner is a random unknown pixel -> hue/saturation/value jitter o
 -> composite (which also returns ``fg`` and ``bg`` in [0, 1] for the composition loss).
 Test: the pre-composited image at its own size, reflect-padded to a multiple of 16 (the network's
 output stride); trimap and alpha are padded with 0 (known background), so the pad is outside the
-evaluated unknown region and the metrics are those of the unpadded image.
+evaluated unknown region and the metrics are those of the unpadded image. The paper rows pad in the
+task instead (``MattingTask(eval_size_divisor=16)``: the trimap channel of the input reflected as
+well and the output cropped back, as the release does) and build this with ``size_divisor=None``.
 """
 
 from __future__ import annotations
@@ -302,6 +304,10 @@ def a2u_matting_train(
     return T.Compose([*steps, Composite()])
 
 
-def a2u_matting_test(size_divisor: int = 16) -> T.Compose:
-    """Whole image, reflect-padded to a multiple of the output stride (see the module docstring)."""
-    return T.Compose([PadTo(size_divisor=size_divisor, image_fill="reflect")])
+def a2u_matting_test(size_divisor: int | None = 16) -> T.Compose:
+    """Whole image, reflect-padded to a multiple of the output stride (see the module docstring);
+    ``size_divisor=None`` leaves it unpadded, for a task that pads the input itself
+    (``MattingTask(eval_size_divisor=...)``, which pads the trimap channel as the release does)."""
+    return T.Compose(
+        [] if size_divisor is None else [PadTo(size_divisor=size_divisor, image_fill="reflect")]
+    )
