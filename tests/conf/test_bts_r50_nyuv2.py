@@ -18,7 +18,7 @@ from uplab.tasks.build import build_task
 from uplab.tasks.depth import silog_loss
 from uplab.train import config_dir
 
-SHRINK = ["backbone.name=resnet18", "backbone.pretrained=false", "decoder.num_features=128"]
+SHRINK = ["backbone.name=resnet18", "backbone.checkpoint=null", "decoder.num_features=128"]
 
 
 @pytest.fixture(scope="module")

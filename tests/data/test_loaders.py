@@ -320,3 +320,29 @@ def test_composition1k_test_trimap_with_other_values_names_the_file(toy_root, tm
         DatasetError, match=rf"{trimap_path.name}: trimap values must be 0, 128 or 255; got \[100\]"
     ):
         dataset[0]
+
+
+def test_composition1k_random_background_draws_a_new_background_per_read(toy_root):
+    def backgrounds_of_sample_0(random_background: bool) -> set[bytes]:
+        seen = []
+
+        def keep_bg(sample, rng):
+            seen.append(sample["bg"].tobytes())
+            alpha = sample["alpha"]
+            return {"image": sample["fg"], "alpha": alpha, "trimap": np.zeros_like(alpha)}
+
+        dataset = Composition1k(
+            toy_root / "matting",
+            "train",
+            transform=keep_bg,
+            composite=False,
+            random_background=random_background,
+        )
+        for epoch in range(12):
+            dataset.epoch = epoch
+            dataset[0]
+        return set(seen)
+
+    paired, drawn = backgrounds_of_sample_0(False), backgrounds_of_sample_0(True)
+    assert len(paired) == 1  # DIM's pairing: sample 0 always on background 0
+    assert len(drawn) == 3  # every one of the toy's three backgrounds turns up

@@ -6,13 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from uplab.data import pipelines as P
 from uplab.data import transforms as T
 from uplab.data.pipelines.a2u_matting import (
     CropAroundUnknown,
+    ForegroundJitter,
     GenerateTrimap,
     OverlaySecondForeground,
+    RandomAffineLayers,
+    RandomFlipLayers,
     SquashForeground,
     _ellipse,
 )
@@ -180,6 +184,45 @@ def test_crop_around_unknown_enlarges_small_layers_and_crops_all_alike():
     )
 
 
+def test_crop_without_an_unknown_pixel_resizes_the_whole_layers():
+    layers = matting_layers(80)
+    trimap = np.where(layers["alpha"] == 255, 255, 0).astype(np.uint8)
+    out = CropAroundUnknown(32)({**layers, "trimap": trimap}, rng(1))
+    # the whole layers shrunk to 32 px (nearest), not a 32 px window of them
+    assert np.array_equal(out["trimap"], T.resize(trimap, (32, 32), Image.NEAREST))
+    assert np.array_equal(out["alpha"], T.resize(layers["alpha"], (32, 32), Image.NEAREST))
+    assert out["bg"].shape == (32, 32, 3)
+
+
+def test_flip_probability_reaches_both_released_flips():
+    sample = matting_layers()
+    sample["alpha"][:, :24] = 0  # left-right asymmetric
+    for flip, flipped in ((0.0, False), (1.0, True)):
+        out = RandomFlipLayers(flip)(sample, rng(0))
+        assert np.array_equal(out["alpha"], sample["alpha"][:, ::-1]) == flipped
+        # both axes flipped about the centre: a 180 degree turn (no rotation below 1024 px)
+        # the warp flips both axes about the release's centre (w / 2 + 0.5): the foreground,
+        # on the right, moves to the left (no rotation below 1024 px)
+        warp = RandomAffineLayers(scale=(1, 1), shear=0, flip=flip)(sample, rng(0))
+        assert (warp["alpha"][:, :20] > 0).any() == flipped
+    pipeline = P.a2u_matting_train(crop_size=32, flip=0.0)
+    assert [s.p for s in pipeline.transforms if isinstance(s, RandomFlipLayers)] == [0.0]
+
+
+def test_foreground_jitter_shifts_hue_by_at_most_40_degrees():
+    fg = np.zeros((8, 8, 3), np.uint8)
+    fg[..., 0] = 200  # pure red: hue 0
+    sample = {"fg": fg, "alpha": np.full((8, 8), 255, np.uint8)}
+    hues = set()
+    for seed in range(40):
+        out = ForegroundJitter()(sample, rng(seed))
+        hue = P.a2u_matting.rgb_to_hsv(out["fg"][:1, :1] / 255.0)[0, 0, 0]
+        hues.add(round(float((hue + 180) % 360 - 180)))
+    assert min(hues) >= -40 and max(hues) < 40 and len(hues) > 10
+    empty = {"fg": fg, "alpha": np.zeros((8, 8), np.uint8)}
+    assert ForegroundJitter()(empty, rng(0)) is empty  # all-zero alpha: skipped
+
+
 def test_a2u_train_composites_and_is_seeded():
     pipeline = P.a2u_matting_train(crop_size=32)
     a, b = pipeline(matting_layers(), rng(5)), pipeline(matting_layers(), rng(5))
@@ -205,6 +248,9 @@ def test_matting_evaluation_is_unchanged_by_the_test_padding():
     trimap[5:15, 5:20] = 128
     padded = P.a2u_matting_test(16)({"image": image, "alpha": alpha, "trimap": trimap}, rng())
     assert padded["image"].shape == (32, 32, 3) and (padded["trimap"][20:] == 0).all()
+    # None: left to the task (MattingTask(eval_size_divisor=...) pads the trimap as released)
+    unpadded = P.a2u_matting_test(None)({"image": image, "alpha": alpha, "trimap": trimap}, rng())
+    assert unpadded["image"].shape == (20, 27, 3)
 
     def sad(a, t):
         gt = torch.from_numpy(a.astype(np.float32) / 255)[None, None]
