@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import timm
 import torch
+from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
 
@@ -27,6 +29,13 @@ class TimmBackbone(nn.Module):
         frozen_params: regular expressions (``re.search``) on the timm model's parameter names;
             the parameters that match do not train (``requires_grad=False``), e.g. BTS's fixed
             stem convolution and BatchNorm affine weights.
+        checkpoint: a file holding this backbone's ``state_dict()`` (keys ``model.*``), loaded
+            after the model is built, e.g. the shared backbone a probe table trains once per task
+            (:mod:`uplab.shared_backbone`).
+        frozen: nothing in the backbone trains: every parameter has ``requires_grad=False`` and
+            BatchNorm becomes ``FrozenBatchNorm2d`` (eval-mode statistics whatever the module's
+            mode, also when a detector takes the timm model out of this wrapper). The frozen-
+            backbone probe of the task-agnostic upsampler papers (FeatUp, LoftUp, JAFAR).
 
     Example:
         >>> bb = TimmBackbone("resnet18", out_indices=(1, 2, 3, 4))
@@ -42,6 +51,8 @@ class TimmBackbone(nn.Module):
         out_indices: Sequence[int] | None = None,
         include_input: bool = False,
         frozen_params: Sequence[str] = (),
+        checkpoint: str | Path | None = None,
+        frozen: bool = False,
     ):
         super().__init__()
         kwargs = {"features_only": True, "pretrained": pretrained, "in_chans": in_chans}
@@ -64,12 +75,41 @@ class TimmBackbone(nn.Module):
         for param_name, param in self.model.named_parameters():
             if any(p.search(param_name) for p in patterns):
                 param.requires_grad_(False)
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
+        if frozen:
+            self.model = freeze_batch_norm_2d(self.model)
+            self.model.requires_grad_(False)
+        self.frozen = frozen
         channels = list(self.model.feature_info.channels())
         reductions = list(self.model.feature_info.reduction())
         if include_input:
             channels, reductions = [in_chans, *channels], [1, *reductions]
         self.channels: list[int] = channels
         self.reductions: list[int] = reductions
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Load ``path`` (a ``state_dict()`` of a backbone built the same way) strictly.
+
+        Raises:
+            ValueError: the file is missing or its weights do not fit this backbone.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(
+                f"backbone checkpoint {path} does not exist: expected a backbone state_dict file "
+                "(a probe table's shared backbone is trained by scripts/reproduce_table.py before "
+                "its rows); train it first or drop backbone.checkpoint"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            self.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).splitlines()[0]
+            raise ValueError(
+                f"backbone checkpoint {path} does not fit this backbone ({first}); it must come "
+                "from the same backbone name, in_chans and out_indices: train it again"
+            ) from err
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != self.in_chans:
