@@ -49,6 +49,8 @@ def test_stage_zero_trains_each_task_baseline_then_every_row_loads_its_backbone_
     assert "+backbone.frozen=true" not in rt.plan_runs(table, tmp_path)[0].overrides  # a copy was changed
     without = OmegaConf.create({k: v for k, v in TABLE.items() if k != "shared_backbone"})
     assert sb.plan(without, tmp_path) == [] and sb.freeze_rows(without, tmp_path) is without
+    longer = OmegaConf.merge(table, {"shared_backbone": {"overrides": ["trainer.max_epochs=3"]}})
+    assert sb.plan(longer, tmp_path)[0].checkpoint != stages["segmentation"].checkpoint  # rows redo
 
 
 @pytest.mark.slow
@@ -81,7 +83,8 @@ def test_row_backbone_is_the_stage_zero_backbone_after_training(tmp_path):
     assert rt.main(args) == 0
     assert rec.is_complete(tmp_path / "runs" / "probe" / "depth" / "bilinear" / "seed0")
     assert [d.name for d in (tmp_path / "runs" / "probe" / "depth").iterdir()] == ["bilinear"]  # stage 0 is no row
-    stage = torch.load(tmp_path / "runs" / "probe-backbones" / "depth" / sb.BACKBONE_FILE, weights_only=True)
+    (stage_file,) = (tmp_path / "runs" / "probe-backbones" / "depth").glob("backbone-*.pt")
+    stage = torch.load(stage_file, weights_only=True)
     row = torch.load(row_backbone, weights_only=True)
     assert row.keys() <= stage.keys() and any("bn1.running_mean" in k for k in row)
     for key, value in row.items():

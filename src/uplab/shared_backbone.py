@@ -23,6 +23,7 @@ Example (conf/table/<name>.yaml)::
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,6 @@ from torch import nn
 
 from uplab.analysis.run_record import write_atomic
 from uplab.models.backbones import TimmBackbone
-
-BACKBONE_FILE = "backbone.pt"
 
 
 def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -86,10 +85,7 @@ class BackboneRun:
     seed: int
     overrides: tuple[str, ...]
     run_dir: Path
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.run_dir / BACKBONE_FILE
+    checkpoint: Path
 
 
 def backbones_dir(spec: DictConfig, runs_dir: Path) -> Path:
@@ -110,7 +106,12 @@ def _baseline_overrides(task_spec: DictConfig) -> list[str]:
 def plan(spec: DictConfig, runs_dir: Path, tasks: Sequence[str] | None = None) -> list[BackboneRun]:
     """The stage-0 runs of a table (none without a ``shared_backbone`` section): per task, the
     table's overrides, the task's, its baseline row's, the section's ``overrides``, the callback
-    that saves the backbone, and the section's ``seed``."""
+    that saves the backbone, and the section's ``seed``.
+
+    The checkpoint's file name holds a digest of the other overrides, so a changed stage 0 also
+    changes the overrides of every row that loads it (:func:`freeze_rows`), and a table run
+    again redoes those rows instead of keeping ones trained on another backbone.
+    """
     stage = spec.get("shared_backbone")
     if stage is None:
         return []
@@ -120,15 +121,19 @@ def plan(spec: DictConfig, runs_dir: Path, tasks: Sequence[str] | None = None) -
         if tasks and task not in tasks:
             continue
         run_dir = backbones_dir(spec, runs_dir) / str(task)
+        schedule = [
+            str(o) for o in (
+                *spec.get("overrides", []), *task_spec.get("overrides", []), *_baseline_overrides(task_spec),
+                *stage.get("overrides", []),
+            )
+        ]
+        digest = hashlib.sha256("\n".join([*schedule, f"seed={seed}"]).encode()).hexdigest()[:12]
+        checkpoint = run_dir / f"backbone-{digest}.pt"
         save = (
             f"+callbacks.save_backbone={{_target_:{SaveBackbone.__module__}.{SaveBackbone.__name__},"
-            f"path:'{run_dir / BACKBONE_FILE}'}}"
+            f"path:'{checkpoint}'}}"
         )
-        overrides = (
-            *spec.get("overrides", []), *task_spec.get("overrides", []), *_baseline_overrides(task_spec),
-            *stage.get("overrides", []), save, f"seed={seed}",
-        )
-        runs.append(BackboneRun(str(task), seed, tuple(str(o) for o in overrides), run_dir))
+        runs.append(BackboneRun(str(task), seed, (*schedule, save, f"seed={seed}"), run_dir, checkpoint))
     return runs
 
 
