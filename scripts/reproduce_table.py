@@ -50,6 +50,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from omegaconf import DictConfig, ListConfig, OmegaConf  # noqa: E402
 
+from uplab import shared_backbone  # noqa: E402
 from uplab.analysis import records as rec  # noqa: E402
 from uplab.analysis import tables  # noqa: E402
 
@@ -204,6 +205,24 @@ def train_run(run: Run, resume: bool = False) -> str:
         log.debug("run %s failed", run.label, exc_info=True)
         return "failed"
     return rec.record_row(run.run_dir)["status"]
+
+
+def train_shared_backbones(table: str, stages: Sequence[shared_backbone.BackboneRun]) -> list[str]:
+    """Stage 0 of a table with a ``shared_backbone`` section (:func:`uplab.shared_backbone.plan`):
+    train each task's backbone that is not there yet, in this process; returns one line per
+    task whose backbone could not be trained (its rows cannot run)."""
+    quiet_training_logs()
+    failed = []
+    for stage in stages:
+        run = Run(table=f"{table}-backbones", task=stage.task, row="shared backbone", seed=stage.seed,
+                  overrides=stage.overrides, run_dir=stage.run_dir)
+        if is_done(run) and stage.checkpoint.is_file():
+            continue
+        log.info("stage 0: training the shared backbone of %s (%s)", stage.task, stage.run_dir)
+        status = train_run(run)
+        if status != "finished" or not stage.checkpoint.is_file():
+            failed.append(f"{status}: shared backbone of {stage.task}: {rec.record_row(run.run_dir)['error']}")
+    return failed
 
 
 def quiet_training_logs() -> None:
@@ -722,7 +741,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = load_table(args.table)
         if args.all_rows:
             spec = with_extra_rows(spec)
-        runs = plan_runs(spec, args.runs_dir, args.tasks.split(",") if args.tasks else None)
+        tasks = args.tasks.split(",") if args.tasks else None
+        stages = shared_backbone.plan(spec, args.runs_dir, tasks)
+        spec = shared_backbone.freeze_rows(spec, args.runs_dir)
+        runs = plan_runs(spec, args.runs_dir, tasks)
     except ValueError as err:
         parser.error(str(err))
     if args.publish:
@@ -741,6 +763,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     tables_dir = args.results_dir / "tables"
     if not args.render_only:
+        failed = train_shared_backbones(str(spec.name), stages)
+        if failed:
+            print("\n".join(failed), file=sys.stderr)
+            return 1
         if args.launcher == "local":
             counts = run_local(runs, not args.no_progress)
         else:

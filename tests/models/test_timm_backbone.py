@@ -3,6 +3,7 @@ import timm
 import torch
 
 from uplab.models.backbones import TimmBackbone
+from uplab.weights import WeightsError
 
 
 def test_channels_and_reductions_come_from_feature_info():
@@ -43,3 +44,31 @@ def test_frozen_params_match_names_as_bts_fixes_its_encoder():
     frozen = {n for n, p in backbone.model.named_parameters() if not p.requires_grad}
     assert {"conv1.weight", "bn1.weight", "layer1.0.bn2.bias", "layer4.1.bn1.weight"} <= frozen
     assert not frozen & {"layer1.0.conv1.weight", "layer2.0.downsample.1.weight"}
+
+
+def test_checkpoint_loads_and_frozen_backbone_neither_trains_nor_updates_statistics(tmp_path):
+    trained = TimmBackbone("test_resnet", include_input=True)
+    with torch.no_grad():  # weights and BN statistics unlike a fresh model's
+        for p in trained.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    trained(torch.randn(4, 3, 32, 32) * 3 + 1)  # train mode: running statistics move
+    torch.save(trained.state_dict(), tmp_path / "backbone.pt")
+    trained.eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = trained(x)
+
+    frozen = TimmBackbone("test_resnet", include_input=True, checkpoint=tmp_path / "backbone.pt", frozen=True)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    frozen.train()
+    for _ in range(2):  # training-mode passes use and keep the loaded statistics
+        got = frozen(x)
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e)
+
+
+def test_checkpoint_that_is_missing_or_does_not_fit_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no weights file at .*missing\.pt.*shared backbone"):
+        TimmBackbone("test_resnet", checkpoint=tmp_path / "missing.pt")
+    torch.save(TimmBackbone("test_resnet", in_chans=4).state_dict(), tmp_path / "rgbt.pt")
+    with pytest.raises(WeightsError, match=r"rgbt\.pt does not fit .*conv1\.0\.weight \(16, 4, 3, 3\) vs \(16, 3, 3, 3\)"):
+        TimmBackbone("test_resnet", checkpoint=tmp_path / "rgbt.pt")

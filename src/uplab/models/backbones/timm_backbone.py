@@ -9,6 +9,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
 from uplab.weights import load_strict
@@ -33,7 +34,13 @@ class TimmBackbone(nn.Module):
             stem convolution and BatchNorm affine weights.
         checkpoint: path of a state dict in timm's key names for ``name``, loaded strictly
             (:meth:`load_checkpoint`): torchvision's ImageNet ResNet files name their tensors as
-            timm's ResNet does (``reference/weights.yaml``, ``torchvision_resnet50``).
+            timm's ResNet does (``reference/weights.yaml``, ``torchvision_resnet50``); a
+            backbone's own ``state_dict()`` (keys ``model.*``) loads too, e.g. the shared backbone
+            a probe table trains once per task (:mod:`uplab.shared_backbone`).
+        frozen: nothing in the backbone trains: every parameter has ``requires_grad=False`` and
+            BatchNorm becomes ``FrozenBatchNorm2d`` (eval-mode statistics whatever the module's
+            mode, also when a detector takes the timm model out of this wrapper). The frozen-
+            backbone probe of the task-agnostic upsampler papers (FeatUp, LoftUp, JAFAR).
 
     Example:
         >>> bb = TimmBackbone("resnet18", out_indices=(1, 2, 3, 4))
@@ -50,6 +57,7 @@ class TimmBackbone(nn.Module):
         include_input: bool = False,
         frozen_params: Sequence[str] = (),
         checkpoint: str | os.PathLike | None = None,
+        frozen: bool = False,
     ):
         super().__init__()
         if pretrained and checkpoint is not None:
@@ -80,6 +88,10 @@ class TimmBackbone(nn.Module):
         for param_name, param in self.model.named_parameters():
             if any(p.search(param_name) for p in patterns):
                 param.requires_grad_(False)
+        if frozen:
+            self.model = freeze_batch_norm_2d(self.model)
+            self.model.requires_grad_(False)
+        self.frozen = frozen
         channels = list(self.model.feature_info.channels())
         reductions = list(self.model.feature_info.reduction())
         if include_input:
@@ -103,12 +115,15 @@ class TimmBackbone(nn.Module):
             if not Path(checkpoint).is_file():
                 raise FileNotFoundError(
                     f"TimmBackbone({self.name!r}): no weights file at {checkpoint}; fetch the "
-                    "released file (python scripts/fetch_weights.py --all, reference/weights.yaml) "
+                    "released file (python scripts/fetch_weights.py --all, reference/weights.yaml), "
+                    "train a probe table's shared backbone first (scripts/reproduce_table.py does), "
                     "or set backbone.checkpoint to its path"
                 )
             checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if isinstance(checkpoint.get("state_dict"), Mapping):
             checkpoint = checkpoint["state_dict"]
+        if checkpoint and all(k.startswith("model.") for k in checkpoint):  # this wrapper's own
+            checkpoint = {k.removeprefix("model."): v for k, v in checkpoint.items()}
         with torch.device("meta"):  # the whole architecture's key names, without memory
             whole = timm.create_model(self.name, in_chans=self.in_chans).state_dict()
         built = self.model.state_dict()
