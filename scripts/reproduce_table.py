@@ -41,7 +41,8 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,40 +219,204 @@ def quiet_training_logs() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, message="boxes doesn't contain any box")
 
 
-def run_local(runs: Sequence[Run], progress: bool = True) -> dict[str, int]:
-    """Train the runs that are not complete, one after another, with a progress bar; returns
-    counts of ``skipped``, ``finished``, ``failed`` and of any other status a run ended with."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+# Measured on this project's 2-core machine (docs/benchmarks.md, "Table runner"): the toy grid's
+# runs in one worker process per core, each on one thread, finish sooner than the same runs one
+# after another on all cores. `--jobs auto` therefore uses one worker per core for CPU runs.
+PARALLEL_RUNS_ARE_FASTER = True
 
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def runs_on_gpu(run: Run) -> bool:
+    """Whether the run's trainer asks for a GPU (one GPU is not shared by parallel runs)."""
+    return str(compose_run(run).trainer.get("accelerator", "cpu")) in ("gpu", "cuda")
+
+
+def resolve_jobs(jobs: str, todo: Sequence[Run]) -> int:
+    """The number of worker processes for ``--jobs``: a positive number as given, or ``auto``:
+    one per core for CPU runs when that measured faster (:data:`PARALLEL_RUNS_ARE_FASTER`), one
+    for GPU runs; never more than the runs to do."""
+    if jobs == "auto":
+        parallel = PARALLEL_RUNS_ARE_FASTER and bool(todo) and not runs_on_gpu(todo[0])
+        n = usable_cores() if parallel else 1
+    elif jobs.isdigit() and int(jobs) > 0:
+        n = int(jobs)
+    else:
+        raise ValueError(f"--jobs: expected a positive number of worker processes or 'auto', got {jobs!r}")
+    return max(1, min(n, len(todo)))
+
+
+def format_duration(seconds: float) -> str:
+    """``12.3 s`` under a minute, ``4 min 10 s`` under an hour, ``2 h 05 min`` above."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def progress_line(
+    done: int, total: int, run: Run, outcome: str, seconds: float, mean_seconds: float, jobs: int
+) -> str:
+    """One finished run: ``[k/N] task · row · seed s  <outcome>  12.3 s  ~ 4 min 10 s left``;
+    the time left is the mean run time so far × the runs left / the parallel jobs."""
+    left = mean_seconds * (total - done) / jobs
+    tail = f"  ~ {format_duration(left)} left" if done < total else ""
+    return f"[{done}/{total}] {run.label}  {outcome}  {format_duration(seconds)}{tail}"
+
+
+def run_outcome(run: Run, status: str, metric: str | None) -> str:
+    """What a finished run shows in its progress line: its final ``metric``, or its status and
+    one-line reason."""
+    row = rec.record_row(run.run_dir)
+    if status != "finished":
+        return f"{status}: {row['error']}"
+    value = row.get(f"final/{metric}") if metric else None
+    return f"{metric} {value:.4g}" if isinstance(value, int | float) else status
+
+
+def timed_train(train: Callable[[Run], str], run: Run) -> tuple[str, float]:
+    """``train(run)`` and its wall time in seconds; a run the grid was stopped before is not
+    started (``cancelled``)."""
+    if _STOP is not None and _STOP.is_set():
+        return "cancelled", 0.0
+    start = time.perf_counter()
+    status = train(run)
+    return status, time.perf_counter() - start
+
+
+_STOP = None  # in a worker process: the grid's stop event (init_worker)
+
+
+def init_worker(threads: int, stop) -> None:
+    """A worker process of the grid: Ctrl-C goes to the parent, which stops the workers (so a
+    run in progress is recorded as interrupted, not torn mid-write), and torch runs on
+    ``threads`` threads (OMP_NUM_THREADS was set before torch loaded: :func:`thread_environment`)."""
+    import signal
+
+    import torch
+
+    global _STOP
+    _STOP = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
     quiet_training_logs()
-    counts = {"skipped": 0, "finished": 0, "failed": 0}
+
+
+@contextmanager
+def thread_environment(threads: int):
+    """OMP_NUM_THREADS and MKL_NUM_THREADS set to ``threads`` while the worker processes start
+    (they inherit the environment and read it when torch loads), restored after."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(threads) for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_in_workers(
+    todo: Sequence[Run], jobs: int, train: Callable[[Run], str]
+) -> Iterator[tuple[Run, str, float]]:
+    """Train the runs in ``jobs`` worker processes (spawned: no state of this process is
+    inherited), each on ``cores // jobs`` threads; yields ``(run, status, seconds)`` as they
+    finish. A run's directory belongs to the one worker training it, and its records are written
+    atomically, so a grid stopped at any point resumes. On Ctrl-C no new run starts, the workers
+    are sent SIGTERM (Lightning ends a run in progress after its current batch and it is recorded
+    as ``interrupted``), and ``KeyboardInterrupt`` propagates once they exited."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    threads = max(1, usable_cores() // jobs)
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=init_worker, initargs=(threads, stop))
+    try:
+        with thread_environment(threads):  # workers start as runs are submitted
+            futures = {pool.submit(timed_train, train, run): run for run in todo}
+        for future in as_completed(futures):
+            run = futures[future]
+            try:
+                status, seconds = future.result()
+            except Exception as err:  # noqa: BLE001  the worker died outside train_run (killed, out of memory)
+                run.run_dir.mkdir(parents=True, exist_ok=True)
+                rec.write_failure(run.run_dir, err, f"worker process of the grid: {traceback.format_exc()}")
+                status, seconds = "failed", float("nan")
+            yield run, status, seconds
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in multiprocessing.active_children():
+            worker.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def run_local(
+    runs: Sequence[Run],
+    progress: bool = True,
+    jobs: str | int = 1,
+    metrics: Mapping[str, str] | None = None,
+    train: Callable[[Run], str] | None = None,
+) -> dict[str, int]:
+    """Train the runs that are not complete, in this process (``jobs`` 1) or in worker
+    processes (:func:`run_in_workers`), printing one line per finished run with the time left;
+    returns counts of ``skipped``, ``finished``, ``failed`` and of any other status a run ended
+    with.
+
+    Args:
+        runs: the grid (:func:`plan_runs`).
+        progress: print the progress lines (standard error).
+        jobs: worker processes, or ``auto`` (:func:`resolve_jobs`).
+        metrics: per task, the metric a finished run shows in its progress line.
+        train: trains one run and returns its status (:func:`train_run`); with worker processes
+            it must be importable by name (the workers are spawned).
+    """
+    train = train or train_run
     todo = [r for r in runs if not is_done(r)]
-    counts["skipped"] = len(runs) - len(todo)
-    console = Console(stderr=True)
-    if counts["skipped"]:
-        console.print(f"resuming: {counts['skipped']} of {len(runs)} runs are complete and skipped")
-    columns = (
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("not finished: {task.fields[failed]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, disable=not progress) as bar:
-        grid = bar.add_task("grid", total=len(todo), failed=0)
-        for run in todo:
-            bar.update(grid, description=run.label)
-            status = train_run(run)
+    counts = {"skipped": len(runs) - len(todo), "finished": 0, "failed": 0}
+    n_jobs = resolve_jobs(str(jobs), todo)
+    if counts["skipped"] and progress:
+        print(f"resuming: {counts['skipped']} of {len(runs)} runs are complete and skipped", file=sys.stderr)
+    if todo and progress:
+        threads = usable_cores() // n_jobs if n_jobs > 1 else torch_threads()
+        print(f"training {len(todo)} runs: {n_jobs} at a time, {max(1, threads)} threads each", file=sys.stderr)
+    if n_jobs == 1:
+        quiet_training_logs()
+        finished = ((run, *timed_train(train, run)) for run in todo)
+    else:
+        finished = run_in_workers(todo, n_jobs, train)
+    seconds_so_far = []
+    with closing(finished):  # on Ctrl-C, the workers stop before this returns
+        for run, status, seconds in finished:
             counts[status] = counts.get(status, 0) + 1
-            if status != "finished":
-                console.print(f"[red]{status}[/red] {run.label}: {rec.record_row(run.run_dir)['error']}", soft_wrap=True)
-            bar.update(grid, advance=1, failed=sum(n for k, n in counts.items() if k not in ("skipped", "finished")))
+            seconds_so_far.append(seconds)
+            if progress:
+                measured = [s for s in seconds_so_far if s == s] or [0.0]
+                outcome = run_outcome(run, status, (metrics or {}).get(run.task))
+                print(
+                    progress_line(len(seconds_so_far), len(todo), run, outcome, seconds,
+                                  sum(measured) / len(measured), n_jobs),
+                    file=sys.stderr, flush=True,
+                )
     return counts
+
+
+def torch_threads() -> int:
+    """The threads torch uses in this process."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 class TableJob:
@@ -676,10 +841,227 @@ def publish(
     return written
 
 
+STEP_TIMES = ROOT / "reference" / "step_times.yaml"
+# optimizer state kept per parameter, in parameters (Adam's two moments, SGD's momentum buffer)
+OPTIMIZER_STATE = {"Adam": 2, "AdamW": 2, "SGD": 1}
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """What one run of the grid takes, from its composed config (:func:`run_cost`).
+
+    Attributes:
+        schedule: its length as configured (``160000 steps × batch 16``).
+        steps: optimizer steps, where the config fixes them (``max_steps``, or epochs of
+            ``limit_train_batches`` batches), else ``None`` (epochs of a dataset's length).
+        gpu: whether the trainer asks for a GPU.
+        data_root: the dataset's directory.
+        generated_data: whether the data is the toy suite's, generated on first use.
+        checkpoint_bytes: the size of its ``last.ckpt`` (float32 parameters and optimizer state),
+            0 where the run writes no checkpoint, ``None`` where it could not be counted.
+        checkpoint_note: how the size was counted, or why not.
+    """
+
+    schedule: str
+    steps: int | None
+    gpu: bool
+    data_root: Path
+    generated_data: bool
+    checkpoint_bytes: int | None
+    checkpoint_note: str
+
+
+def schedule_of(cfg: DictConfig) -> tuple[str, int | None]:
+    """A run's schedule in words and its number of optimizer steps (``None`` where it is a
+    number of epochs over the whole dataset)."""
+    trainer, batch = cfg.trainer, cfg.data.get("batch_size")
+    max_steps = int(trainer.get("max_steps", -1) or -1)
+    if max_steps > 0:
+        return f"{max_steps} steps × batch {batch}", max_steps
+    epochs, batches = int(trainer.get("max_epochs", 1)), trainer.get("limit_train_batches")
+    if isinstance(batches, int) and not isinstance(batches, bool):
+        return f"{epochs} epochs × {batches} batches × batch {batch}", epochs * batches
+    return f"{epochs} epochs × batch {batch} (steps per epoch: the dataset's size / {batch})", None
+
+
+def optimizer_state_per_param(optimizer: DictConfig) -> tuple[str, int | None]:
+    """The optimizer a task config names (inside ``uplab.tasks.optim.param_groups`` too) and how
+    many values of state it keeps per parameter (:data:`OPTIMIZER_STATE`; ``None`` if unknown)."""
+    target = optimizer.get("optimizer", optimizer)._target_
+    name = str(target).rsplit(".", 1)[-1]
+    per_param = OPTIMIZER_STATE.get(name)
+    if name == "SGD" and not float(optimizer.get("optimizer", optimizer).get("momentum", 0) or 0):
+        per_param = 0
+    return name, per_param
+
+
+def writes_checkpoint(cfg: DictConfig) -> bool:
+    return cfg.get("callbacks", {}).get("model_checkpoint") is not None and bool(
+        cfg.trainer.get("enable_checkpointing", True)
+    )
+
+
+def checkpoint_size(spec: DictConfig, run: Run, cfg: DictConfig) -> tuple[int | None, str]:
+    """``last.ckpt``'s size: parameters × 4 bytes × (1 + the optimizer's state per parameter),
+    the model built with its parameters on the meta device (:func:`uplab.analysis.cost.build_model`,
+    no memory, no weights loaded). A paper table's model takes the dataset's attributes from
+    :data:`uplab.analysis.cost.PAPER_MODELS`; other tables write no checkpoint."""
+    from uplab.analysis.cost import PAPER_MODELS, build_model
+
+    if not writes_checkpoint(cfg):
+        return 0, "no checkpoint (checkpointing off)"
+    name, per_param = optimizer_state_per_param(cfg.task.optimizer)
+    setting = PAPER_MODELS.get(str(spec.get("model")))
+    if setting is None or per_param is None:
+        why = f"optimizer {name} not in OPTIMIZER_STATE" if per_param is None else "no paper model to count"
+        return None, f"checkpoint not estimated ({why})"
+    weightless = Run(run.table, run.task, run.row, run.seed, (*run.overrides, *setting.no_weights), run.run_dir)
+    model = build_model(compose_run(weightless), setting.data, empty=True)
+    params = sum(p.numel() for p in model.parameters())
+    return params * 4 * (1 + per_param), f"{params / 1e6:.1f} M params × 4 B × (1 + {per_param} of {name}'s state)"
+
+
+def run_cost(spec: DictConfig, run: Run) -> RunCost:
+    """What ``run`` takes (:class:`RunCost`), from its composed config."""
+    cfg = compose_run(run)
+    schedule, steps = schedule_of(cfg)
+    size, note = checkpoint_size(spec, run, cfg)
+    gpu = str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda")
+    return RunCost(schedule, steps, gpu, Path(str(cfg.data.root)), cfg.data.get("toy") is not None, size, note)
+
+
+def disk_usage(path: Path) -> int | None:
+    """Bytes of the files under ``path`` (``du``), or None when it does not exist."""
+    if not path.exists():
+        return None
+    if path.is_file():
+        return path.stat().st_size
+    return sum(
+        (Path(d) / f).stat().st_size for d, _, files in os.walk(path) for f in files if not (Path(d) / f).is_symlink()
+    )
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def load_step_times(path: Path = STEP_TIMES) -> dict:
+    """``reference/step_times.yaml``: per table, measured seconds per training step (one value,
+    or one per row) with the device and the measurement's source."""
+    import yaml
+
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def step_seconds(entry: Mapping | None, row: str) -> float | None:
+    """A row's measured step time from a table's entry in the step-times file."""
+    if not entry:
+        return None
+    measured = entry.get("step_s")
+    return float(measured) if isinstance(measured, int | float) else (
+        float(measured[row]) if isinstance(measured, Mapping) and row in measured else None
+    )
+
+
+def measured_cpu_time(table: str, results_dir: Path) -> tuple[float, str] | None:
+    """Minutes per trained run of the last measured grid (``<table>.timing.md`` in
+    ``results_dir`` or in the committed ``results/``) and that file's line."""
+    import re
+
+    for directory in (results_dir / "tables", PUBLISHED_RESULTS / "tables"):
+        path = directory / f"{table}.timing.md"
+        if path.is_file():
+            text = path.read_text().strip()
+            found = re.search(r"(\d+) runs trained.*? in ([\d.]+) min", text)
+            if found and int(found[1]):
+                return float(found[2]) / int(found[1]), f"{path.relative_to(path.parents[2])}: {text}"
+    return None
+
+
+def dry_run(spec: DictConfig, runs: Sequence[Run], results_dir: Path, step_times: Mapping) -> str:
+    """The plan of ``make reproduce-table TABLE=<table> DRY_RUN=1``: every run (done or to do),
+    its overrides beyond the table's and task's, schedule and checkpoint size, the datasets on
+    disk, and the time: GPU-hours from measured step times (``reference/step_times.yaml``;
+    "not measured" without one), or for CPU tables the pace of the last measured grid. Writes
+    nothing."""
+    table = str(spec.name)
+    costs, by_key = [], {}
+    for run in runs:  # seeds share everything the plan shows: compose each row once
+        key = run.overrides[:-1]
+        if key not in by_key:
+            by_key[key] = run_cost(spec, run)
+        costs.append(by_key[key])
+    done = [is_done(r) for r in runs]
+    n_todo = len(runs) - sum(done)
+    lines = [f"table {table}: {len(runs)} runs, {sum(done)} done, {n_todo} to do"]
+    if spec.get("overrides"):
+        lines.append(f"every run: {' '.join(map(str, spec.overrides))}")
+    for task, task_spec in spec.tasks.items():
+        if task_spec.get("overrides") and any(r.task == task for r in runs):
+            lines.append(f"every {task} run: {' '.join(map(str, task_spec.overrides))}")
+    entry = step_times.get(table)
+    gpu_hours, counted, not_measured, no_steps = 0.0, 0, set(), set()
+    for run, cost, is_complete in zip(runs, costs, done, strict=True):
+        shared = len(spec.get("overrides", [])) + len(spec.tasks[run.task].get("overrides", []))
+        size = cost.checkpoint_note if not cost.checkpoint_bytes else (
+            f"checkpoint {format_bytes(cost.checkpoint_bytes)} ({cost.checkpoint_note})")
+        detail = f"{cost.schedule}, {size}"
+        step = step_seconds(entry, run.row)
+        if cost.gpu and step is not None and cost.steps is not None:
+            hours = cost.steps * step / 3600
+            detail += f", {hours:.1f} GPU-h"
+            if not is_complete:
+                gpu_hours, counted = gpu_hours + hours, counted + 1
+        elif cost.gpu and not is_complete:
+            (not_measured if step is None else no_steps).add(run.row)
+        lines.append(f"  {'done ' if is_complete else 'to do'}  {run.label}: {' '.join(run.overrides[shared:])}; {detail}")
+    for root, generated in sorted({(c.data_root, c.generated_data) for c in costs}):
+        used = disk_usage(root)
+        absent = "absent (generated on first use)" if generated else "absent"
+        lines.append(f"data: {root}: {absent if used is None else format_bytes(used)}")
+    sizes = [c.checkpoint_bytes for c, d in zip(costs, done, strict=True) if c.checkpoint_bytes and not d]
+    if sizes:
+        lines.append(
+            f"checkpoint disk: up to {format_bytes(max(sizes))} per run while it trains (last.ckpt, deleted when "
+            f"the run ends unless keep_checkpoint=true; {format_bytes(sum(sizes))} for the runs to do if all kept)"
+        )
+    if any(c.gpu for c in costs):
+        if counted:
+            lines.append(
+                f"GPU-hours: {gpu_hours:.1f} for {counted} of the {n_todo} runs to do (steps × measured step "
+                f"time; {entry.get('device', 'device not named')}; {entry.get('source', 'source not named')})"
+            )
+        if not_measured:
+            rows = "" if entry is None else f" of row {', '.join(sorted(not_measured))}"
+            lines.append(f"GPU-hours: not measured (no step time for {table}{rows})")
+        if no_steps:
+            lines.append(f"GPU-hours: not counted for {', '.join(sorted(no_steps))} (epochs of the dataset: "
+                         "steps unknown without it)")
+    else:
+        pace = measured_cpu_time(table, results_dir)
+        lines.append("GPU-hours: none (CPU runs)")
+        lines.append(
+            f"time: about {pace[0] * n_todo:.0f} min for the {n_todo} runs to do at the last measured grid's "
+            f"pace ({pace[1]})" if pace else f"time: not measured (no {table}.timing.md)"
+        )
+    return "\n".join(lines)
+
+
 def report_unfinished(unfinished: Sequence[tuple[Run, str, str]]) -> None:
     """One line per run that did not finish, with its root cause, on standard error."""
     for run, status, reason in unfinished:
         print(f"{status}: {run.label}: {reason} ({run.run_dir})", file=sys.stderr)
+
+
+def jobs_argument(text: str) -> str:
+    """``--jobs``: ``auto`` or a positive number."""
+    if text == "auto" or (text.isdigit() and int(text) > 0):
+        return text
+    raise argparse.ArgumentTypeError(f"expected a positive number of worker processes or 'auto', got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -696,6 +1078,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "slurm: a submitit job per run on the cluster")
     parser.add_argument("--slurm-partition", help="the SLURM partition of --launcher slurm")
     parser.add_argument("--timeout-min", type=int, default=720, help="a submitit job's time limit (minutes)")
+    parser.add_argument("--jobs", default="auto", type=jobs_argument,
+                        help="runs trained at once in worker processes (each on cores/jobs threads), or auto: "
+                             "one per core for CPU runs (measured faster, docs/benchmarks.md), one for GPU runs")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the planned runs, their schedules, disk and GPU-hours; train and write nothing")
     parser.add_argument("--render-only", action="store_true", help="write the table from existing runs")
     parser.add_argument("--publish", action="store_true",
                         help="copy the table, its figures and the cost table from --results-dir to results/, "
@@ -727,6 +1114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as err:
             parser.error(str(err))
         return 0
+    if args.dry_run:
+        print(dry_run(spec, runs, args.results_dir, load_step_times()))
+        return 0
     missing = missing_experiments(runs)
     if missing and not args.render_only:
         parser.error(
@@ -736,11 +1126,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     tables_dir = args.results_dir / "tables"
     if not args.render_only:
-        if args.launcher == "local":
-            counts = run_local(runs, not args.no_progress)
-        else:
-            folder = args.runs_dir / spec.name / ".submitit"
-            counts = run_submitit(runs, args.launcher, folder, args.slurm_partition, args.timeout_min)
+        try:
+            if args.launcher == "local":
+                metrics = {str(t): str(s.metrics[0]) for t, s in spec.tasks.items()}
+                counts = run_local(runs, not args.no_progress, args.jobs, metrics)
+            else:
+                folder = args.runs_dir / spec.name / ".submitit"
+                counts = run_submitit(runs, args.launcher, folder, args.slurm_partition, args.timeout_min)
+        except KeyboardInterrupt:
+            print(f"stopped: the finished runs are kept, a run in progress is recorded as interrupted; "
+                  f"the same command resumes table {spec.name}", file=sys.stderr)
+            return 130
         log.info("grid: %s in %.0f s", counts, time.perf_counter() - start)
     table_runs = args.runs_dir / spec.name
     records = rec.load_records(table_runs) if table_runs.exists() else rec.load_records([])

@@ -134,7 +134,7 @@ def test_failed_run_prints_its_root_cause_shows_in_the_table_and_exits_non_zero(
     monkeypatch.setattr(uplab.train, "train", broken)
     runs = rt.plan_runs(rt.load_table(write_table(tmp_path)), tmp_path / "runs")
     _copy_fixture_run("bilinear", runs[0])
-    code = rt.main(["--table", write_table(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress", "--no-figures"])
+    code = rt.main(["--table", write_table(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress", "--no-figures", "--jobs", "1"])
     assert code == 1
     failure = json.loads((runs[1].run_dir / rec.FAILURE_FILE).read_text())
     assert failure["error"] == "FileNotFoundError: data/toy/carafe.npz"
@@ -152,7 +152,7 @@ def test_grid_where_no_run_finished_writes_no_table_and_exits_non_zero(tmp_path,
         raise RuntimeError(f"no data for {cfg.upsampler.name}")
 
     monkeypatch.setattr(uplab.train, "train", broken)
-    code = rt.main(["--table", write_table(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress"])
+    code = rt.main(["--table", write_table(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress", "--jobs", "1"])
     assert code == 1
     assert not (tmp_path / "out").exists()
     err = capsys.readouterr().err
@@ -171,7 +171,7 @@ def test_diverged_run_is_reported_as_diverged_and_fails_the_command(tmp_path, mo
         (run_dir / "results.json").write_text(json.dumps(record))
 
     monkeypatch.setattr(uplab.train, "train", diverging)
-    code = rt.main(["--table", write_table(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress", "--no-figures"])
+    code = rt.main(["--table", write_table(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress", "--no-figures", "--jobs", "1"])
     assert code == 1
     assert "diverged: segmentation · carafe · seed 0: step 2, last finite loss 1.7" in capsys.readouterr().err
     assert "| carafe | diverged |  | diverged |" in (tmp_path / "out/tables/tiny.md").read_text()
