@@ -42,7 +42,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -280,12 +280,14 @@ def run_outcome(run: Run, status: str, metric: str | None) -> str:
 
 
 def timed_train(train: Callable[[Run], str], run: Run) -> tuple[str, float]:
-    """``train(run)`` and its wall time in seconds; a run the grid was stopped before is not
-    started (``cancelled``)."""
+    """``train(run)`` and its wall time in seconds, without the run's own report on standard
+    output (its record holds the same; the grid prints one line per run); a run the grid was
+    stopped before is not started (``cancelled``)."""
     if _STOP is not None and _STOP.is_set():
         return "cancelled", 0.0
     start = time.perf_counter()
-    status = train(run)
+    with open(os.devnull, "w") as quiet, redirect_stdout(quiet):
+        status = train(run)
     return status, time.perf_counter() - start
 
 
@@ -949,7 +951,7 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def load_step_times(path: Path = STEP_TIMES) -> dict:
+def load_step_times(path: Path) -> dict:
     """``reference/step_times.yaml``: per table, measured seconds per training step (one value,
     or one per row) with the device and the measurement's source."""
     import yaml
@@ -1115,7 +1117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(err))
         return 0
     if args.dry_run:
-        print(dry_run(spec, runs, args.results_dir, load_step_times()))
+        print(dry_run(spec, runs, args.results_dir, load_step_times(STEP_TIMES)))
         return 0
     missing = missing_experiments(runs)
     if missing and not args.render_only:
