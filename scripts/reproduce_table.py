@@ -1,20 +1,25 @@
 """Reproduce a results table: run its grid of training runs, then write the table.
 
 ``make reproduce-table`` (``TABLE=toy``, the default) trains the toy grid (conf/table/toy.yaml:
-the four toy tasks x the papers' upsampler rows x seeds) in this process, one Hydra-composed run
-after another under a progress bar over the whole grid, and writes the table
+the four toy tasks x the papers' upsampler rows x seeds), one Hydra-composed run per worker
+process (``--jobs auto``: one worker per core, each on one thread, for CPU runs, which measured
+faster than one run at a time on all cores: docs/benchmarks.md; one at a time in this process for
+GPU runs or ``--jobs 1``), printing one line per finished run with the time left, and writes the table
 (``<table>.{md,csv,tex}``), its timing, the cost table and the figures under the git-ignored
 ``outputs/results/{tables,figures}/``. The committed copies in ``results/`` change only through
 ``make publish-tables`` (``--publish``). ``TABLE=quick`` is a three-minute subset;
 ``TABLE=paper-*`` are the real-data grids of the papers' experiment configs, rendered beside the
-published numbers.
+published numbers. ``--dry-run`` (``make reproduce-table DRY_RUN=1``) prints the plan instead:
+the runs, which are done, their schedules, the datasets on disk, checkpoint sizes and GPU-hours
+where a step time was measured (reference/step_times.yaml).
 
 Each run lives in ``<runs-dir>/<table>/<task>/<row>/seed<seed>``. A re-run skips every run whose
 ``results.json`` is complete and whose overrides (``run.json``) match the table's, and redoes the
 others (an interrupted grid resumes; a changed schedule reruns). A run that raises is recorded in
 ``failed.json``; every run that did not finish is printed with its root cause in one line, shown
 as such in the table, and makes the command exit with status 1. With no finished run at all, no
-table is written.
+table is written. Ctrl-C stops the grid: no new run starts, the runs in progress are recorded as
+interrupted, and the command exits with status 130; run it again to resume.
 
 ``--launcher submitit-local`` and ``--launcher slurm`` run the grid as submitit jobs (one per
 run, each in its own process; ``slurm`` submits them to the cluster and waits). A job that is
@@ -24,6 +29,8 @@ preempted or about to time out (submitit's signal) checkpoints and is requeued w
 Examples::
 
     python scripts/reproduce_table.py --table toy
+    python scripts/reproduce_table.py --table toy --jobs 1            # one run at a time on all cores
+    python scripts/reproduce_table.py --table paper-segformer --dry-run   # runs, disk, GPU-hours
     python scripts/reproduce_table.py --table quick --publish          # copy outputs/results -> results/
     python scripts/reproduce_table.py --table paper-segformer --launcher slurm --slurm-partition gpu
     python scripts/reproduce_table.py --table toy --render-only     # tables from existing runs
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -349,10 +357,12 @@ def run_in_workers(
             run = futures[future]
             try:
                 status, seconds = future.result()
+            except SystemExit:  # the worker was sent SIGTERM: the run recorded itself as interrupted
+                status, seconds = rec.record_row(run.run_dir)["status"], math.nan
             except Exception as err:  # noqa: BLE001  the worker died outside train_run (killed, out of memory)
                 run.run_dir.mkdir(parents=True, exist_ok=True)
                 rec.write_failure(run.run_dir, err, f"worker process of the grid: {traceback.format_exc()}")
-                status, seconds = "failed", float("nan")
+                status, seconds = "failed", math.nan
             yield run, status, seconds
     except BaseException:
         stop.set()
@@ -404,7 +414,7 @@ def run_local(
             counts[status] = counts.get(status, 0) + 1
             seconds_so_far.append(seconds)
             if progress:
-                measured = [s for s in seconds_so_far if s == s] or [0.0]
+                measured = [s for s in seconds_so_far if math.isfinite(s)] or [0.0]
                 outcome = run_outcome(run, status, (metrics or {}).get(run.task))
                 print(
                     progress_line(len(seconds_so_far), len(todo), run, outcome, seconds,
@@ -730,12 +740,16 @@ def machine() -> str:
     return f"{cores} CPU cores ({model})"
 
 
-def write_timing(path: Path, table: str, counts: dict[str, int], seconds: float, launcher: str = "local") -> Path:
+def write_timing(
+    path: Path, table: str, counts: dict[str, int], seconds: float, launcher: str = "local", jobs: int = 1
+) -> Path:
     """``<tables dir>/<table>.timing.md``: how long the whole command took (grid, tables,
-    figures, cost table), on what machine."""
+    figures, cost table), on what machine, with how many runs at a time (``jobs``)."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    command = f"TABLE={table}" + ("" if launcher == "local" else f" LAUNCHER={launcher}") + (
+        f" JOBS={jobs}" if launcher == "local" else "")
     path.write_text(
-        f"`make reproduce-table TABLE={table}{'' if launcher == 'local' else f' LAUNCHER={launcher}'}`: "
+        f"`make reproduce-table {command}`: "
         f"{counts.get('finished', 0)} runs trained, "
         f"{counts.get('skipped', 0)} skipped as complete, "
         f"{sum(n for k, n in counts.items() if k not in ('skipped', 'finished'))} not finished, in "
@@ -1038,7 +1052,8 @@ def dry_run(spec: DictConfig, runs: Sequence[Run], results_dir: Path, step_times
                 f"time; {entry.get('device', 'device not named')}; {entry.get('source', 'source not named')})"
             )
         if not_measured:
-            rows = "" if entry is None else f" of row {', '.join(sorted(not_measured))}"
+            plural = "s" if len(not_measured) > 1 else ""
+            rows = "" if entry is None else f" of row{plural} {', '.join(sorted(not_measured))}"
             lines.append(f"GPU-hours: not measured (no step time for {table}{rows})")
         if no_steps:
             lines.append(f"GPU-hours: not counted for {', '.join(sorted(no_steps))} (epochs of the dataset: "
@@ -1129,9 +1144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     tables_dir = args.results_dir / "tables"
     if not args.render_only:
         try:
+            jobs = 1
             if args.launcher == "local":
                 metrics = {str(t): str(s.metrics[0]) for t, s in spec.tasks.items()}
-                counts = run_local(runs, not args.no_progress, args.jobs, metrics)
+                jobs = resolve_jobs(args.jobs, [r for r in runs if not is_done(r)])
+                counts = run_local(runs, not args.no_progress, jobs, metrics)
             else:
                 folder = args.runs_dir / spec.name / ".submitit"
                 counts = run_submitit(runs, args.launcher, folder, args.slurm_partition, args.timeout_min)
@@ -1157,7 +1174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("cost table: %s", write_cost_table(tables_dir, force=args.recount_cost))
     log.info("total %.0f s", time.perf_counter() - start)
     if not args.render_only and counts["skipped"] < len(runs):
-        write_timing(tables_dir / f"{spec.name}.timing.md", spec.name, counts, time.perf_counter() - start, args.launcher)
+        write_timing(tables_dir / f"{spec.name}.timing.md", spec.name, counts, time.perf_counter() - start,
+                     args.launcher, jobs)
     if unfinished:
         report_unfinished(unfinished)
         print(f"{len(unfinished)} of {len(runs)} runs of table {spec.name} did not finish (shown as such in "
