@@ -197,6 +197,7 @@ def train_run(run: Run, resume: bool = False) -> str:
     ``KeyboardInterrupt`` propagates: the grid stops and resumes later."""
     from uplab.train import train
 
+    quiet_training_logs()
     run.run_dir.mkdir(parents=True, exist_ok=True)
     rec.clear_failure(run.run_dir)
     rec.write_run_key(
@@ -216,7 +217,7 @@ def train_run(run: Run, resume: bool = False) -> str:
 
 
 def quiet_training_logs() -> None:
-    """One progress bar over the grid instead of Lightning's chatter for every run."""
+    """One progress line per run of the grid instead of Lightning's chatter for every run."""
     import pytorch_lightning  # noqa: F401  its import sets its loggers to INFO: quiet them after
 
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "uplab.train"):
@@ -258,7 +259,10 @@ def resolve_jobs(jobs: str, todo: Sequence[Run]) -> int:
 
 
 def format_duration(seconds: float) -> str:
-    """``12.3 s`` under a minute, ``4 min 10 s`` under an hour, ``2 h 05 min`` above."""
+    """``12.3 s`` under a minute, ``4 min 10 s`` under an hour, ``2 h 05 min`` above; ``? s``
+    for a run whose time is unknown (its worker died)."""
+    if not math.isfinite(seconds):
+        return "? s"
     if seconds < 60:
         return f"{seconds:.1f} s"
     whole = round(seconds)
@@ -314,7 +318,6 @@ def init_worker(threads: int, stop) -> None:
     _STOP = stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
-    quiet_training_logs()
 
 
 @contextmanager
@@ -359,9 +362,11 @@ def run_in_workers(
                 status, seconds = future.result()
             except SystemExit:  # the worker was sent SIGTERM: the run recorded itself as interrupted
                 status, seconds = rec.record_row(run.run_dir)["status"], math.nan
-            except Exception as err:  # noqa: BLE001  the worker died outside train_run (killed, out of memory)
+            except Exception as err:  # noqa: BLE001  raised outside train_run, or the worker died (killed, out of memory)
+                remote = err.__cause__  # the worker's traceback, as text
+                err.__cause__ = None
                 run.run_dir.mkdir(parents=True, exist_ok=True)
-                rec.write_failure(run.run_dir, err, f"worker process of the grid: {traceback.format_exc()}")
+                rec.write_failure(run.run_dir, err, f"in a worker process of the grid: {remote or traceback.format_exc()}")
                 status, seconds = "failed", math.nan
             yield run, status, seconds
     except BaseException:
@@ -404,7 +409,6 @@ def run_local(
         threads = usable_cores() // n_jobs if n_jobs > 1 else torch_threads()
         print(f"training {len(todo)} runs: {n_jobs} at a time, {max(1, threads)} threads each", file=sys.stderr)
     if n_jobs == 1:
-        quiet_training_logs()
         finished = ((run, *timed_train(train, run)) for run in todo)
     else:
         finished = run_in_workers(todo, n_jobs, train)
@@ -441,7 +445,6 @@ class TableJob:
         self.run, self.resume = run, resume
 
     def __call__(self) -> str:
-        quiet_training_logs()
         return train_run(self.run, self.resume)
 
     def checkpoint(self, *args, **kwargs):
