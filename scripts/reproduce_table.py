@@ -349,6 +349,10 @@ def run_in_workers(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    # spawned workers unpickle this module's functions by name, with this process's sys.path
+    # (where this script's folder is missing when it was imported from elsewhere, e.g. by a test)
+    if str(Path(__file__).resolve().parent) not in sys.path:
+        sys.path.append(str(Path(__file__).resolve().parent))
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     threads = max(1, usable_cores() // jobs)

@@ -270,7 +270,8 @@ def test_current_committed_cost_table_is_used_not_recounted(tmp_path, monkeypatc
 @pytest.mark.slow
 def test_tiny_grid_end_to_end_then_resume_trains_nothing(tmp_path, monkeypatch):
     table = write_table(tmp_path)
-    args = ["--table", table, "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress"]
+    # one run at a time in this process; worker processes: test_two_worker_processes_... (cheaper)
+    args = ["--table", table, "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress", "--jobs", "1"]
     assert rt.main(args) == 0
     runs_dir = tmp_path / "runs" / "tiny" / "segmentation"
     for row in ("bilinear", "carafe"):
@@ -412,8 +413,7 @@ def test_two_worker_processes_train_the_runs_to_do_record_a_failure_and_skip_com
     import importlib
 
     (tmp_path / "fake_training.py").write_text(f"FIXTURE = {str(FIXTURE / 'segmentation/fade/seed0')!r}\n{FAKE_TRAINING}")
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # the workers import the script and the fake by name
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))  # the workers import the fake by name
     fake = importlib.import_module("fake_training")
     request.addfinalizer(lambda: sys.modules.pop("fake_training", None))
     table = dict(TINY, tasks={"segmentation": dict(TINY["tasks"]["segmentation"], rows=["bilinear", "carafe", "fade", "sapa_g"])})
