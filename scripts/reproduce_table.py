@@ -410,8 +410,9 @@ def run_local(
     if counts["skipped"] and progress:
         print(f"resuming: {counts['skipped']} of {len(runs)} runs are complete and skipped", file=sys.stderr)
     if todo and progress:
-        threads = usable_cores() // n_jobs if n_jobs > 1 else torch_threads()
-        print(f"training {len(todo)} runs: {n_jobs} at a time, {max(1, threads)} threads each", file=sys.stderr)
+        threads = max(1, usable_cores() // n_jobs) if n_jobs > 1 else torch_threads()
+        print(f"training {len(todo)} runs: {n_jobs} at a time, {threads} thread{'s' * (threads > 1)} each",
+              file=sys.stderr)
     if n_jobs == 1:
         finished = ((run, *timed_train(train, run)) for run in todo)
     else:
@@ -1069,7 +1070,7 @@ def dry_run(spec: DictConfig, runs: Sequence[Run], results_dir: Path, step_times
         pace = measured_cpu_time(table, results_dir)
         lines.append("GPU-hours: none (CPU runs)")
         lines.append(
-            f"time: about {pace[0] * n_todo:.0f} min for the {n_todo} runs to do at the last measured grid's "
+            f"time: about {format_duration(pace[0] * 60 * n_todo)} for the {n_todo} runs to do at the last measured grid's "
             f"pace ({pace[1]})" if pace else f"time: not measured (no {table}.timing.md)"
         )
     return "\n".join(lines)

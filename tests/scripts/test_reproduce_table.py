@@ -489,7 +489,7 @@ def test_dry_run_of_a_cpu_table_estimates_its_time_from_the_last_measured_grid(t
     (tmp_path / "out/tables/tiny.timing.md").write_text("`make reproduce-table TABLE=tiny`: 10 runs trained, 0 skipped as complete, 0 not finished, in 15.0 min on a test machine.\n")
     out = rt.dry_run(rt.load_table(write_table(tmp_path)), runs, tmp_path / "out", {})
     assert "GPU-hours: none (CPU runs)" in out
-    assert "time: about 3 min for the 2 runs to do" in out  # 15 min / 10 runs × 2
+    assert "time: about 3 min 0 s for the 2 runs to do" in out  # 15 min / 10 runs × 2
     assert "1 epochs × 1 batches × batch 2, no checkpoint (checkpointing off)" in out
 
 
