@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 TABLE  ?= toy
 SWEEP  ?= toy_seg_upsampler
 # LAUNCHER=slurm runs a table's grid as submitit jobs on a SLURM cluster (submitit-local: the
-# same jobs as processes on this machine)
+# same jobs as processes on this machine). JOBS=n trains n runs at once in worker processes
+# (default auto: one per core for CPU runs). DRY_RUN=1 prints the plan (runs, disk, GPU-hours).
 
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
@@ -37,7 +38,7 @@ lint: setup
 
 # writes under outputs/ (git-ignored); exits 1 when a run of the table did not finish
 reproduce-table: setup
-	$(PY) scripts/reproduce_table.py --table $(TABLE) $(if $(LAUNCHER),--launcher $(LAUNCHER))
+	$(PY) scripts/reproduce_table.py --table $(TABLE) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(JOBS),--jobs $(JOBS)) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
 
 # copies the table, its figures and a recounted cost table from outputs/results/ to results/
 publish-tables: setup

@@ -1,20 +1,25 @@
 """Reproduce a results table: run its grid of training runs, then write the table.
 
 ``make reproduce-table`` (``TABLE=toy``, the default) trains the toy grid (conf/table/toy.yaml:
-the four toy tasks x the papers' upsampler rows x seeds) in this process, one Hydra-composed run
-after another under a progress bar over the whole grid, and writes the table
+the four toy tasks x the papers' upsampler rows x seeds), one Hydra-composed run per worker
+process (``--jobs auto``: one worker per core, each on one thread, for CPU runs, which measured
+faster than one run at a time on all cores: docs/benchmarks.md; one at a time in this process for
+GPU runs or ``--jobs 1``), printing one line per finished run with the time left, and writes the table
 (``<table>.{md,csv,tex}``), its timing, the cost table and the figures under the git-ignored
 ``outputs/results/{tables,figures}/``. The committed copies in ``results/`` change only through
 ``make publish-tables`` (``--publish``). ``TABLE=quick`` is a three-minute subset;
 ``TABLE=paper-*`` are the real-data grids of the papers' experiment configs, rendered beside the
-published numbers.
+published numbers. ``--dry-run`` (``make reproduce-table DRY_RUN=1``) prints the plan instead:
+the runs, which are done, their schedules, the datasets on disk, checkpoint sizes and GPU-hours
+where a step time was measured (reference/step_times.yaml).
 
 Each run lives in ``<runs-dir>/<table>/<task>/<row>/seed<seed>``. A re-run skips every run whose
 ``results.json`` is complete and whose overrides (``run.json``) match the table's, and redoes the
 others (an interrupted grid resumes; a changed schedule reruns). A run that raises is recorded in
 ``failed.json``; every run that did not finish is printed with its root cause in one line, shown
 as such in the table, and makes the command exit with status 1. With no finished run at all, no
-table is written.
+table is written. Ctrl-C stops the grid: no new run starts, the runs in progress are recorded as
+interrupted, and the command exits with status 130; run it again to resume.
 
 ``--launcher submitit-local`` and ``--launcher slurm`` run the grid as submitit jobs (one per
 run, each in its own process; ``slurm`` submits them to the cluster and waits). A job that is
@@ -24,6 +29,8 @@ preempted or about to time out (submitit's signal) checkpoints and is requeued w
 Examples::
 
     python scripts/reproduce_table.py --table toy
+    python scripts/reproduce_table.py --table toy --jobs 1            # one run at a time on all cores
+    python scripts/reproduce_table.py --table paper-segformer --dry-run   # runs, disk, GPU-hours
     python scripts/reproduce_table.py --table quick --publish          # copy outputs/results -> results/
     python scripts/reproduce_table.py --table paper-segformer --launcher slurm --slurm-partition gpu
     python scripts/reproduce_table.py --table toy --render-only     # tables from existing runs
@@ -35,13 +42,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,6 +198,7 @@ def train_run(run: Run, resume: bool = False) -> str:
     ``KeyboardInterrupt`` propagates: the grid stops and resumes later."""
     from uplab.train import train
 
+    quiet_training_logs()
     run.run_dir.mkdir(parents=True, exist_ok=True)
     rec.clear_failure(run.run_dir)
     rec.write_run_key(
@@ -207,26 +217,34 @@ def train_run(run: Run, resume: bool = False) -> str:
     return rec.record_row(run.run_dir)["status"]
 
 
-def train_shared_backbones(table: str, stages: Sequence[shared_backbone.BackboneRun]) -> list[str]:
+def train_shared_backbones(
+    table: str, stages: Sequence[shared_backbone.BackboneRun], jobs: str | int = 1, progress: bool = True
+) -> list[str]:
     """Stage 0 of a table with a ``shared_backbone`` section (:func:`uplab.shared_backbone.plan`):
-    train each task's backbone that is not there yet, in this process; returns one line per
-    task whose backbone could not be trained (its rows cannot run)."""
-    quiet_training_logs()
-    failed = []
-    for stage in stages:
-        run = Run(table=f"{table}-backbones", task=stage.task, row="shared backbone", seed=stage.seed,
-                  overrides=stage.overrides, run_dir=stage.run_dir)
-        if is_done(run) and stage.checkpoint.is_file():
-            continue
-        log.info("stage 0: training the shared backbone of %s (%s)", stage.task, stage.run_dir)
-        status = train_run(run)
-        if status != "finished" or not stage.checkpoint.is_file():
-            failed.append(f"{status}: shared backbone of {stage.task}: {rec.record_row(run.run_dir)['error']}")
-    return failed
+    train each task's backbone that is not there yet, ``jobs`` at a time as the grid's runs
+    (:func:`run_local`); returns one line per task whose backbone could not be trained (its rows
+    cannot run)."""
+    runs = [
+        Run(table=f"{table}-backbones", task=stage.task, row="shared backbone", seed=stage.seed,
+            overrides=stage.overrides, run_dir=stage.run_dir)
+        for stage in stages
+    ]
+    for run, stage in zip(runs, stages, strict=True):
+        if is_done(run) and not stage.checkpoint.is_file():  # a record without its backbone: redo
+            (run.run_dir / rec.RESULTS_FILE).unlink()
+    if any(not is_done(r) for r in runs):
+        log.info("stage 0: training the shared backbones of %s", ", ".join(r.task for r in runs if not is_done(r)))
+        run_local(runs, progress, jobs)
+    return [
+        f"{rec.record_row(run.run_dir)['status']}: shared backbone of {stage.task}: "
+        f"{rec.record_row(run.run_dir)['error']}"
+        for run, stage in zip(runs, stages, strict=True)
+        if not (is_done(run) and stage.checkpoint.is_file())
+    ]
 
 
 def quiet_training_logs() -> None:
-    """One progress bar over the grid instead of Lightning's chatter for every run."""
+    """One progress line per run of the grid instead of Lightning's chatter for every run."""
     import pytorch_lightning  # noqa: F401  its import sets its loggers to INFO: quiet them after
 
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "uplab.train"):
@@ -237,40 +255,216 @@ def quiet_training_logs() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, message="boxes doesn't contain any box")
 
 
-def run_local(runs: Sequence[Run], progress: bool = True) -> dict[str, int]:
-    """Train the runs that are not complete, one after another, with a progress bar; returns
-    counts of ``skipped``, ``finished``, ``failed`` and of any other status a run ended with."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+# Measured on this project's 2-core machine (docs/benchmarks.md, "Table runner"): the toy grid's
+# runs in one worker process per core, each on one thread, finish sooner than the same runs one
+# after another on all cores. `--jobs auto` therefore uses one worker per core for CPU runs.
+PARALLEL_RUNS_ARE_FASTER = True
 
-    quiet_training_logs()
-    counts = {"skipped": 0, "finished": 0, "failed": 0}
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def runs_on_gpu(run: Run) -> bool:
+    """Whether the run's trainer asks for a GPU (one GPU is not shared by parallel runs)."""
+    return str(compose_run(run).trainer.get("accelerator", "cpu")) in ("gpu", "cuda")
+
+
+def resolve_jobs(jobs: str, todo: Sequence[Run]) -> int:
+    """The number of worker processes for ``--jobs``: a positive number as given, or ``auto``:
+    one per core for CPU runs when that measured faster (:data:`PARALLEL_RUNS_ARE_FASTER`), one
+    for GPU runs; never more than the runs to do."""
+    if jobs == "auto":
+        parallel = PARALLEL_RUNS_ARE_FASTER and bool(todo) and not runs_on_gpu(todo[0])
+        n = usable_cores() if parallel else 1
+    elif jobs.isdigit() and int(jobs) > 0:
+        n = int(jobs)
+    else:
+        raise ValueError(f"--jobs: expected a positive number of worker processes or 'auto', got {jobs!r}")
+    return max(1, min(n, len(todo)))
+
+
+def format_duration(seconds: float) -> str:
+    """``12.3 s`` under a minute, ``4 min 10 s`` under an hour, ``2 h 05 min`` above; ``? s``
+    for a run whose time is unknown (its worker died)."""
+    if not math.isfinite(seconds):
+        return "? s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def progress_line(
+    done: int, total: int, run: Run, outcome: str, seconds: float, mean_seconds: float, jobs: int
+) -> str:
+    """One finished run: ``[k/N] task · row · seed s  <outcome>  12.3 s  ~ 4 min 10 s left``;
+    the time left is the mean run time so far × the runs left / the parallel jobs."""
+    left = mean_seconds * (total - done) / jobs
+    tail = f"  ~ {format_duration(left)} left" if done < total else ""
+    return f"[{done}/{total}] {run.label}  {outcome}  {format_duration(seconds)}{tail}"
+
+
+def run_outcome(run: Run, status: str, metric: str | None) -> str:
+    """What a finished run shows in its progress line: its final ``metric``, or its status and
+    one-line reason."""
+    row = rec.record_row(run.run_dir)
+    if status != "finished":
+        return f"{status}: {row['error']}"
+    value = row.get(f"final/{metric}") if metric else None
+    return f"{metric} {value:.4g}" if isinstance(value, int | float) else status
+
+
+def timed_train(train: Callable[[Run], str], run: Run) -> tuple[str, float]:
+    """``train(run)`` and its wall time in seconds, without the run's own report on standard
+    output (its record holds the same; the grid prints one line per run); a run the grid was
+    stopped before is not started (``cancelled``)."""
+    if _STOP is not None and _STOP.is_set():
+        return "cancelled", 0.0
+    start = time.perf_counter()
+    with open(os.devnull, "w") as quiet, redirect_stdout(quiet):
+        status = train(run)
+    return status, time.perf_counter() - start
+
+
+_STOP = None  # in a worker process: the grid's stop event (init_worker)
+
+
+def init_worker(threads: int, stop) -> None:
+    """A worker process of the grid: Ctrl-C goes to the parent, which stops the workers (so a
+    run in progress is recorded as interrupted, not torn mid-write), and torch runs on
+    ``threads`` threads (OMP_NUM_THREADS was set before torch loaded: :func:`thread_environment`)."""
+    import signal
+
+    import torch
+
+    global _STOP
+    _STOP = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+
+
+@contextmanager
+def thread_environment(threads: int):
+    """OMP_NUM_THREADS and MKL_NUM_THREADS set to ``threads`` while the worker processes start
+    (they inherit the environment and read it when torch loads), restored after."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(threads) for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_in_workers(
+    todo: Sequence[Run], jobs: int, train: Callable[[Run], str]
+) -> Iterator[tuple[Run, str, float]]:
+    """Train the runs in ``jobs`` worker processes (spawned: no state of this process is
+    inherited), each on ``cores // jobs`` threads; yields ``(run, status, seconds)`` as they
+    finish. A run's directory belongs to the one worker training it, and its records are written
+    atomically, so a grid stopped at any point resumes. On Ctrl-C no new run starts, the workers
+    are sent SIGTERM (Lightning ends a run in progress after its current batch and it is recorded
+    as ``interrupted``), and ``KeyboardInterrupt`` propagates once they exited."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawned workers unpickle this module's functions by name, with this process's sys.path
+    # (where this script's folder is missing when it was imported from elsewhere, e.g. by a test)
+    if str(Path(__file__).resolve().parent) not in sys.path:
+        sys.path.append(str(Path(__file__).resolve().parent))
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    threads = max(1, usable_cores() // jobs)
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=init_worker, initargs=(threads, stop))
+    try:
+        with thread_environment(threads):  # workers start as runs are submitted
+            futures = {pool.submit(timed_train, train, run): run for run in todo}
+        for future in as_completed(futures):
+            run = futures[future]
+            try:
+                status, seconds = future.result()
+            except SystemExit:  # the worker was sent SIGTERM: the run recorded itself as interrupted
+                status, seconds = rec.record_row(run.run_dir)["status"], math.nan
+            except Exception as err:  # noqa: BLE001  raised outside train_run, or the worker died (killed, out of memory)
+                remote = err.__cause__  # the worker's traceback, as text
+                err.__cause__ = None
+                run.run_dir.mkdir(parents=True, exist_ok=True)
+                rec.write_failure(run.run_dir, err, f"in a worker process of the grid: {remote or traceback.format_exc()}")
+                status, seconds = "failed", math.nan
+            yield run, status, seconds
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in multiprocessing.active_children():
+            worker.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def run_local(
+    runs: Sequence[Run],
+    progress: bool = True,
+    jobs: str | int = 1,
+    metrics: Mapping[str, str] | None = None,
+    train: Callable[[Run], str] | None = None,
+) -> dict[str, int]:
+    """Train the runs that are not complete, in this process (``jobs`` 1) or in worker
+    processes (:func:`run_in_workers`), printing one line per finished run with the time left;
+    returns counts of ``skipped``, ``finished``, ``failed`` and of any other status a run ended
+    with.
+
+    Args:
+        runs: the grid (:func:`plan_runs`).
+        progress: print the progress lines (standard error).
+        jobs: worker processes, or ``auto`` (:func:`resolve_jobs`).
+        metrics: per task, the metric a finished run shows in its progress line.
+        train: trains one run and returns its status (:func:`train_run`); with worker processes
+            it must be importable by name (the workers are spawned).
+    """
+    train = train or train_run
     todo = [r for r in runs if not is_done(r)]
-    counts["skipped"] = len(runs) - len(todo)
-    console = Console(stderr=True)
-    if counts["skipped"]:
-        console.print(f"resuming: {counts['skipped']} of {len(runs)} runs are complete and skipped")
-    columns = (
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("not finished: {task.fields[failed]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, disable=not progress) as bar:
-        grid = bar.add_task("grid", total=len(todo), failed=0)
-        for run in todo:
-            bar.update(grid, description=run.label)
-            status = train_run(run)
+    counts = {"skipped": len(runs) - len(todo), "finished": 0, "failed": 0}
+    n_jobs = resolve_jobs(str(jobs), todo)
+    if counts["skipped"] and progress:
+        print(f"resuming: {counts['skipped']} of {len(runs)} runs are complete and skipped", file=sys.stderr)
+    if todo and progress:
+        threads = max(1, usable_cores() // n_jobs) if n_jobs > 1 else torch_threads()
+        print(f"training {len(todo)} runs: {n_jobs} at a time, {threads} thread{'s' * (threads > 1)} each",
+              file=sys.stderr)
+    if n_jobs == 1:
+        finished = ((run, *timed_train(train, run)) for run in todo)
+    else:
+        finished = run_in_workers(todo, n_jobs, train)
+    seconds_so_far = []
+    with closing(finished):  # on Ctrl-C, the workers stop before this returns
+        for run, status, seconds in finished:
             counts[status] = counts.get(status, 0) + 1
-            if status != "finished":
-                console.print(f"[red]{status}[/red] {run.label}: {rec.record_row(run.run_dir)['error']}", soft_wrap=True)
-            bar.update(grid, advance=1, failed=sum(n for k, n in counts.items() if k not in ("skipped", "finished")))
+            seconds_so_far.append(seconds)
+            if progress:
+                measured = [s for s in seconds_so_far if math.isfinite(s)] or [0.0]
+                outcome = run_outcome(run, status, (metrics or {}).get(run.task))
+                print(
+                    progress_line(len(seconds_so_far), len(todo), run, outcome, seconds,
+                                  sum(measured) / len(measured), n_jobs),
+                    file=sys.stderr, flush=True,
+                )
     return counts
+
+
+def torch_threads() -> int:
+    """The threads torch uses in this process."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 class TableJob:
@@ -283,7 +477,6 @@ class TableJob:
         self.run, self.resume = run, resume
 
     def __call__(self) -> str:
-        quiet_training_logs()
         return train_run(self.run, self.resume)
 
     def checkpoint(self, *args, **kwargs):
@@ -587,12 +780,16 @@ def machine() -> str:
     return f"{cores} CPU cores ({model})"
 
 
-def write_timing(path: Path, table: str, counts: dict[str, int], seconds: float, launcher: str = "local") -> Path:
+def write_timing(
+    path: Path, table: str, counts: dict[str, int], seconds: float, launcher: str = "local", jobs: int = 1
+) -> Path:
     """``<tables dir>/<table>.timing.md``: how long the whole command took (grid, tables,
-    figures, cost table), on what machine."""
+    figures, cost table), on what machine, with how many runs at a time (``jobs``)."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    command = f"TABLE={table}" + ("" if launcher == "local" else f" LAUNCHER={launcher}") + (
+        f" JOBS={jobs}" if launcher == "local" else "")
     path.write_text(
-        f"`make reproduce-table TABLE={table}{'' if launcher == 'local' else f' LAUNCHER={launcher}'}`: "
+        f"`make reproduce-table {command}`: "
         f"{counts.get('finished', 0)} runs trained, "
         f"{counts.get('skipped', 0)} skipped as complete, "
         f"{sum(n for k, n in counts.items() if k not in ('skipped', 'finished'))} not finished, in "
@@ -700,10 +897,228 @@ def publish(
     return written
 
 
+STEP_TIMES = ROOT / "reference" / "step_times.yaml"
+# optimizer state kept per parameter, in parameters (Adam's two moments, SGD's momentum buffer)
+OPTIMIZER_STATE = {"Adam": 2, "AdamW": 2, "SGD": 1}
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """What one run of the grid takes, from its composed config (:func:`run_cost`).
+
+    Attributes:
+        schedule: its length as configured (``160000 steps × batch 16``).
+        steps: optimizer steps, where the config fixes them (``max_steps``, or epochs of
+            ``limit_train_batches`` batches), else ``None`` (epochs of a dataset's length).
+        gpu: whether the trainer asks for a GPU.
+        data_root: the dataset's directory.
+        generated_data: whether the data is the toy suite's, generated on first use.
+        checkpoint_bytes: the size of its ``last.ckpt`` (float32 parameters and optimizer state),
+            0 where the run writes no checkpoint, ``None`` where it could not be counted.
+        checkpoint_note: how the size was counted, or why not.
+    """
+
+    schedule: str
+    steps: int | None
+    gpu: bool
+    data_root: Path
+    generated_data: bool
+    checkpoint_bytes: int | None
+    checkpoint_note: str
+
+
+def schedule_of(cfg: DictConfig) -> tuple[str, int | None]:
+    """A run's schedule in words and its number of optimizer steps (``None`` where it is a
+    number of epochs over the whole dataset)."""
+    trainer, batch = cfg.trainer, cfg.data.get("batch_size")
+    max_steps = int(trainer.get("max_steps", -1) or -1)
+    if max_steps > 0:
+        return f"{max_steps} steps × batch {batch}", max_steps
+    epochs, batches = int(trainer.get("max_epochs", 1)), trainer.get("limit_train_batches")
+    if isinstance(batches, int) and not isinstance(batches, bool):
+        return f"{epochs} epochs × {batches} batches × batch {batch}", epochs * batches
+    return f"{epochs} epochs × batch {batch} (steps per epoch: the dataset's size / {batch})", None
+
+
+def optimizer_state_per_param(optimizer: DictConfig) -> tuple[str, int | None]:
+    """The optimizer a task config names (inside ``uplab.tasks.optim.param_groups`` too) and how
+    many values of state it keeps per parameter (:data:`OPTIMIZER_STATE`; ``None`` if unknown)."""
+    target = optimizer.get("optimizer", optimizer)._target_
+    name = str(target).rsplit(".", 1)[-1]
+    per_param = OPTIMIZER_STATE.get(name)
+    if name == "SGD" and not float(optimizer.get("optimizer", optimizer).get("momentum", 0) or 0):
+        per_param = 0
+    return name, per_param
+
+
+def writes_checkpoint(cfg: DictConfig) -> bool:
+    return cfg.get("callbacks", {}).get("model_checkpoint") is not None and bool(
+        cfg.trainer.get("enable_checkpointing", True)
+    )
+
+
+def checkpoint_size(spec: DictConfig, run: Run, cfg: DictConfig) -> tuple[int | None, str]:
+    """``last.ckpt``'s size: parameters × 4 bytes × (1 + the optimizer's state per parameter),
+    the model built with its parameters on the meta device (:func:`uplab.analysis.cost.build_model`,
+    no memory, no weights loaded). A paper table's model takes the dataset's attributes from
+    :data:`uplab.analysis.cost.PAPER_MODELS`; other tables write no checkpoint."""
+    from uplab.analysis.cost import PAPER_MODELS, build_model
+
+    if not writes_checkpoint(cfg):
+        return 0, "no checkpoint (checkpointing off)"
+    name, per_param = optimizer_state_per_param(cfg.task.optimizer)
+    setting = PAPER_MODELS.get(str(spec.get("model")))
+    if setting is None or per_param is None:
+        why = f"optimizer {name} not in OPTIMIZER_STATE" if per_param is None else "no paper model to count"
+        return None, f"checkpoint not estimated ({why})"
+    weightless = Run(run.table, run.task, run.row, run.seed, (*run.overrides, *setting.no_weights), run.run_dir)
+    model = build_model(compose_run(weightless), setting.data, empty=True)
+    params = sum(p.numel() for p in model.parameters())
+    return params * 4 * (1 + per_param), f"{params / 1e6:.1f} M params × 4 B × (1 + {per_param} of {name}'s state)"
+
+
+def run_cost(spec: DictConfig, run: Run) -> RunCost:
+    """What ``run`` takes (:class:`RunCost`), from its composed config."""
+    cfg = compose_run(run)
+    schedule, steps = schedule_of(cfg)
+    size, note = checkpoint_size(spec, run, cfg)
+    gpu = str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda")
+    return RunCost(schedule, steps, gpu, Path(str(cfg.data.root)), cfg.data.get("toy") is not None, size, note)
+
+
+def disk_usage(path: Path) -> int | None:
+    """Bytes of the files under ``path`` (``du``), or None when it does not exist."""
+    if not path.exists():
+        return None
+    if path.is_file():
+        return path.stat().st_size
+    return sum(
+        (Path(d) / f).stat().st_size for d, _, files in os.walk(path) for f in files if not (Path(d) / f).is_symlink()
+    )
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def load_step_times(path: Path) -> dict:
+    """``reference/step_times.yaml``: per table, measured seconds per training step (one value,
+    or one per row) with the device and the measurement's source."""
+    import yaml
+
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def step_seconds(entry: Mapping | None, row: str) -> float | None:
+    """A row's measured step time from a table's entry in the step-times file."""
+    if not entry:
+        return None
+    measured = entry.get("step_s")
+    return float(measured) if isinstance(measured, int | float) else (
+        float(measured[row]) if isinstance(measured, Mapping) and row in measured else None
+    )
+
+
+def measured_cpu_time(table: str, results_dir: Path) -> tuple[float, str] | None:
+    """Minutes per trained run of the last measured grid (``<table>.timing.md`` in
+    ``results_dir`` or in the committed ``results/``) and that file's line."""
+    import re
+
+    for directory in (results_dir / "tables", PUBLISHED_RESULTS / "tables"):
+        path = directory / f"{table}.timing.md"
+        if path.is_file():
+            text = path.read_text().strip()
+            found = re.search(r"(\d+) runs trained.*? in ([\d.]+) min", text)
+            if found and int(found[1]):
+                return float(found[2]) / int(found[1]), f"{path.relative_to(path.parents[2])}: {text}"
+    return None
+
+
+def dry_run(spec: DictConfig, runs: Sequence[Run], results_dir: Path, step_times: Mapping) -> str:
+    """The plan of ``make reproduce-table TABLE=<table> DRY_RUN=1``: every run (done or to do),
+    its overrides beyond the table's and task's, schedule and checkpoint size, the datasets on
+    disk, and the time: GPU-hours from measured step times (``reference/step_times.yaml``;
+    "not measured" without one), or for CPU tables the pace of the last measured grid. Writes
+    nothing."""
+    table = str(spec.name)
+    costs, by_key = [], {}
+    for run in runs:  # seeds share everything the plan shows: compose each row once
+        key = run.overrides[:-1]
+        if key not in by_key:
+            by_key[key] = run_cost(spec, run)
+        costs.append(by_key[key])
+    done = [is_done(r) for r in runs]
+    n_todo = len(runs) - sum(done)
+    lines = [f"table {table}: {len(runs)} runs, {sum(done)} done, {n_todo} to do"]
+    if spec.get("overrides"):
+        lines.append(f"every run: {' '.join(map(str, spec.overrides))}")
+    for task, task_spec in spec.tasks.items():
+        if task_spec.get("overrides") and any(r.task == task for r in runs):
+            lines.append(f"every {task} run: {' '.join(map(str, task_spec.overrides))}")
+    entry = step_times.get(table)
+    gpu_hours, counted, not_measured, no_steps = 0.0, 0, set(), set()
+    for run, cost, is_complete in zip(runs, costs, done, strict=True):
+        shared = len(spec.get("overrides", [])) + len(spec.tasks[run.task].get("overrides", []))
+        size = cost.checkpoint_note if not cost.checkpoint_bytes else (
+            f"checkpoint {format_bytes(cost.checkpoint_bytes)} ({cost.checkpoint_note})")
+        detail = f"{cost.schedule}, {size}"
+        step = step_seconds(entry, run.row)
+        if cost.gpu and step is not None and cost.steps is not None:
+            hours = cost.steps * step / 3600
+            detail += f", {hours:.1f} GPU-h"
+            if not is_complete:
+                gpu_hours, counted = gpu_hours + hours, counted + 1
+        elif cost.gpu and not is_complete:
+            (not_measured if step is None else no_steps).add(run.row)
+        lines.append(f"  {'done ' if is_complete else 'to do'}  {run.label}: {' '.join(run.overrides[shared:])}; {detail}")
+    for root, generated in sorted({(c.data_root, c.generated_data) for c in costs}):
+        used = disk_usage(root)
+        absent = "absent (generated on first use)" if generated else "absent"
+        lines.append(f"data: {root}: {absent if used is None else format_bytes(used)}")
+    sizes = [c.checkpoint_bytes for c, d in zip(costs, done, strict=True) if c.checkpoint_bytes and not d]
+    if sizes:
+        lines.append(
+            f"checkpoint disk: up to {format_bytes(max(sizes))} per run while it trains (last.ckpt, deleted when "
+            f"the run ends unless keep_checkpoint=true; {format_bytes(sum(sizes))} for the runs to do if all kept)"
+        )
+    if any(c.gpu for c in costs):
+        if counted:
+            lines.append(
+                f"GPU-hours: {gpu_hours:.1f} for {counted} of the {n_todo} runs to do (steps × measured step "
+                f"time; {entry.get('device', 'device not named')}; {entry.get('source', 'source not named')})"
+            )
+        if not_measured:
+            plural = "s" if len(not_measured) > 1 else ""
+            rows = "" if entry is None else f" of row{plural} {', '.join(sorted(not_measured))}"
+            lines.append(f"GPU-hours: not measured (no step time for {table}{rows})")
+        if no_steps:
+            lines.append(f"GPU-hours: not counted for {', '.join(sorted(no_steps))} (epochs of the dataset: "
+                         "steps unknown without it)")
+    else:
+        pace = measured_cpu_time(table, results_dir)
+        lines.append("GPU-hours: none (CPU runs)")
+        lines.append(
+            f"time: about {format_duration(pace[0] * 60 * n_todo)} for the {n_todo} runs to do at the last measured grid's "
+            f"pace ({pace[1]})" if pace else f"time: not measured (no {table}.timing.md)"
+        )
+    return "\n".join(lines)
+
+
 def report_unfinished(unfinished: Sequence[tuple[Run, str, str]]) -> None:
     """One line per run that did not finish, with its root cause, on standard error."""
     for run, status, reason in unfinished:
         print(f"{status}: {run.label}: {reason} ({run.run_dir})", file=sys.stderr)
+
+
+def jobs_argument(text: str) -> str:
+    """``--jobs``: ``auto`` or a positive number."""
+    if text == "auto" or (text.isdigit() and int(text) > 0):
+        return text
+    raise argparse.ArgumentTypeError(f"expected a positive number of worker processes or 'auto', got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -720,6 +1135,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "slurm: a submitit job per run on the cluster")
     parser.add_argument("--slurm-partition", help="the SLURM partition of --launcher slurm")
     parser.add_argument("--timeout-min", type=int, default=720, help="a submitit job's time limit (minutes)")
+    parser.add_argument("--jobs", default="auto", type=jobs_argument,
+                        help="runs trained at once in worker processes (each on cores/jobs threads), or auto: "
+                             "one per core for CPU runs (measured faster, docs/benchmarks.md), one for GPU runs")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the planned runs, their schedules, disk and GPU-hours; train and write nothing")
     parser.add_argument("--render-only", action="store_true", help="write the table from existing runs")
     parser.add_argument("--publish", action="store_true",
                         help="copy the table, its figures and the cost table from --results-dir to results/, "
@@ -754,6 +1174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as err:
             parser.error(str(err))
         return 0
+    if args.dry_run:
+        print(dry_run(spec, runs, args.results_dir, load_step_times(STEP_TIMES)))
+        return 0
     missing = missing_experiments(runs)
     if missing and not args.render_only:
         parser.error(
@@ -763,15 +1186,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     tables_dir = args.results_dir / "tables"
     if not args.render_only:
-        failed = train_shared_backbones(str(spec.name), stages)
+        failed = train_shared_backbones(str(spec.name), stages, args.jobs if args.launcher == "local" else 1,
+                                        not args.no_progress)
         if failed:
             print("\n".join(failed), file=sys.stderr)
             return 1
-        if args.launcher == "local":
-            counts = run_local(runs, not args.no_progress)
-        else:
-            folder = args.runs_dir / spec.name / ".submitit"
-            counts = run_submitit(runs, args.launcher, folder, args.slurm_partition, args.timeout_min)
+        try:
+            jobs = 1
+            if args.launcher == "local":
+                metrics = {str(t): str(s.metrics[0]) for t, s in spec.tasks.items()}
+                jobs = resolve_jobs(args.jobs, [r for r in runs if not is_done(r)])
+                counts = run_local(runs, not args.no_progress, jobs, metrics)
+            else:
+                folder = args.runs_dir / spec.name / ".submitit"
+                counts = run_submitit(runs, args.launcher, folder, args.slurm_partition, args.timeout_min)
+        except KeyboardInterrupt:
+            print(f"stopped: the finished runs are kept, a run in progress is recorded as interrupted; "
+                  f"the same command resumes table {spec.name}", file=sys.stderr)
+            return 130
         log.info("grid: %s in %.0f s", counts, time.perf_counter() - start)
     table_runs = args.runs_dir / spec.name
     records = rec.load_records(table_runs) if table_runs.exists() else rec.load_records([])
@@ -790,7 +1222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("cost table: %s", write_cost_table(tables_dir, force=args.recount_cost))
     log.info("total %.0f s", time.perf_counter() - start)
     if not args.render_only and counts["skipped"] < len(runs):
-        write_timing(tables_dir / f"{spec.name}.timing.md", spec.name, counts, time.perf_counter() - start, args.launcher)
+        write_timing(tables_dir / f"{spec.name}.timing.md", spec.name, counts, time.perf_counter() - start,
+                     args.launcher, jobs)
     if unfinished:
         report_unfinished(unfinished)
         print(f"{len(unfinished)} of {len(runs)} runs of table {spec.name} did not finish (shown as such in "

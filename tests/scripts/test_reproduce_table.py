@@ -145,7 +145,7 @@ def test_failed_run_prints_its_root_cause_shows_in_the_table_and_exits_non_zero(
     monkeypatch.setattr(uplab.train, "train", broken)
     runs = rt.plan_runs(rt.load_table(write_table(tmp_path)), tmp_path / "runs")
     _copy_fixture_run("bilinear", runs[0])
-    code = rt.main(["--table", write_table(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress", "--no-figures"])
+    code = rt.main(["--table", write_table(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress", "--no-figures", "--jobs", "1"])
     assert code == 1
     failure = json.loads((runs[1].run_dir / rec.FAILURE_FILE).read_text())
     assert failure["error"] == "FileNotFoundError: data/toy/carafe.npz"
@@ -163,7 +163,7 @@ def test_grid_where_no_run_finished_writes_no_table_and_exits_non_zero(tmp_path,
         raise RuntimeError(f"no data for {cfg.upsampler.name}")
 
     monkeypatch.setattr(uplab.train, "train", broken)
-    code = rt.main(["--table", write_table(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress"])
+    code = rt.main(["--table", write_table(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress", "--jobs", "1"])
     assert code == 1
     assert not (tmp_path / "out").exists()
     err = capsys.readouterr().err
@@ -182,7 +182,7 @@ def test_diverged_run_is_reported_as_diverged_and_fails_the_command(tmp_path, mo
         (run_dir / "results.json").write_text(json.dumps(record))
 
     monkeypatch.setattr(uplab.train, "train", diverging)
-    code = rt.main(["--table", write_table(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress", "--no-figures"])
+    code = rt.main(["--table", write_table(tmp_path), "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress", "--no-figures", "--jobs", "1"])
     assert code == 1
     assert "diverged: segmentation · carafe · seed 0: step 2, last finite loss 1.7" in capsys.readouterr().err
     assert "| carafe | diverged |  | diverged |" in (tmp_path / "out/tables/tiny.md").read_text()
@@ -281,7 +281,8 @@ def test_current_committed_cost_table_is_used_not_recounted(tmp_path, monkeypatc
 @pytest.mark.slow
 def test_tiny_grid_end_to_end_then_resume_trains_nothing(tmp_path, monkeypatch):
     table = write_table(tmp_path)
-    args = ["--table", table, "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress"]
+    # one run at a time in this process; worker processes: test_two_worker_processes_... (cheaper)
+    args = ["--table", table, "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "out"), "--no-cost", "--no-progress", "--jobs", "1"]
     assert rt.main(args) == 0
     runs_dir = tmp_path / "runs" / "tiny" / "segmentation"
     for row in ("bilinear", "carafe"):
@@ -389,3 +390,129 @@ def test_render_marks_convergence_and_checks_claims_from_the_runs(tmp_path):
     assert "segmentation fade mIoU (better)" in claims and claims.strip().endswith(("inconclusive", "supported"))
     csv = written["tiny.csv"].read_text().splitlines()[0].split(",")
     assert {"mIoU_delta", "mIoU_ci_low", "mIoU_ci_high", "mIoU_n_pairs", "mIoU_significant", "converged"} <= set(csv)
+
+
+def test_progress_line_shows_the_outcome_and_time_left_from_the_mean_run_time_over_the_jobs():
+    run = rt.Run("tiny", "segmentation", "fade", 1, (), Path("runs"))
+    # 7 runs left at a mean of 25 s, 2 at a time: 87.5 s
+    line = rt.progress_line(3, 10, run, "mIoU 0.512", 12.34, 25.0, 2)
+    assert line == "[3/10] segmentation · fade · seed 1  mIoU 0.512  12.3 s  ~ 1 min 28 s left"
+    assert rt.progress_line(10, 10, run, "finished", 61.0, 30.0, 2).endswith("  1 min 1 s")
+    assert rt.format_duration(7500) == "2 h 05 min"
+
+
+FAKE_TRAINING = '''
+import json, os, shutil
+from pathlib import Path
+
+
+def train(run):
+    """A run's training as the grid sees it: a record (copied from a fixture run), or an error."""
+    if run.row == "carafe":
+        raise RuntimeError("no carafe today")
+    import torch
+
+    run.run_dir.mkdir(parents=True)
+    worker = {"pid": os.getpid(), "threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")}
+    (run.run_dir / "worker.json").write_text(json.dumps(worker))
+    shutil.copy(Path(FIXTURE) / "results.json", run.run_dir / "results.json")
+    return "finished"
+'''
+
+
+@pytest.mark.slow
+def test_two_worker_processes_train_the_runs_to_do_record_a_failure_and_skip_complete_runs(tmp_path, monkeypatch, capsys, request):
+    """--jobs 2 for real (spawned workers, each run's training faked): a complete run is skipped,
+    a run that raises is recorded in its failed.json and the others finish, each worker runs
+    torch on cores // 2 threads, and one progress line per finished run."""
+    import importlib
+
+    (tmp_path / "fake_training.py").write_text(f"FIXTURE = {str(FIXTURE / 'segmentation/fade/seed0')!r}\n{FAKE_TRAINING}")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the workers import the fake by name
+    fake = importlib.import_module("fake_training")
+    request.addfinalizer(lambda: sys.modules.pop("fake_training", None))
+    table = dict(TINY, tasks={"segmentation": dict(TINY["tasks"]["segmentation"], rows=["bilinear", "carafe", "fade", "sapa_g"])})
+    runs = rt.plan_runs(rt.load_table(write_table(tmp_path, table)), tmp_path / "runs")
+    _copy_fixture_run("bilinear", runs[0])
+    counts = rt.run_local(runs, progress=True, jobs=2, metrics={"segmentation": "mIoU"}, train=fake.train)
+    assert counts == {"skipped": 1, "finished": 2, "failed": 1}
+    assert not (runs[0].run_dir / "worker.json").exists()  # complete: not trained again
+    failure = json.loads((runs[1].run_dir / rec.FAILURE_FILE).read_text())
+    assert failure["error"] == "RuntimeError: no carafe today"
+    threads = max(1, rt.usable_cores() // 2)
+    for run in runs[2:]:
+        assert rec.is_complete(run.run_dir)
+        worker = json.loads((run.run_dir / "worker.json").read_text())
+        assert worker["pid"] != __import__("os").getpid()
+        assert (worker["threads"], worker["omp"]) == (threads, str(threads))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
+    assert [line.split("]")[0] for line in lines] == ["[1/3", "[2/3", "[3/3"]
+    assert sum("failed: RuntimeError: no carafe today" in line for line in lines) == 1
+    assert sum(" mIoU " in line for line in lines) == 2
+    assert all(" left" in line for line in lines[:2]) and not lines[2].endswith(" left")
+
+
+def test_jobs_auto_is_one_per_core_for_cpu_runs_and_one_for_gpu_runs(tmp_path):
+    toy = rt.plan_runs(rt.load_table(write_table(tmp_path)), tmp_path)
+    expected = min(rt.usable_cores(), len(toy)) if rt.PARALLEL_RUNS_ARE_FASTER else 1
+    assert rt.resolve_jobs("auto", toy) == expected
+    paper = rt.plan_runs(rt.load_table("paper-segformer"), tmp_path)
+    assert rt.resolve_jobs("auto", paper) == 1
+    assert rt.resolve_jobs("3", paper) == 3
+    assert rt.resolve_jobs("3", paper[:2]) == 2  # no idle workers
+    with pytest.raises(SystemExit):
+        rt.build_parser().parse_args(["--jobs", "0"])
+
+
+def test_dry_run_of_a_paper_table_plans_every_row_writes_nothing_and_says_gpu_hours_are_not_measured(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(rt, "STEP_TIMES", tmp_path / "step_times.yaml")  # no measurement
+    runs_dir = tmp_path / "runs"
+    assert rt.main(["--table", "paper-segformer", "--dry-run", "--runs-dir", str(runs_dir)]) == 0
+    out = capsys.readouterr().out
+    rows = rt.row_overrides(rt.load_table("paper-segformer").tasks.segmentation.rows)
+    assert f"table paper-segformer: {len(rows)} runs, 0 done, {len(rows)} to do" in out
+    planned = [line for line in out.splitlines() if line.startswith("  to do  segmentation · ")]
+    assert [line.split(" · ")[1] for line in planned] == list(rows)
+    assert all("160000 steps × batch 16, checkpoint " in line for line in planned)
+    assert "GPU-hours: not measured (no step time for paper-segformer)" in out
+    assert "/ade/ADEChallengeData2016: " in out  # its size on disk, or absent
+    assert not runs_dir.exists()
+
+
+def _fixed_cost(steps, gpu=True, checkpoint=12_000_000):
+    return lambda spec, run: rt.RunCost(f"{steps} steps", steps, gpu, Path("/nowhere"), False, checkpoint, "12 M")
+
+
+def test_gpu_hours_are_steps_times_the_measured_step_time_of_the_runs_to_do(tmp_path, monkeypatch):
+    runs = rt.plan_runs(rt.load_table("paper-segformer"), tmp_path)
+    _copy_fixture_run("bilinear", runs[0])  # done: not counted
+    monkeypatch.setattr(rt, "run_cost", _fixed_cost(160000))
+    entry = {"device": "a test GPU", "source": "by hand", "step_s": 0.5}
+    out = rt.dry_run(rt.load_table("paper-segformer"), runs, tmp_path, {"paper-segformer": entry})
+    # 7 runs to do × 160000 steps × 0.5 s / 3600 = 155.6 h
+    assert f"GPU-hours: 155.6 for 7 of the {len(runs) - 1} runs to do" in out and "a test GPU" in out
+    assert "checkpoint disk: up to 12.0 MB per run" in out and "84.0 MB for the runs to do if all kept" in out
+    per_row = dict(entry, step_s={"bilinear": 1.0, "carafe": 0.9})
+    out = rt.dry_run(rt.load_table("paper-segformer"), runs, tmp_path, {"paper-segformer": per_row})
+    assert "GPU-hours: 40.0 for 1 of the 7 runs to do" in out  # carafe: 160000 × 0.9 s
+    assert "GPU-hours: not measured (no step time for paper-segformer of rows a2u, fade, indexnet, sapa_b, sapa_g, sapa_i)" in out
+
+
+def test_dry_run_of_a_cpu_table_estimates_its_time_from_the_last_measured_grid(tmp_path, monkeypatch):
+    runs = rt.plan_runs(rt.load_table(write_table(tmp_path)), tmp_path / "runs")
+    (tmp_path / "out/tables").mkdir(parents=True)
+    (tmp_path / "out/tables/tiny.timing.md").write_text("`make reproduce-table TABLE=tiny`: 10 runs trained, 0 skipped as complete, 0 not finished, in 15.0 min on a test machine.\n")
+    out = rt.dry_run(rt.load_table(write_table(tmp_path)), runs, tmp_path / "out", {})
+    assert "GPU-hours: none (CPU runs)" in out
+    assert "time: about 3 min 0 s for the 2 runs to do" in out  # 15 min / 10 runs × 2
+    assert "1 epochs × 1 batches × batch 2, no checkpoint (checkpointing off)" in out
+
+
+def test_checkpoint_state_per_parameter_by_optimizer():
+    cfg = OmegaConf.create
+    assert rt.optimizer_state_per_param(cfg({"_target_": "torch.optim.AdamW"})) == ("AdamW", 2)
+    assert rt.optimizer_state_per_param(cfg({"_target_": "torch.optim.SGD", "momentum": 0.9})) == ("SGD", 1)
+    assert rt.optimizer_state_per_param(cfg({"_target_": "torch.optim.SGD"})) == ("SGD", 0)
+    wrapped = cfg({"_target_": "uplab.tasks.optim.param_groups", "optimizer": {"_target_": "torch.optim.Adam"}})
+    assert rt.optimizer_state_per_param(wrapped) == ("Adam", 2)
+    assert rt.optimizer_state_per_param(cfg({"_target_": "torch.optim.LBFGS"})) == ("LBFGS", None)
