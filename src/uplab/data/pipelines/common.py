@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from uplab.data import transforms as T
 
@@ -24,13 +27,51 @@ def keep_ratio_size(height: int, width: int, scale: Sequence[float]) -> tuple[in
     return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
-def resize_sample(sample: dict, height: int, width: int, keys: Sequence[str] | None = None) -> dict:
-    """``sample`` with its dense maps (or only ``keys``) resized to ``height x width``; boxes scaled."""
+def resize_opencv(array: np.ndarray, size_wh: tuple[int, int], resample) -> np.ndarray:
+    """Resize a ``[H, W]`` or ``[H, W, C]`` array as OpenCV's ``cv2.resize`` does (mmcv's
+    ``imresize``, the cv2 backend of the mmseg/mmdet releases), keeping its dtype.
+
+    ``Image.BILINEAR`` is ``cv2.INTER_LINEAR``: half-pixel centres, edge clamping and no
+    antialiasing when shrinking (PIL's bilinear widens its filter there); ``Image.NEAREST`` is
+    ``cv2.INTER_NEAREST``: source pixel ``floor(x * in / out)``. Integer arrays are rounded from
+    float arithmetic, where OpenCV's uint8 path uses 11-bit fixed-point weights: values agree to
+    1 grey level.
+    """
+    if resample not in (Image.BILINEAR, Image.NEAREST):
+        raise ValueError(f"resize_opencv does bilinear or nearest; got resample={resample!r}")
+    width, height = size_wh
+    if array.shape[:2] == (height, width):
+        return array.copy()
+    planes = array.reshape(array.shape[:2] + (-1,)).transpose(2, 0, 1)
+    source = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32))[None]
+    if resample == Image.BILINEAR:
+        resized = F.interpolate(source, (height, width), mode="bilinear", align_corners=False)
+    else:
+        resized = F.interpolate(source, (height, width), mode="nearest")
+    out = resized[0].numpy().transpose(1, 2, 0).reshape((height, width) + array.shape[2:])
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        out = np.clip(np.round(out), info.min, info.max)
+    return out.astype(array.dtype)
+
+
+def resize_sample(
+    sample: dict,
+    height: int,
+    width: int,
+    keys: Sequence[str] | None = None,
+    resize=T.resize,
+) -> dict:
+    """``sample`` with its dense maps (or only ``keys``) resized to ``height x width``; boxes scaled.
+
+    ``resize(array, (width, height), resample)`` does the resampling: PIL's (``T.resize``) or
+    :func:`resize_opencv` for the releases that resize with OpenCV.
+    """
     old_h, old_w = T._size(sample)
     out = dict(sample)
     for key, value in T._dense_items(sample):
         if keys is None or key in keys:
-            out[key] = T.resize(value, (width, height), T.DENSE_KEYS[key][0])
+            out[key] = resize(value, (width, height), T.DENSE_KEYS[key][0])
     if "boxes" in sample:
         out["boxes"] = sample["boxes"] * np.array([width / old_w, height / old_h] * 2, np.float32)
     return out
