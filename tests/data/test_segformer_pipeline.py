@@ -34,6 +34,9 @@ def test_resize_opencv_is_cv2_inter_linear_and_inter_nearest_by_hand():
     # nearest: source pixel floor(x * 5 / 2) = 0, 2 (PIL's centre rule gives 1, 3)
     labels = np.array([[0, 1, 2, 3, 4]], np.uint8)
     assert resize_opencv(labels, (2, 1), Image.NEAREST).tolist() == [[0, 2]]
+    # OpenCV scales by 1 / (34 / 6) in double: x = 17 lands at 2.99999..., source 2 (not 3)
+    six = np.arange(6, dtype=np.uint8)[None]
+    assert resize_opencv(six, (34, 1), Image.NEAREST)[0, 16:19].tolist() == [2, 2, 3]
     image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
     out = resize_opencv(image, (3, 2), Image.BILINEAR)
     assert out.dtype == np.uint8 and out.shape == (2, 3, 3)
