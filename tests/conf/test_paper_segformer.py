@@ -43,4 +43,6 @@ def test_paper_row_trains_every_parameter_in_the_released_groups():
     assert setting["model.backbone.stages.0.blocks.0.norm1.weight"] == (6e-5, 0.0)
     assert setting["model.backbone.stages.0.blocks.0.attn.reduce_norm.weight"] == (6e-5, 0.0)
     assert setting["model.backbone.stages.0.embed.proj.weight"] == (6e-5, 0.01)
-    assert module.model.backbone.stages[-1].blocks[-1].drop_path == pytest.approx(0.1)  # the last block
+    assert module.model.backbone.stages[-1].blocks[-1].drop_path == pytest.approx(
+        0.1
+    )  # the last block

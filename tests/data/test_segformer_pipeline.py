@@ -57,7 +57,9 @@ def test_aligned_resize_rescales_then_stretches_to_multiples_of_32():
     sample = {"image": image, "mask": np.zeros((300, 400), np.uint8)}
     out = AlignedResize((2048, 512), 32)(sample, rng())
     # 300 x 400 -> 512 x 683 (mmcv imrescale) -> 512 x 704 (_align), the labels untouched
-    two_steps = resize_opencv(resize_opencv(image, (683, 512), Image.BILINEAR), (704, 512), Image.BILINEAR)
+    two_steps = resize_opencv(
+        resize_opencv(image, (683, 512), Image.BILINEAR), (704, 512), Image.BILINEAR
+    )
     assert np.array_equal(out["image"], two_steps)
     assert not np.array_equal(out["image"], resize_opencv(image, (704, 512), Image.BILINEAR))
     assert out["mask"] is sample["mask"]
@@ -107,4 +109,6 @@ def test_photometric_distortion_defaults_are_mmseg_and_the_row_passes_them():
     assert (default.brightness_delta, default.contrast_range) == (32, (0.5, 1.5))
     assert (default.saturation_range, default.hue_delta) == ((0.5, 1.5), 18)
     pipeline = P.segformer_train(photometric={"hue_delta": 3})
-    assert [t for t in pipeline.transforms if isinstance(t, PhotoMetricDistortion)][0].hue_delta == 3
+    assert [t for t in pipeline.transforms if isinstance(t, PhotoMetricDistortion)][
+        0
+    ].hue_delta == 3

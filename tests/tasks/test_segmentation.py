@@ -45,7 +45,9 @@ def test_cross_entropy_averages_over_all_pixels_when_not_avg_non_ignore():
     mask = torch.tensor([[[0, 1], [255, 255]]])
     per_pixel = -logits.log_softmax(1)[0, mask[0, 0], 0, torch.arange(2)]
     # mmseg 0.11: (l0 + l1 + 0 + 0) / 4; avg_non_ignore: (l0 + l1) / 2
-    assert task(avg_non_ignore=False).loss(logits, mask) == pytest.approx(float(per_pixel.sum() / 4))
+    assert task(avg_non_ignore=False).loss(logits, mask) == pytest.approx(
+        float(per_pixel.sum() / 4)
+    )
     assert task().loss(logits, mask) == pytest.approx(float(per_pixel.sum() / 2))
 
 
