@@ -1,4 +1,5 @@
-"""Transforms the four papers' pipelines share: keep-ratio rescaling, padding, photometric helpers.
+"""Transforms the four papers' pipelines share: keep-ratio rescaling, OpenCV-style resizing, padding,
+photometric helpers.
 
 Every transform follows ``uplab.data.transforms``: ``transform(sample, rng) -> sample`` on numpy
 arrays, all randomness drawn from ``rng`` (derived from seed, epoch and index by the dataset).
