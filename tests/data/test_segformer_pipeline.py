@@ -11,6 +11,7 @@ from PIL import Image
 from uplab.data import pipelines as P
 from uplab.data import transforms as T
 from uplab.data.pipelines.common import resize_opencv
+from uplab.data.pipelines.opencv_hsv import hsv_to_rgb_uint8, rgb_to_hsv_uint8
 from uplab.data.pipelines.segformer import (
     AlignedResize,
     CatMaxRandomCrop,
@@ -112,3 +113,37 @@ def test_photometric_distortion_defaults_are_mmseg_and_the_row_passes_them():
     assert [t for t in pipeline.transforms if isinstance(t, PhotoMetricDistortion)][
         0
     ].hue_delta == 3
+
+
+def test_opencv_hsv_by_hand_and_at_a_halfway_value():
+    # (200, 30, 90): V = 200, S = round(170 * 255 / 200) = 217, H = -60 / 170 * 30 = -10.6 -> 169
+    assert rgb_to_hsv_uint8(np.array([[200, 30, 90]], np.uint8)).tolist() == [[169, 217, 200]]
+    assert rgb_to_hsv_uint8(np.array([[0, 0, 0]], np.uint8)).tolist() == [[0, 0, 0]]
+    # G = 25 (1 - 153/255 * 29/30) = 10.5 exactly: OpenCV's fused multiply-add lands below, 10,
+    # where separate float32 roundings give 11 (OpenCV 5.1 gives (25, 10, 10), as this module does
+    # on all 180 x 256 x 256 HSV values)
+    assert hsv_to_rgb_uint8(np.array([[1, 153, 25]], np.uint8)).tolist() == [[25, 10, 10]]
+    assert hsv_to_rgb_uint8(np.array([[0, 0, 77]], np.uint8)).tolist() == [[77, 77, 77]]
+
+
+class ScriptedRng:
+    """Returns the given draws in order (integers and uniform alike)."""
+
+    def __init__(self, *draws):
+        self.draws = list(draws)
+
+    def integers(self, *args):
+        return self.draws.pop(0)
+
+    uniform = integers
+
+
+def test_photometric_saturation_then_hue_each_round_trip_through_8_bit_hsv():
+    image = rng(5).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    # brightness off, contrast last, saturation x1.3, hue +7, contrast off (mmseg's draw order)
+    out = PhotoMetricDistortion()({"image": image}, ScriptedRng(0, 0, 1, 1.3, 1, 7, 0))["image"]
+    hsv = rgb_to_hsv_uint8(image)
+    hsv[..., 1] = np.clip(hsv[..., 1] * np.float32(1.3), 0, 255).astype(np.uint8)
+    hsv = rgb_to_hsv_uint8(hsv_to_rgb_uint8(hsv))
+    hsv[..., 0] = (hsv[..., 0].astype(int) + 7) % 180
+    assert np.array_equal(out, hsv_to_rgb_uint8(hsv))

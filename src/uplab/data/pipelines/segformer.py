@@ -19,13 +19,8 @@ from typing import Any
 import numpy as np
 
 from uplab.data import transforms as T
-from uplab.data.pipelines.common import (
-    hsv_to_rgb,
-    keep_ratio_size,
-    resize_opencv,
-    resize_sample,
-    rgb_to_hsv,
-)
+from uplab.data.pipelines.common import keep_ratio_size, resize_opencv, resize_sample
+from uplab.data.pipelines.opencv_hsv import hsv_to_rgb_uint8, rgb_to_hsv_uint8
 
 
 class RandomRescale:
@@ -160,11 +155,12 @@ class CatMaxRandomCrop:
 
 class PhotoMetricDistortion:
     """mmseg ``PhotoMetricDistortion``: brightness ``+U(-32, 32)``, contrast ``xU(0.5, 1.5)`` (before
-    or after the HSV steps, at random), saturation ``xU(0.5, 1.5)``, hue ``+U(-18, 18)`` on OpenCV's
-    180-step hue circle; each step with probability 0.5, results clipped to uint8.
+    or after the HSV steps, at random), saturation ``xU(0.5, 1.5)``, hue ``+randint(-18, 18)`` on
+    OpenCV's 180-step hue circle; each step with probability 0.5, results truncated to uint8.
 
-    The HSV conversion is matplotlib's (float) rather than OpenCV's uint8 one; values agree to
-    rounding.
+    Saturation and hue each go through OpenCV's 8-bit HSV and back
+    (:mod:`uplab.data.pipelines.opencv_hsv`), as mmcv's ``bgr2hsv``/``hsv2bgr`` do, so the
+    quantisation is the release's.
     """
 
     def __init__(
@@ -180,12 +176,27 @@ class PhotoMetricDistortion:
         self.hue_delta = hue_delta
 
     @staticmethod
-    def _to_uint8(image: np.ndarray) -> np.ndarray:
-        return np.clip(image, 0, 255).astype(np.uint8)
+    def _convert(image: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+        return np.clip(image.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
     def _contrast(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if rng.integers(2):
-            return self._to_uint8(image.astype(np.float32) * rng.uniform(*self.contrast_range))
+            return self._convert(image, alpha=rng.uniform(*self.contrast_range))
+        return image
+
+    def _saturation(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.integers(2):
+            hsv = rgb_to_hsv_uint8(image)
+            hsv[..., 1] = self._convert(hsv[..., 1], alpha=rng.uniform(*self.saturation_range))
+            return hsv_to_rgb_uint8(hsv)
+        return image
+
+    def _hue(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if rng.integers(2):
+            hsv = rgb_to_hsv_uint8(image)
+            shift = int(rng.integers(-self.hue_delta, self.hue_delta))
+            hsv[..., 0] = (hsv[..., 0].astype(np.int64) + shift) % 180
+            return hsv_to_rgb_uint8(hsv)
         return image
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
@@ -193,19 +204,11 @@ class PhotoMetricDistortion:
         if image.dtype != np.uint8:
             raise ValueError(f"PhotoMetricDistortion expects a uint8 image; got {image.dtype}")
         if rng.integers(2):
-            delta = rng.uniform(-self.brightness_delta, self.brightness_delta)
-            image = self._to_uint8(image.astype(np.float32) + delta)
+            image = self._convert(image, beta=rng.uniform(-self.brightness_delta, self.brightness_delta))
         contrast_first = rng.integers(2) == 1
         if contrast_first:
             image = self._contrast(image, rng)
-        do_saturation, do_hue = rng.integers(2), rng.integers(2)
-        if do_saturation or do_hue:
-            hsv = rgb_to_hsv(image.astype(np.float32) / 255.0)
-            if do_saturation:
-                hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(*self.saturation_range), 0, 1)
-            if do_hue:
-                hsv[..., 0] += 2.0 * rng.integers(-self.hue_delta, self.hue_delta)
-            image = self._to_uint8(np.round(hsv_to_rgb(hsv) * 255.0))
+        image = self._hue(self._saturation(image, rng), rng)
         if not contrast_first:
             image = self._contrast(image, rng)
         return {**sample, "image": image}
