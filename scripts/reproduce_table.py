@@ -443,6 +443,11 @@ def render_paper_table(spec: DictConfig, records, fmt: str) -> str:
         parts.insert(0, f"{spec.get('description', '').strip()} Ours: mean over seeds of the final and of the "
                         "best evaluation; Δ = best − paper (the released logs report the best evaluation).")
         parts.append("Sources: " + "; ".join(f"{k}: [{v['title']}]({v['url']})" for k, v in sources.items()))
+        if "recipe" in spec:
+            from uplab import recipes
+
+            recipe = recipes.load_recipe(recipes.recipes_dir() / f"{spec.recipe}.yaml")
+            parts.append("Deviations from the released recipe:\n\n" + recipes.deviations_markdown([recipe]).strip())
     return "\n\n".join(parts) + "\n"
 
 

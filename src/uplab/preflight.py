@@ -1,7 +1,8 @@
 """Checks of a composed run config that a user's command can fail, run before anything is built
-or written: trainer argument types, a writable output directory, the dataset, the weights files,
-and CUDA for a GPU trainer. Each failure is a :class:`UsageError` whose message is one line that
-says what is wrong and what to do; ``uplab-train`` prints it alone (``HYDRA_FULL_ERROR=1``
+or written: trainer argument types, a writable output directory, the dataset, the weights files
+(and, for a paper row, that its encoder starts from released weights), and CUDA for a GPU
+trainer. Each failure is a :class:`UsageError` whose message is one line that says what is
+wrong and what to do; ``uplab-train`` prints it alone (``HYDRA_FULL_ERROR=1``
 shows the traceback).
 
 For a single run the Hydra callback :class:`Preflight` runs the checks before Hydra creates the
@@ -27,6 +28,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from uplab import weights
 from uplab.data.io import DatasetError
 
 WEIGHT_KEYS = ("checkpoint", "weights", "pretrained")
@@ -134,13 +136,33 @@ def _weight_paths(cfg: DictConfig) -> Iterator[tuple[str, str]]:
 
 
 def check_weights(cfg: DictConfig) -> None:
-    """Every weights file the model config names exists."""
+    """Every weights file the model config names exists; for a file of the manifest
+    (``${uplab.weights:<name>}``) the message names its URL and the command that fetches it."""
     for key, path in _weight_paths(cfg):
-        if not Path(path).is_file():
-            raise UsageError(
-                f"{key}={path}: no such weights file; download it as docs/datasets.md says "
-                f"(or set {key}=null to start from random weights)"
-            )
+        if Path(path).is_file():
+            continue
+        released = weights.entry_for_path(path)
+        if released is not None:
+            raise UsageError(f"{key}: {weights.missing_message(released)}")
+        raise UsageError(
+            f"{key}={path}: no such weights file; download it as docs/datasets.md says "
+            f"(or set {key}=null to start from random weights)"
+        )
+
+
+def check_initial_weights(cfg: DictConfig) -> None:
+    """A paper row (``tags`` holds ``paper``) starts its encoder from released weights, unless
+    ``scratch_encoder=true`` says otherwise: no published run trains its encoder from scratch."""
+    if "paper" not in (cfg.get("tags") or []) or cfg.get("scratch_encoder"):
+        return
+    backbone = cfg.get("backbone")
+    if isinstance(backbone, DictConfig) and (backbone.get("checkpoint") or backbone.get("pretrained")):
+        return
+    raise UsageError(
+        "this paper row would train its encoder from random weights (backbone.checkpoint=null), "
+        "which no published run does; keep the row's ${uplab.weights:<name>} "
+        "(reference/weights.yaml), or add scratch_encoder=true for a smoke run"
+    )
 
 
 def check_accelerator(trainer_cfg: DictConfig) -> None:
@@ -173,6 +195,7 @@ def preflight(cfg: DictConfig, run_dir: str | Path) -> pl.LightningDataModule:
     check_trainer_arguments(cfg.trainer)
     check_writable(Path(run_dir))
     datamodule = load_data(cfg)
+    check_initial_weights(cfg)
     check_weights(cfg)
     check_accelerator(cfg.trainer)
     return datamodule

@@ -27,8 +27,9 @@ entries::
 
 An entry says what the release does (``released``, in the release's own words) and where
 (``source``), and how uplab holds it: ``config`` (keys of the row's composed config, checked for
-every row, or for the rows named in ``rows`` by their upsampler), ``tests`` (pytest node ids of
-the tests that check behaviour that is code, not config), or both. An entry with ``deviation``
+every row, or for the rows named in ``rows`` by their upsampler; a value may use the config's
+resolvers, e.g. ``${uplab.weights:mit_b1}``), ``tests`` (pytest node ids of the tests that check
+behaviour that is code, not config), or both. An entry with ``deviation``
 records a difference that stays: its ``config`` holds uplab's values, and the deviation is listed
 in docs/datasets.md (``python -m uplab.recipes --deviations``) and under the paper tables.
 ``tests/test_recipes.py`` composes every row against its recipe.
@@ -45,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 
 # Every recipe covers these aspects (issue 17's list, in the order a recipe reads).
 ASPECTS = (
@@ -205,7 +205,7 @@ def values_equal(actual: Any, expected: Any) -> bool:
         return (
             isinstance(actual, (list, tuple))
             and len(actual) == len(expected)
-            and all(values_equal(a, e) for a, e in zip(actual, expected))
+            and all(values_equal(a, e) for a, e in zip(actual, expected, strict=True))
         )
     if isinstance(expected, dict):
         return (
@@ -232,6 +232,18 @@ def select(cfg: Any, key: str) -> Any:
     return node
 
 
+def resolved(value: Any) -> Any:
+    """A recipe value with its ``${...}`` interpolations resolved as a row's are (e.g.
+    ``${uplab.weights:torchvision_resnet50}``, the cache path of a manifest entry)."""
+    if isinstance(value, str) and "${" in value:
+        from omegaconf import OmegaConf
+
+        import uplab  # noqa: F401  (registers the uplab.* resolvers)
+
+        return OmegaConf.create({"value": value}).value
+    return value
+
+
 def row_mismatches(recipe: Recipe, upsampler: str, cfg: dict) -> list[str]:
     """Every config field of ``recipe`` that the row's resolved config (``OmegaConf.to_container(
     cfg, resolve=True)``) does not hold, as ``aspect: key = actual, recipe says expected``."""
@@ -240,6 +252,7 @@ def row_mismatches(recipe: Recipe, upsampler: str, cfg: dict) -> list[str]:
         if not entry.applies_to(upsampler):
             continue
         for key, expected in entry.config.items():
+            expected = resolved(expected)
             actual = select(cfg, key)
             if actual is _MISSING:
                 problems.append(f"{entry.aspect}: {key} is absent, recipe says {expected!r}")

@@ -16,6 +16,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from uplab import weights
 from uplab.data.toy import ensure_toy
 from uplab.train import config_dir, train
 
@@ -41,14 +42,15 @@ PAIRS = {
     ),
     ("bts_r50", "nyuv2"): (
         "depth",
-        ["backbone.pretrained=false", "data.train_pipeline.crop_size=[32,64]"],
+        ["backbone.checkpoint=null", "data.train_pipeline.crop_size=[32,64]"],
     ),
     ("faster_rcnn_r50_fpn", "coco"): (
         "detection",
-        ["backbone.pretrained=false", "task.detector.min_size=64", "task.detector.max_size=64"],
+        ["backbone.checkpoint=null", "task.detector.min_size=64", "task.detector.max_size=64"],
     ),
 }
 FAST = [
+    "scratch_encoder=true",  # the fixture runs leave the released weights out
     "trainer=debug",
     "logger=none",
     "data.batch_size=1",
@@ -112,12 +114,21 @@ def test_rows_carry_the_published_recipes():
     assert dict(detector.box_roi_align) == {"sampling_ratio": 0, "aligned": True}
 
 
-@pytest.mark.parametrize("row", ["nearest_faster_rcnn_r50_fpn_coco", "sapa_b_bts_r50_nyuv2"])
-def test_resnet50_rows_start_from_torchvisions_imagenet_weights(row):
-    # the releases' torchvision://resnet50 / resnet50(pretrained=True): timm's tv_in1k tag, never
-    # a silent encoder from scratch
-    backbone = compose_row(row, []).backbone
-    assert (backbone.name, backbone.pretrained) == ("resnet50.tv_in1k", True)
+@pytest.mark.parametrize(
+    ("name", "setting"),
+    [(n, s) for n, e in weights.manifest().items() for s in e.settings],
+)
+def test_each_setting_starts_from_its_released_weights(name, setting):
+    # reference/weights.yaml's settings: the base row's encoder loads that entry from the cache,
+    # never timm's own download, never random weights
+    backbone = compose_row(f"_{setting}", []).backbone
+    assert backbone.checkpoint == str(weights.path(name))
+    assert not backbone.get("pretrained")
+
+
+def test_every_paper_setting_has_released_weights():
+    settings = {s for e in weights.manifest().values() for s in e.settings}
+    assert settings == {f"{model}_{dataset}" for model, dataset in PAIRS}
 
 
 @pytest.fixture(scope="module")

@@ -250,6 +250,29 @@ def test_coco_box_partly_outside_the_image_is_clipped(toy_root, tmp_path):
     assert [0.0, 20.0, 6.0, 32.0] in target["boxes"].tolist()
 
 
+
+def test_coco_training_filter_leaves_out_images_without_annotations_and_small_images(
+    toy_root, tmp_path
+):
+    """mmdetection 2.x ``CocoDataset._filter_imgs(min_size=32)`` with ``filter_empty_gt``: an
+    image with no annotation goes, one with only a crowd region stays, one under 32 pixels goes."""
+    root = _copy(toy_root, "detection", tmp_path)
+    path = root / "annotations" / "instances_train2017.json"
+    document = json.loads(path.read_text())
+    first, second, third = (image["id"] for image in document["images"][:3])
+    document["annotations"] = [a for a in document["annotations"] if a["image_id"] != first]
+    for annotation in document["annotations"]:
+        if annotation["image_id"] == second:
+            annotation["iscrowd"] = 1
+    document["images"][2]["width"] = 31
+    path.write_text(json.dumps(document))
+    everything = COCODetection(root, "train")
+    kept = COCODetection(root, "train", filter_empty_gt=True, min_size=32)
+    assert first in everything.image_ids and third in everything.image_ids
+    assert set(everything.image_ids) - set(kept.image_ids) == {first, third}
+    assert len(kept[kept.image_ids.index(second)][1]["boxes"]) == 0
+
+
 @pytest.mark.parametrize(
     "line, rule",
     [
@@ -297,3 +320,29 @@ def test_composition1k_test_trimap_with_other_values_names_the_file(toy_root, tm
         DatasetError, match=rf"{trimap_path.name}: trimap values must be 0, 128 or 255; got \[100\]"
     ):
         dataset[0]
+
+
+def test_composition1k_random_background_draws_a_new_background_per_read(toy_root):
+    def backgrounds_of_sample_0(random_background: bool) -> set[bytes]:
+        seen = []
+
+        def keep_bg(sample, rng):
+            seen.append(sample["bg"].tobytes())
+            alpha = sample["alpha"]
+            return {"image": sample["fg"], "alpha": alpha, "trimap": np.zeros_like(alpha)}
+
+        dataset = Composition1k(
+            toy_root / "matting",
+            "train",
+            transform=keep_bg,
+            composite=False,
+            random_background=random_background,
+        )
+        for epoch in range(12):
+            dataset.epoch = epoch
+            dataset[0]
+        return set(seen)
+
+    paired, drawn = backgrounds_of_sample_0(False), backgrounds_of_sample_0(True)
+    assert len(paired) == 1  # DIM's pairing: sample 0 always on background 0
+    assert len(drawn) == 3  # every one of the toy's three backgrounds turns up

@@ -6,17 +6,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from uplab.data import pipelines as P
 from uplab.data import transforms as T
 from uplab.data.pipelines.a2u_matting import (
     CropAroundUnknown,
+    ForegroundJitter,
     GenerateTrimap,
     OverlaySecondForeground,
+    RandomAffineLayers,
+    RandomFlipLayers,
     SquashForeground,
     _ellipse,
 )
-from uplab.data.pipelines.bts import CropValidRegion, EigenCropMask
+from uplab.data.pipelines.bts import ColorAugment, CropValidRegion, EigenCropMask
 from uplab.data.pipelines.common import PadTo, ResizeKeepRatio, keep_ratio_size
 from uplab.data.pipelines.segformer import CatMaxRandomCrop, PhotoMetricDistortion, RandomRescale
 from uplab.metrics import DepthMetrics, DetectionMetrics, MattingMetrics, SegmentationMetrics
@@ -181,6 +185,45 @@ def test_crop_around_unknown_enlarges_small_layers_and_crops_all_alike():
     )
 
 
+def test_crop_without_an_unknown_pixel_resizes_the_whole_layers():
+    layers = matting_layers(80)
+    trimap = np.where(layers["alpha"] == 255, 255, 0).astype(np.uint8)
+    out = CropAroundUnknown(32)({**layers, "trimap": trimap}, rng(1))
+    # the whole layers shrunk to 32 px (nearest), not a 32 px window of them
+    assert np.array_equal(out["trimap"], T.resize(trimap, (32, 32), Image.NEAREST))
+    assert np.array_equal(out["alpha"], T.resize(layers["alpha"], (32, 32), Image.NEAREST))
+    assert out["bg"].shape == (32, 32, 3)
+
+
+def test_flip_probability_reaches_both_released_flips():
+    sample = matting_layers()
+    sample["alpha"][:, :24] = 0  # left-right asymmetric
+    for flip, flipped in ((0.0, False), (1.0, True)):
+        out = RandomFlipLayers(flip)(sample, rng(0))
+        assert np.array_equal(out["alpha"], sample["alpha"][:, ::-1]) == flipped
+        # both axes flipped about the centre: a 180 degree turn (no rotation below 1024 px)
+        # the warp flips both axes about the release's centre (w / 2 + 0.5): the foreground,
+        # on the right, moves to the left (no rotation below 1024 px)
+        warp = RandomAffineLayers(scale=(1, 1), shear=0, flip=flip)(sample, rng(0))
+        assert (warp["alpha"][:, :20] > 0).any() == flipped
+    pipeline = P.a2u_matting_train(crop_size=32, flip=0.0)
+    assert [s.p for s in pipeline.transforms if isinstance(s, RandomFlipLayers)] == [0.0]
+
+
+def test_foreground_jitter_shifts_hue_by_at_most_40_degrees():
+    fg = np.zeros((8, 8, 3), np.uint8)
+    fg[..., 0] = 200  # pure red: hue 0
+    sample = {"fg": fg, "alpha": np.full((8, 8), 255, np.uint8)}
+    hues = set()
+    for seed in range(40):
+        out = ForegroundJitter()(sample, rng(seed))
+        hue = P.a2u_matting.rgb_to_hsv(out["fg"][:1, :1] / 255.0)[0, 0, 0]
+        hues.add(round(float((hue + 180) % 360 - 180)))
+    assert min(hues) >= -40 and max(hues) < 40 and len(hues) > 10
+    empty = {"fg": fg, "alpha": np.zeros((8, 8), np.uint8)}
+    assert ForegroundJitter()(empty, rng(0)) is empty  # all-zero alpha: skipped
+
+
 def test_a2u_train_composites_and_is_seeded():
     pipeline = P.a2u_matting_train(crop_size=32)
     a, b = pipeline(matting_layers(), rng(5)), pipeline(matting_layers(), rng(5))
@@ -206,6 +249,9 @@ def test_matting_evaluation_is_unchanged_by_the_test_padding():
     trimap[5:15, 5:20] = 128
     padded = P.a2u_matting_test(16)({"image": image, "alpha": alpha, "trimap": trimap}, rng())
     assert padded["image"].shape == (32, 32, 3) and (padded["trimap"][20:] == 0).all()
+    # None: left to the task (MattingTask(eval_size_divisor=...) pads the trimap as released)
+    unpadded = P.a2u_matting_test(None)({"image": image, "alpha": alpha, "trimap": trimap}, rng())
+    assert unpadded["image"].shape == (20, 27, 3)
 
     def sad(a, t):
         gt = torch.from_numpy(a.astype(np.float32) / 255)[None, None]
@@ -231,6 +277,35 @@ def test_bts_train_crops_the_valid_region_then_the_training_window():
     assert out["depth"].max() == 1.0 and out["image"].max() <= 1.0
 
 
+def test_bts_pipelines_keep_the_frames_at_their_own_scale():
+    # BTS neither rescales nor pads: a training sample is a window of the registered region, a
+    # test sample the whole 480x640 frame
+    image = np.random.default_rng(2).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    depth = np.random.default_rng(3).uniform(0.5, 9.0, (480, 640)).astype(np.float32)
+    train = P.bts_nyu_train(degrees=0.0, flip=0.0, color_p=0.0)
+    out = train({"image": image, "depth": depth}, rng(4))
+    region = depth[45:472, 43:608]
+    windows = np.lib.stride_tricks.sliding_window_view(region, (416, 544))
+    hits = np.argwhere((windows == out["depth"]).all(axis=(2, 3)))
+    assert len(hits) == 1
+    top, left = hits[0]
+    np.testing.assert_array_equal(out["image"], image[45 + top : 45 + top + 416, 43 + left : 43 + left + 544])
+    test = P.bts_nyu_test()({"image": image, "depth": depth}, rng())
+    assert test["image"] is image and test["depth"].shape == (480, 640)
+
+
+def test_bts_colour_augmentation_is_gamma_then_brightness_then_per_channel_colour():
+    image = np.full((2, 2, 3), 0.5, np.float32)
+    draws = rng(2)
+    assert draws.random() < 0.5  # this seed augments
+    gamma, brightness = draws.uniform(0.9, 1.1), draws.uniform(0.75, 1.25)
+    colour = draws.uniform(0.9, 1.1, size=3)
+    out = ColorAugment()({"image": image}, rng(2))["image"]
+    expected = np.clip(0.5**gamma * brightness * colour, 0, 1)
+    np.testing.assert_allclose(out[0, 0], expected, rtol=1e-6)
+    assert ColorAugment(p=0.0)({"image": image}, rng(2))["image"] is image
+
+
 def test_depth_evaluation_counts_only_eigen_crop():
     gt = np.full((480, 640), 2.0, np.float32)
     masked = EigenCropMask()({"depth": gt}, rng())["depth"]
@@ -254,6 +329,24 @@ def test_detection_evaluation_of_the_ground_truth_is_perfect():
     metric = DetectionMetrics()
     metric.update([{**target, "scores": torch.ones(2)}], [target])
     assert float(metric.compute()["AP50"]) == pytest.approx(1.0)
+
+
+
+def test_mmdet_pipelines_only_flip_in_training():
+    """mmdetection's Faster R-CNN 1x: no crop and no photometric change in training (only the
+    flip; the resize, normalisation and pad are the detector's), nothing at test time."""
+    image = np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    boxes = np.array([[2, 3, 20, 30]], np.float32)
+
+    def sample():
+        return {"image": image.copy(), "boxes": boxes.copy(), "labels": np.array([1])}
+
+    kept = P.mmdet_train(flip=0.0)(sample(), rng())
+    flipped = P.mmdet_train(flip=1.0)(sample(), rng())
+    assert np.array_equal(kept["image"], image) and np.array_equal(kept["boxes"], boxes)
+    assert np.array_equal(flipped["image"], image[:, ::-1])
+    tested = P.mmdet_test()(sample(), rng())
+    assert np.array_equal(tested["image"], image) and np.array_equal(tested["boxes"], boxes)
 
 
 def test_pad_and_resize_reject_bad_arguments():

@@ -6,8 +6,20 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools.coco import COCO
+from scipy import ndimage
 
-from uplab.data.toy import MARKER, TASKS, build_toy, ensure_toy, toy_parameters
+from uplab.data.toy import (
+    DEFAULT_SIZES,
+    MARKER,
+    TASKS,
+    build_toy,
+    depth,
+    detection,
+    ensure_toy,
+    matting,
+    segmentation,
+    toy_parameters,
+)
 
 
 def _tree_bytes(root):
@@ -106,3 +118,52 @@ def test_detection_is_coco_format(toy_root):
         x, y, w, h = annotation["bbox"]
         assert 0 <= x and 0 <= y and x + w <= 32 and y + h <= 32 and w > 0 and h > 0
         assert 0 < annotation["area"] <= w * h
+
+
+# The structures where the output stride matters, measured on samples at the default image sizes
+# (a coarse output, stride 32, sees a 64-pixel image as 2 x 2 cells).
+
+
+def _samples(render, task, count):
+    size = DEFAULT_SIZES[task]["image_size"]
+    return [render(np.random.default_rng([0, k]), size) for k in range(count)]
+
+
+def test_segmentation_poles_and_rings_are_one_to_three_pixels_wide():
+    widths = {"pole": [], "ring": []}
+    for _, label in _samples(segmentation.render_sample, "segmentation", 12):
+        for name, found in widths.items():
+            mask = label == segmentation.CLASSES.index(name)
+            if mask.any():
+                # a pixel 3 px from the class's edge would sit in a band at least 4 px wide
+                found.append(ndimage.distance_transform_edt(mask).max())
+    assert all(len(found) >= 4 for found in widths.values()), widths
+    assert max(max(found) for found in widths.values()) <= 2, widths
+
+
+def test_matting_alpha_has_semi_transparent_strands_beyond_the_opaque_body():
+    for alpha in _samples(matting.render_alpha, "matting", 8):
+        alpha = np.round(alpha * 255)
+        fractional = (alpha > 0) & (alpha < 255)
+        assert fractional.sum() >= 0.2 * (alpha > 0).sum()
+        # an anti-aliased edge is fractional within a pixel of the body; hair reaches far beyond it
+        assert ndimage.distance_transform_edt(alpha < 255)[fractional].max() >= 4
+
+
+def test_depth_steps_by_a_metre_or_more_between_neighbouring_pixels():
+    for _, millimetres in _samples(depth.render_sample, "depth", 8):
+        metres = np.where(millimetres > 0, millimetres / 1000.0, np.nan)  # 0: no measurement
+        steps = [np.nanmax(np.abs(np.diff(metres, axis=axis))) for axis in (0, 1)]
+        assert max(steps) >= 1.0
+
+
+def test_detection_boxes_reach_down_to_a_few_pixels():
+    sides = np.array(
+        [
+            max(obj["bbox"][2:])
+            for _, objects in _samples(detection.render_sample, "detection", 12)
+            for obj in objects
+        ]
+    )
+    assert sides.size >= 30
+    assert sides.min() <= 8 and (sides <= 16).mean() >= 0.3 and sides.max() >= 32

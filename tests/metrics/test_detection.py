@@ -30,6 +30,27 @@ def test_false_positive_ranked_first_halves_ap():
     assert "APm" not in result and "APl" not in result
 
 
+
+@pytest.mark.parametrize(("false_positives", "ap"), [(99, 0.01), (100, 0.0)])
+def test_only_the_100_best_scored_detections_of_an_image_count(false_positives, ap):
+    # COCO's bbox AP at maxDets=100 (mmdetection's CocoDataset.evaluate, pycocotools' default):
+    # the exact box scored below 99 false positives is the 100th detection (recall 1 at precision
+    # 1/100 -> AP 0.01); below 100 of them it is the 101st, not counted (AP 0).
+    far = torch.tensor([[50.0, 50, 60, 60]]).repeat(false_positives, 1)
+    metric = DetectionMetrics()
+    metric.update(
+        [
+            {
+                "boxes": torch.cat([far, torch.tensor([[0.0, 0, 10, 10]])]),
+                "scores": torch.cat([torch.full((false_positives,), 0.9), torch.tensor([0.5])]),
+                "labels": torch.ones(false_positives + 1, dtype=torch.long),
+            }
+        ],
+        [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([1])}],
+    )
+    assert metric.compute()["AP50"].item() == pytest.approx(ap)
+
+
 def test_box_with_iou_between_half_and_three_quarters():
     # Prediction [0,0,10,7.8] vs truth [0,0,10,10]: IoU 78/100 = 0.78 -> TP for the thresholds
     # 0.50..0.75 (6 of the 10 in 0.50:0.05:0.95), FP above. AP = 6/10, AP50 = AP75 = 1.

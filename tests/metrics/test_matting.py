@@ -9,6 +9,7 @@ import torch
 
 from uplab.metrics import NothingToEvaluate
 from uplab.metrics.matting import (
+    QUANTIZATIONS,
     MattingMetrics,
     connectivity_error,
     gaussian_derivative_filters,
@@ -158,3 +159,17 @@ def test_an_image_without_an_unknown_region_is_left_out_of_the_mean():
     trimap[0, 0, 0, 0] = 0.5
     metric.update(pred, alpha, trimap)
     assert metric.compute()["sad"].item() == pytest.approx(1e-3)
+
+
+def test_floor_quantization_truncates_as_the_a2u_release_saves_its_pngs():
+    gt = torch.full((1, 1, 2, 2), 100 / 255)
+    pred = torch.full((1, 1, 2, 2), 100.7 / 255)  # 101 rounded, 100 truncated
+    trimap = torch.full((1, 1, 2, 2), 0.5)
+    errors = {}
+    for quantization in QUANTIZATIONS:
+        metric = MattingMetrics(quantization=quantization)
+        metric.update(pred, gt, trimap)
+        errors[quantization] = float(metric.compute()["sad"])
+    assert errors == {"round": pytest.approx(4 / 255 / 1000), "floor": 0.0}
+    with pytest.raises(ValueError, match=r"quantization must be one of \('round', 'floor'\)"):
+        MattingMetrics(quantization="ceil")

@@ -6,6 +6,7 @@ import torch
 from uplab.models import DenseModel
 from uplab.models.decoders.a2u_matting import A2UMattingDecoder, A2UMattingEncoder
 from uplab.upsamplers import available, build
+from uplab.weights import WeightsError
 
 
 def a2u_matting(upsampler: str) -> DenseModel:
@@ -99,5 +100,13 @@ def test_a_missing_or_foreign_encoder_checkpoint_is_an_error(tmp_path):
         A2UMattingEncoder(4, checkpoint=tmp_path / "absent.pth.tar")
     partial_checkpoint = release_resnet34_checkpoint()
     del partial_checkpoint["state_dict"]["module.mod4.block2.convs.conv2.weight"]
-    with pytest.raises(ValueError, match="no weights for 1 encoder tensors"):
+    with pytest.raises(WeightsError, match=r"1 module tensors the checkpoint lacks: layer3\.0\.conv2\.0\.weight"):
         A2UMattingEncoder(4).load_pretrained(partial_checkpoint)
+    foreign = release_resnet34_checkpoint()
+    foreign["state_dict"]["module.mod2.block1.convs.bn3.weight"] = torch.zeros(64)
+    with pytest.raises(ValueError, match=r"no part of inplace_abn's ResNet-34 \(module\.mod2\.block1\.convs\.bn3\.weight\)"):
+        A2UMattingEncoder(4).load_pretrained(foreign)
+    wrong_shape = release_resnet34_checkpoint()
+    wrong_shape["state_dict"]["module.mod2.block1.convs.bn1.bias"] = torch.zeros(32)
+    with pytest.raises(WeightsError, match=r"layer1\.0\.conv1\.1\.bias \(32,\) vs \(64,\)"):
+        A2UMattingEncoder(4).load_pretrained(wrong_shape)

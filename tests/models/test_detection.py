@@ -22,8 +22,11 @@ def test_nearest_fpn_is_torchvisions_fpn():
     ref = FeaturePyramidNetwork([8, 16, 32, 64], 16, extra_blocks=ours.extra_blocks)
     ref.load_state_dict(ours.state_dict(), strict=True)
     x = fpn_inputs()
-    for (name, a), (ref_name, b) in zip(ours(x).items(), ref(x).items(), strict=True):
+    out = ours(x)
+    for (name, a), (ref_name, b) in zip(out.items(), ref(x).items(), strict=True):
         assert name == ref_name and torch.allclose(a, b)
+    # mmdetection's FPN(num_outs=5) extra level: F.max_pool2d(P5, 1, stride=2)
+    assert torch.equal(out["pool"], out["3"][..., ::2, ::2])
 
 
 def test_top_down_steps_are_guided_by_the_lateral():
@@ -144,3 +147,122 @@ def test_l1_box_losses_replace_torchvisions_smooth_l1():
     assert losses["l1"]["loss_classifier"] == losses["smooth_l1"]["loss_classifier"]
     with pytest.raises(ValueError, match="box_loss"):
         small_detector(box_loss="giou")
+
+
+def test_fpn_without_top_down_reads_no_coarser_level():
+    """The control without upsampling: level i is blind to every coarser input (with the
+    top-down pathway, it is not)."""
+    cut = UpsamplingFPN([8, 16, 32, 64], partial(build, "nearest"), out_channels=16, top_down=False)
+    full = UpsamplingFPN([8, 16, 32, 64], partial(build, "nearest"), out_channels=16)
+    full.load_state_dict(cut.state_dict())
+    assert len(cut.upsamplers) == 0
+    x = fpn_inputs()
+    for coarser in ("1", "2", "3"):
+        changed = {**x, coarser: torch.randn_like(x[coarser])}
+        for fpn, blind in ((cut, True), (full, False)):
+            before, after = fpn(x), fpn(changed)
+            assert not torch.equal(before[coarser], after[coarser])
+            finer = [k for k in ("0", "1", "2") if k < coarser]
+            assert all(torch.equal(before[k], after[k]) for k in finer) == blind
+
+
+def test_coarse_output_fpn_has_the_coarsest_stride_at_every_level_and_trains_in_the_detector():
+    fpn = UpsamplingFPN(
+        [8, 16, 32, 64], partial(build, "deconv"), out_channels=16, coarse_output=True
+    )
+    assert len(fpn.upsamplers) == 0
+    x = fpn_inputs()
+    out = fpn(x)
+    assert [tuple(v.shape[-2:]) for v in out.values()] == [(4, 4)] * 4 + [(2, 2)]
+    finest_changed = fpn({**x, "0": torch.randn_like(x["0"])})
+    assert not torch.equal(out["0"], finest_changed["0"])  # the finer laterals still count, pooled
+    det = build_faster_rcnn(
+        TimmBackbone("test_resnet"), partial(UpsamplingFPN, out_channels=16, coarse_output=True),
+        partial(build, "nearest"), num_classes=3, anchor_sizes=(8, 16, 32, 64, 128),
+        min_size=64, max_size=64,
+    )
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 12.0, 10.0]]), "labels": torch.tensor([1])}]
+    losses = det([torch.rand(3, 64, 64)], targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match="needs top_down=True"):
+        UpsamplingFPN([8, 16], partial(build, "nearest"), coarse_output=True, top_down=False)
+
+
+def test_strided_anchors_follow_mmdetections_geometry():
+    """Anchors stride 64 apart on the max-pool level of an 800-pixel-high image (torchvision
+    infers 800 // 13 = 61) and unrounded base anchors (torchvision rounds 32 * sqrt(2) / 2)."""
+    from torchvision.models.detection.image_list import ImageList
+
+    from uplab.models.detection import StridedAnchorGenerator
+
+    ratios = ((0.5, 1.0, 2.0),) * 2
+    generator = StridedAnchorGenerator(((32,), (512,)), ratios, strides=(4, 64))
+    images = ImageList(torch.zeros(1, 3, 800, 1216), [(800, 1216)])
+    features = [torch.zeros(1, 1, 200, 304), torch.zeros(1, 1, 13, 19)]
+    (anchors,) = generator(images, features)
+    assert anchors.shape == ((200 * 304 + 13 * 19) * 3, 4)
+    last = anchors[200 * 304 * 3 :].view(13, 19, 3, 4)[12, 18, 1]  # square anchor, last cell
+    assert torch.allclose(last, torch.tensor([18 * 64 - 256, 12 * 64 - 256, 18 * 64 + 256, 12 * 64 + 256.0]))
+    half_w, half_h = 16 * 2**0.5, 16 / 2**0.5  # ratio h / w = 0.5 at size 32
+    assert torch.allclose(anchors[0], torch.tensor([-half_w, -half_h, half_w, half_h]))
+    with pytest.raises(ValueError, match="one anchor stride per level"):
+        StridedAnchorGenerator(((32,), (64,)), ratios, strides=(4,))
+
+
+def test_rpn_matcher_is_mmdetections_max_iou_assigner():
+    """Low-quality matches only from min_pos_iou on, and to the box the anchor is best for."""
+    from torchvision.models.detection._utils import Matcher
+
+    from uplab.models.detection import MaxIoUMatcher
+
+    iou = torch.tensor(
+        [
+            [0.8, 0.1, 0.5, 0.0],  # box 0: anchor 0 matches it (>= 0.7)
+            [0.1, 0.25, 0.0, 0.0],  # box 1: its best anchor reaches only 0.25 < min_pos_iou
+            [0.0, 0.0, 0.45, 0.1],  # box 2: anchor 2 is its best, though nearer box 0
+        ]
+    )
+    below = Matcher.BELOW_LOW_THRESHOLD
+    assert MaxIoUMatcher(0.7, 0.3, min_pos_iou=0.3)(iou).tolist() == [0, below, 2, below]
+    torchvisions = Matcher(0.7, 0.3, allow_low_quality_matches=True)(iou).tolist()
+    assert torchvisions == [0, 1, 0, below]
+
+
+def test_mmdetection_init_of_the_fpn_and_the_box_head():
+    torch.manual_seed(0)
+    det = small_detector(init="mmdetection")
+    predictor = det.roi_heads.box_predictor
+    assert predictor.bbox_pred.weight.std().item() == pytest.approx(0.001, rel=0.15)
+    assert predictor.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.15)
+    xavier = [det.roi_heads.box_head.fc6, det.roi_heads.box_head.fc7, *det.backbone.fpn.inner_blocks]
+    for module in xavier:
+        weight = next(m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))).weight
+        fan_out, fan_in = weight.shape[0] * weight[0, 0].numel(), weight[0].numel()
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert 0.9 * bound < weight.abs().max().item() <= bound
+    biases = [predictor.bbox_pred.bias, predictor.cls_score.bias, det.roi_heads.box_head.fc6.bias]
+    assert all(not b.any() for b in biases)
+    with pytest.raises(ValueError, match="init must be one of"):
+        small_detector(init="caffe2")
+
+
+def test_rpn_ignores_the_anchors_on_a_batchs_padding():
+    """mmdetection's valid flags: an image padded to its batch's size gets no target on anchors
+    beyond its own size rounded up to 32 (here 30 -> 32 rows of a 64-row batch)."""
+    from torchvision.models.detection.image_list import ImageList
+
+    torch.manual_seed(0)
+    det = small_detector(box_loss="l1", rpn_ignore_padding=True).train()
+    rpn, seen = det.rpn, []
+    sample = rpn.fg_bg_sampler
+    rpn.fg_bg_sampler = lambda labels: (seen.append([x.clone() for x in labels]), sample(labels))[1]
+    images = ImageList(torch.zeros(2, 3, 64, 64), [(64, 64), (30, 64)])
+    features = {str(i): torch.randn(2, 16, 16 >> i, 16 >> i) for i in range(5)}
+    box = {"boxes": torch.tensor([[4.0, 4.0, 28.0, 24.0]]), "labels": torch.tensor([1])}
+    rpn(images, features, [box, box])
+    anchors = rpn.anchor_generator(images, list(features.values()))[0]
+    below = (anchors[:, 1] + anchors[:, 3]) / 2 >= 32
+    ((full, short),) = seen
+    assert below.any() and torch.all(short[below] == -1)  # never sampled
+    assert torch.all(full[below] == 0)  # the full-size image's negatives there stay
+    assert torch.equal(full[~below], short[~below])

@@ -71,6 +71,17 @@ def test_every_table_config_plans_and_paper_tables_name_existing_or_listed_exper
             assert named, f"paper table {name} names no experiment configs"
 
 
+@pytest.mark.parametrize("name", [t for t in rt.available_tables() if t.startswith("paper-")])
+def test_paper_tables_are_rendered_with_the_deviations_of_their_recipe(name):
+    from uplab import recipes
+
+    table = rt.load_table(name)
+    experiments = {o.split("=", 1)[1] for r in rt.plan_runs(table, Path("/nonexistent")) for o in r.overrides if o.startswith("experiment=")}
+    assert all(e.endswith(f"_{table.recipe}") for e in experiments), (table.recipe, experiments)
+    recipe = recipes.load_recipe(recipes.recipes_dir() / f"{table.recipe}.yaml")
+    assert recipes.deviations_markdown([recipe]).strip() in rt.render_paper_table(table, [], "markdown")
+
+
 def test_unknown_table_and_task_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="available: .*toy"):
         rt.load_table("nope")
@@ -353,6 +364,10 @@ def test_control_rows_build_decoders_without_upsamplers(tmp_path):
     seg = instantiate(rt.compose_run(runs["segmentation", "coarse"]).decoder)(levels[2:], partial(build, "bilinear"))
     unet = instantiate(rt.compose_run(runs["depth", "coarse"]).decoder)(levels, partial(build, "carafe"))
     assert seg.coarse_output and len(seg.upsamplers) == 0 and len(unet.upsamplers) == 0
+    fpn = {row: instantiate(rt.compose_run(runs["detection", row]).decoder)(levels[2:], partial(build, "nearest"))
+           for row in ("coarse", "no_top_down")}
+    assert fpn["coarse"].coarse_output and not fpn["no_top_down"].top_down
+    assert len(fpn["coarse"].upsamplers) == len(fpn["no_top_down"].upsamplers) == 0
 
 
 def test_render_marks_convergence_and_checks_claims_from_the_runs(tmp_path):

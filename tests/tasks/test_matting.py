@@ -141,3 +141,47 @@ def test_freeze_bn_keeps_the_encoder_statistics_through_a_training_step(freeze_b
     unchanged = torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
     assert unchanged == freeze_bn
     assert not torch.equal(bn.weight.detach(), weight)  # the affine weights train either way
+
+
+def test_linear_output_trains_on_the_raw_output_and_is_clamped_for_evaluation():
+    torch.manual_seed(0)
+    image, trimap = torch.randn(1, 3, 4, 4) * 50, torch.full((1, 1, 4, 4), 0.5)
+    trimap[..., 0, 0] = 1.0
+    linear, sigmoid = tiny_task(output="linear"), tiny_task()
+    sigmoid.load_state_dict(linear.state_dict())
+    raw = linear(image, trimap)
+    assert raw.min() < 0 or raw.max() > 1  # the release's predictor is not squashed
+    torch.testing.assert_close(sigmoid(image, trimap), torch.sigmoid(raw))
+    evaluated = linear.predict_alpha(image, trimap)
+    expected = raw.clamp(0, 1)
+    expected[..., 0, 0] = 1.0  # the trimap's known foreground pasted
+    torch.testing.assert_close(evaluated, expected)
+    with pytest.raises(ValueError, match=r"output must be one of \('sigmoid', 'linear'\)"):
+        tiny_task(output="relu")
+
+
+def test_the_unknown_region_enters_the_network_as_trimap_unknown_input():
+    trimap = torch.tensor([[[[0.0, 0.5], [1.0, 0.5]]]])
+    seen = []
+    for value in (0.5, 128 / 255):
+        task = tiny_task(trimap_unknown_input=value)
+        task.model.backbone.register_forward_hook(lambda m, args, out: seen.append(args[0][:, 3]))
+        task(torch.zeros(1, 3, 2, 2), trimap)
+    torch.testing.assert_close(seen[0], trimap[:, 0])
+    torch.testing.assert_close(seen[1], torch.tensor([[[0.0, 128 / 255], [1.0, 128 / 255]]]))
+
+
+def test_eval_size_divisor_reflect_pads_image_and_trimap_and_crops_the_output():
+    torch.manual_seed(0)
+    image, trimap = torch.randn(1, 3, 5, 6), torch.randint(0, 3, (1, 1, 5, 6)) / 2
+    trimap[..., 0, :] = 0.5
+    task = tiny_task(output="linear", eval_size_divisor=4)
+    seen = []
+    task.model.backbone.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    alpha = task.predict_alpha(image, trimap)
+    padded = torch.nn.functional.pad(torch.cat([image, trimap], 1), (0, 2, 0, 3), mode="reflect")
+    torch.testing.assert_close(seen[0], padded)  # the trimap channel reflected too, as released
+    expected = task(padded[:, :3], padded[:, 3:])[..., :5, :6].clamp(0, 1)
+    torch.testing.assert_close(alpha, task.paste_known(expected, trimap))
+    with pytest.raises(ValueError, match="eval_size_divisor must be a positive integer or None"):
+        tiny_task(eval_size_divisor=0)

@@ -118,14 +118,14 @@ PAPER_MODELS: dict[str, CostSetting] = {
     "bts_r50": CostSetting(
         "nyuv2", None, "nearest",
         ("nearest", "carafe", "indexnet", "a2u", "sapa_b", "sapa_g"),
-        no_weights=("backbone.pretrained=false",),
+        no_weights=("backbone.checkpoint=null",),
         params_offset=2048 * 1000 + 1000,  # the release keeps torchvision's unused ImageNet fc
     ),
     "faster_rcnn_r50_fpn": CostSetting(
         "coco", None, "nearest",
         ("nearest", "carafe", "indexnet", "a2u", "sapa_i", "sapa_b", "sapa_g"),
         data={"num_classes": 81},  # 80 COCO classes and the background
-        no_weights=("backbone.pretrained=false",),
+        no_weights=("backbone.checkpoint=null",),
         # torchvision's box regressor has outputs for the background class too (81 x 4, unused
         # by its loss), mmdetection's 80 x 4
         params_offset=-4 * 1025,

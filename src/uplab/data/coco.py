@@ -154,9 +154,22 @@ class COCODetection(Dataset):
         split: ``train`` or ``val``.
         transform: a ``uplab.data.transforms`` pipeline (boxes follow flips and crops).
         seed: seed of the random transforms.
+        filter_empty_gt: leave out the images without any annotation in the file (crowd and
+            skipped boxes count as annotations), as mmdetection 2.x ``CocoDataset._filter_imgs``
+            does for training (``filter_empty_gt=True``).
+        min_size: leave out the images whose shorter side is below this many pixels
+            (mmdetection 2.x's training set: 32).
     """
 
-    def __init__(self, root, split: str = "train", transform=None, seed: int = 0):
+    def __init__(
+        self,
+        root,
+        split: str = "train",
+        transform=None,
+        seed: int = 0,
+        filter_empty_gt: bool = False,
+        min_size: int = 0,
+    ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
         self.root = Path(root)
@@ -174,7 +187,12 @@ class COCODetection(Dataset):
         self.category_ids = sorted(self.coco.getCatIds())
         self.label_of = {cat: label for label, cat in enumerate(self.category_ids, start=1)}
         self.targets = boxes_per_image(self.coco, annotation_file, self.label_of)
-        self.image_ids = sorted(self.coco.getImgIds())
+        self.image_ids = [
+            image_id
+            for image_id in sorted(self.coco.getImgIds())
+            if (not filter_empty_gt or self.coco.imgToAnns[image_id])
+            and min(self.coco.imgs[image_id]["width"], self.coco.imgs[image_id]["height"]) >= min_size
+        ]
         self.transform = transform
         self.seed = seed
         self.epoch = 0

@@ -3,7 +3,8 @@
 Training samples are composited on the fly, ``I = alpha F + (1 - alpha) B``, from
 ``Training_set/{fg,alpha}/<fg name>`` and ``Training_set/bg/<bg name>``, with the names in
 ``training_fg_names.txt`` and ``training_bg_names.txt``: sample ``i`` uses fg ``i // k`` and bg
-``i`` where ``k = n_bg // n_fg`` (DIM's pairing; 100 backgrounds per foreground in the real set).
+``i`` where ``k = n_bg // n_fg`` (DIM's pairing; 100 backgrounds per foreground in the real set),
+or a background drawn anew for every sample (``random_background``, the A2U release).
 Its trimap is drawn from the alpha with a random band width. Test samples are read from
 ``Test_set/{merged,alpha,trimaps}/<name>`` (trimaps 0 / 128 / 255). The name lists are checked line
 by line when the dataset is built (:func:`read_names`), each test trimap when it is read.
@@ -93,6 +94,11 @@ class Composition1k(Dataset):
             ``draw_foreground`` (see :meth:`draw_foreground`) to ``transform``,
             which must return ``image``, ``alpha`` and ``trimap`` (the A2U release's order:
             ``uplab.data.pipelines.a2u_matting_train``).
+        random_background: draw sample ``i``'s background uniformly from all backgrounds each
+            time it is read, instead of DIM's fixed pairing (the A2U release's ``TRAIN.random_bgidx:
+            True``: ``bg_idx = np.random.randint(0, self.bg_num - 1)`` in ``DataGenerator.
+            __getitem__``, dongdong93/a2u_matting ``scripts/data_generator.py``; its upper bound
+            leaves out the last of the 43,100 backgrounds, which is not copied here).
     """
 
     def __init__(
@@ -103,6 +109,7 @@ class Composition1k(Dataset):
         seed: int = 0,
         trimap_radius=(1, 5),
         composite: bool = True,
+        random_background: bool = False,
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
@@ -129,6 +136,7 @@ class Composition1k(Dataset):
                     f"foregrounds and {len(bg_names)} backgrounds"
                 )
             self.foregrounds = [(base / "fg" / n, base / "alpha" / n) for n in fg_names]
+            self.backgrounds = [base / "bg" / n for n in bg_names]
             per_fg = len(bg_names) // len(fg_names)
             self.samples = [
                 (
@@ -154,6 +162,7 @@ class Composition1k(Dataset):
         self.seed = seed
         self.trimap_radius = tuple(trimap_radius)
         self.composite = composite
+        self.random_background = random_background
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -168,6 +177,8 @@ class Composition1k(Dataset):
                 "trimap": read_trimap(trimap),
             }
         fg_path, alpha_path, bg_path = self.samples[index]
+        if self.random_background:
+            bg_path = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
         fg, alpha, bg = read_rgb(fg_path), read_gray(alpha_path), read_rgb(bg_path)
         if not self.composite:
             return {"fg": fg, "alpha": alpha, "bg": bg, "draw_foreground": self.draw_foreground}

@@ -185,8 +185,15 @@ def matting_errors(pred: np.ndarray, gt: np.ndarray, trimap: np.ndarray) -> dict
     }
 
 
-def to_uint8_matte(alpha: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Round an alpha matte in [0, 1] (``[H, W]`` or ``[1, H, W]``) to a uint8 image, as saved PNGs are."""
+QUANTIZATIONS = ("round", "floor")
+
+
+def to_uint8_matte(alpha: torch.Tensor | np.ndarray, quantization: str = "round") -> np.ndarray:
+    """An alpha matte in [0, 1] (``[H, W]`` or ``[1, H, W]``) as a uint8 image, as saved PNGs are:
+    ``clip(alpha, 0, 1) * 255`` rounded (``"round"``) or truncated (``"floor"``: the A2U release's
+    ``test.py`` saves ``alpha.astype(np.uint8)``, dongdong93/a2u_matting ``scripts/test.py``)."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}; got {quantization!r}")
     if isinstance(alpha, torch.Tensor):
         alpha = alpha.detach().float().cpu().numpy()
     alpha = np.asarray(alpha, dtype=np.float64)
@@ -194,7 +201,8 @@ def to_uint8_matte(alpha: torch.Tensor | np.ndarray) -> np.ndarray:
         alpha = alpha[0]
     if alpha.ndim != 2:
         raise ValueError(f"expected an alpha matte [H, W] or [1, H, W]; got shape {alpha.shape}")
-    return np.round(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.uint8)
+    scaled = np.clip(alpha, 0.0, 1.0) * 255.0
+    return (np.round(scaled) if quantization == "round" else np.floor(scaled)).astype(np.uint8)
 
 
 def to_uint8_trimap(trimap: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -211,7 +219,9 @@ class MattingMetrics(Metric):
 
     ``update(pred, alpha, trimap)`` takes batches ``[B, 1, H, W]``: predicted and true alpha in
     [0, 1] and the trimap in {0, 0.5, 1}. Predictions are clamped and quantised to uint8 like the
-    PNGs the MATLAB script reads; the true alpha is quantised the same way. Known regions are not
+    PNGs the MATLAB script reads (``quantization``: ``"round"``, or ``"floor"`` as the A2U
+    release's ``test.py`` saves them; see :func:`to_uint8_matte`); the true alpha is rounded
+    (exact for alphas read from 8-bit PNGs). Known regions are not
     overwritten here: the task decides whether to paste the trimap's known values into the
     prediction, as the released test scripts do.
 
@@ -222,8 +232,13 @@ class MattingMetrics(Metric):
 
     full_state_update = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, quantization: str = "round", **kwargs) -> None:
         super().__init__(**kwargs)
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"MattingMetrics: quantization must be one of {QUANTIZATIONS}; got {quantization!r}"
+            )
+        self.quantization = quantization
         for name in ("sad", "mse", "grad", "conn"):
             self.add_state(
                 name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
@@ -246,7 +261,9 @@ class MattingMetrics(Metric):
             trimap_u8 = to_uint8_trimap(t)
             if not (trimap_u8 == UNKNOWN).any():
                 continue
-            errors = matting_errors(to_uint8_matte(p), to_uint8_matte(a), trimap_u8)
+            errors = matting_errors(
+                to_uint8_matte(p, self.quantization), to_uint8_matte(a), trimap_u8
+            )
             for name, value in errors.items():
                 setattr(self, name, getattr(self, name) + value)
             self.images += 1

@@ -38,6 +38,9 @@ class DepthTask(TaskModule):
         scheduler: scheduler partial or None.
         min_depth: smallest depth evaluated (metres); ground truth at or below it is invalid.
         max_depth: largest depth predicted and evaluated (10 m on NYUv2).
+        loss_min_depth: ground truth at or below it is left out of the loss; None: ``min_depth``
+            (BTS trains on ``depth_gt > 0.1`` for NYU, cleinc/bts ``pytorch/bts_main.py``).
+        variance_focus: the silog loss's lambda (BTS ``--variance_focus``, 0.85).
     """
 
     data_task = "depth"
@@ -53,11 +56,15 @@ class DepthTask(TaskModule):
         scheduler: Callable[..., Any] | None = None,
         min_depth: float = 1e-3,
         max_depth: float = 10.0,
+        loss_min_depth: float | None = None,
+        variance_focus: float = 0.85,
     ):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["backbone", "decoder", "upsampler", "optimizer", "scheduler"])
         self.model = DenseModel(backbone(in_chans=3), decoder, upsampler, 1)
         self.min_depth, self.max_depth = min_depth, max_depth
+        self.loss_min_depth = min_depth if loss_min_depth is None else loss_min_depth
+        self.variance_focus = variance_focus
         self.val_metrics = DepthMetrics(min_depth, max_depth)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -67,7 +74,7 @@ class DepthTask(TaskModule):
         return self.max_depth * torch.sigmoid(out)
 
     def _loss(self, pred: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-        return silog_loss(pred, depth, depth > self.min_depth)
+        return silog_loss(pred, depth, depth > self.loss_min_depth, self.variance_focus)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         pred = self(batch["image"])

@@ -15,6 +15,7 @@ from uplab.tasks.base import TaskModule
 from uplab.tasks.figures import denormalize
 
 UNKNOWN = 0.5
+OUTPUTS = ("sigmoid", "linear")
 
 
 def _unknown_mean(per_pixel: torch.Tensor, unknown: torch.Tensor, per_image: bool) -> torch.Tensor:
@@ -92,8 +93,10 @@ class MattingTask(TaskModule):
     """Image matting (the Composition-1k setting of IndexNet, A2U and FADE).
 
     The model reads the normalised image and the trimap as four channels and predicts
-    ``sigmoid(out)``. For evaluation and figures the trimap's known regions are pasted into the
-    prediction, as the released test scripts do.
+    ``sigmoid(out)``, or ``out`` itself (``output="linear"``: the A2U release trains on the raw
+    output and clips it to [0, 1] only at test, ``np.clip(alpha, 0, 1)`` in dongdong93/a2u_matting
+    ``scripts/test.py`` and ``trainval.py``). For evaluation and figures the prediction is clamped
+    to [0, 1] and the trimap's known regions are pasted into it, as the released test scripts do.
 
     Training loss: ``(1 - w) * alpha_loss + w * composition_loss`` with ``w = composition_weight``
     (Deep Image Matting, Eqs. 1-2; the A2U release: ``w = 0.5`` and per-image normalisation).
@@ -109,6 +112,14 @@ class MattingTask(TaskModule):
             pipeline, ``uplab.data.pipelines.a2u_matting_train``, hands them).
         per_image_loss: normalise both losses per image, as the A2U release does (see
             :func:`_unknown_mean`); False pools the batch's unknown pixels.
+        output: ``"sigmoid"`` or ``"linear"`` (see above).
+        trimap_unknown_input: the value the trimap's unknown region has in the input channel
+            (0.5, uplab's trimap encoding; the A2U release feeds ``trimap / 255.``: 128 / 255).
+            Losses and metrics read the trimap as it is.
+        eval_size_divisor: reflect-pad the evaluated input to a multiple of this (see
+            :meth:`predict_alpha`); None leaves the size to the evaluation pipeline.
+        alpha_quantization: how evaluated predictions become 8-bit mattes, ``"round"`` or
+            ``"floor"`` (the A2U release's saved PNGs; :class:`~uplab.metrics.MattingMetrics`).
         freeze_bn: keep the encoder's BatchNorm layers in eval mode during training, so their
             running statistics stay as loaded (the affine weights still train). The A2U release
             sets ``TRAIN.freeze_bn: True`` but calls ``eval()`` on them only when the network is
@@ -130,15 +141,28 @@ class MattingTask(TaskModule):
         composition_weight: float = 0.0,
         per_image_loss: bool = False,
         freeze_bn: bool = False,
+        output: str = "sigmoid",
+        trimap_unknown_input: float = UNKNOWN,
+        eval_size_divisor: int | None = None,
+        alpha_quantization: str = "round",
     ):
         if not 0.0 <= composition_weight <= 1.0:
             raise ValueError(f"composition_weight must be in [0, 1]; got {composition_weight}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}")
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(
             ignore=["backbone", "decoder", "upsampler", "optimizer", "scheduler"]
         )
         self.model = DenseModel(backbone(in_chans=4), decoder, upsampler, 1)
-        self.val_metrics = MattingMetrics()
+        self.val_metrics = MattingMetrics(quantization=alpha_quantization)
+        self.output = output
+        self.trimap_unknown_input = trimap_unknown_input
+        if eval_size_divisor is not None and eval_size_divisor < 1:
+            raise ValueError(
+                f"eval_size_divisor must be a positive integer or None; got {eval_size_divisor!r}"
+            )
+        self.eval_size_divisor = eval_size_divisor
         self.composition_weight = composition_weight
         self.per_image_loss = per_image_loss
         self.freeze_bn = freeze_bn
@@ -162,10 +186,29 @@ class MattingTask(TaskModule):
         self._freeze_encoder_bn()
 
     def forward(self, image: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
+        if self.trimap_unknown_input != UNKNOWN:
+            trimap = torch.where(trimap == UNKNOWN, self.trimap_unknown_input, trimap)
         out = self.model(torch.cat([image, trimap], dim=1))
         if out.shape[-2:] != image.shape[-2:]:
             out = F.interpolate(out, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.sigmoid(out)
+        return torch.sigmoid(out) if self.output == "sigmoid" else out
+
+    def predict_alpha(self, image: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
+        """The evaluated alpha: the output clamped to [0, 1], the trimap's known regions pasted.
+
+        With ``eval_size_divisor`` the input (image and trimap channel) is reflect-padded at the
+        bottom and right to a multiple of it and the output cropped back, as the A2U release's
+        test does (``np.pad(..., mode="reflect")`` then ``outputs[:h, :w]``).
+        """
+        height, width = image.shape[-2:]
+        if self.eval_size_divisor is None:
+            out = self(image, trimap)
+        else:
+            d = self.eval_size_divisor
+            pad = (0, -width % d, 0, -height % d)
+            padded = self(F.pad(image, pad, mode="reflect"), F.pad(trimap, pad, mode="reflect"))
+            out = padded[..., :height, :width]
+        return self.paste_known(out.clamp(0.0, 1.0), trimap)
 
     @staticmethod
     def paste_known(pred: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
@@ -202,16 +245,13 @@ class MattingTask(TaskModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        pred = self(batch["image"], batch["trimap"])
+        pred = self.predict_alpha(batch["image"], batch["trimap"])
         loss = unknown_region_l1(pred, batch["alpha"], batch["trimap"])
         self.log("val/loss", loss, batch_size=len(pred), sync_dist=True)
-        self.val_metrics.update(
-            self.paste_known(pred, batch["trimap"]), batch["alpha"], batch["trimap"]
-        )
+        self.val_metrics.update(pred, batch["alpha"], batch["trimap"])
 
     def predict_for_figure(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        trimap = batch["trimap"][:1]
-        return self.paste_known(self(batch["image"][:1], trimap), trimap)
+        return self.predict_alpha(batch["image"][:1], batch["trimap"][:1])
 
     def figure_panels(self, batch: dict[str, torch.Tensor], output: torch.Tensor) -> dict[str, Any]:
         return {

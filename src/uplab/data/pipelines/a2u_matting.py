@@ -12,7 +12,9 @@ whose top-left corner is a random unknown pixel -> hue/saturation/value jitter o
 -> composite (which also returns ``fg`` and ``bg`` in [0, 1] for the composition loss).
 Test: the pre-composited image at its own size, reflect-padded to a multiple of 16 (the network's
 output stride); trimap and alpha are padded with 0 (known background), so the pad is outside the
-evaluated unknown region and the metrics are those of the unpadded image.
+evaluated unknown region and the metrics are those of the unpadded image. The paper rows pad in the
+task instead (``MattingTask(eval_size_divisor=16)``: the trimap channel of the input reflected as
+well and the output cropped back, as the release does) and build this with ``size_divisor=None``.
 """
 
 from __future__ import annotations
@@ -187,7 +189,9 @@ class CropAroundUnknown:
     """The release's ``RandomCrop``: enlarge the layers if smaller than the crop (nearest; the
     background bicubic, covering the foreground), then crop ``size`` with its top-left corner at a
     random unknown pixel at least ``size // 2`` from the border (anywhere if there are fewer than 10
-    such pixels). The background is cropped at the same place."""
+    such pixels). The background is cropped at the same place. A trimap without any unknown pixel
+    has the whole layers resized to ``size`` instead (fg, alpha, trimap nearest, background
+    bicubic), as the release does."""
 
     def __init__(self, size: int = 512):
         self.size = size
@@ -217,6 +221,16 @@ class CropAroundUnknown:
         else:
             pick = int(rng.integers(len(rows)))
             top, left = int(rows[pick]), int(cols[pick])
+        if not (trimap == 128).any():
+            # the release then resizes the whole layers to the crop size instead of cropping them
+            size = (s, s)
+            return {
+                **sample,
+                "fg": T.resize(fg, size, Image.NEAREST),
+                "alpha": T.resize(alpha, size, Image.NEAREST),
+                "trimap": T.resize(trimap, size, Image.NEAREST),
+                "bg": T.resize(bg, size, Image.BICUBIC),
+            }
         window = (slice(top, top + s), slice(left, left + s))
         return {
             **sample,
@@ -271,22 +285,29 @@ def a2u_matting_train(
     augmentation: bool = True,
     second_foreground: float = 0.5,
     squash: float = 0.25,
+    flip: float = 0.5,
 ) -> T.Compose:
     """The A2U release's training pipeline (``augmentation=False``: trimap, crop, composite).
 
     ``second_foreground`` and ``squash`` are the probabilities of :class:`OverlaySecondForeground`
-    and :class:`SquashForeground` (0 leaves a step out).
+    and :class:`SquashForeground` (0 leaves a step out); ``flip`` is the probability of each of
+    the affine warp's two axis flips and of the horizontal flip after it (the release's
+    ``RandomAffine(..., flip=0.5)`` and ``RandomHorizontalFlip()``).
     """
     steps = []
     if augmentation:
         steps += [OverlaySecondForeground(second_foreground)] if second_foreground > 0 else []
         steps += [SquashForeground(squash)] if squash > 0 else []
-        steps += [RandomAffineLayers(), RandomFlipLayers()]
+        steps += [RandomAffineLayers(flip=flip), RandomFlipLayers(flip)]
     steps += [GenerateTrimap(), CropAroundUnknown(crop_size)]
     steps += [ForegroundJitter()] if augmentation else []
     return T.Compose([*steps, Composite()])
 
 
-def a2u_matting_test(size_divisor: int = 16) -> T.Compose:
-    """Whole image, reflect-padded to a multiple of the output stride (see the module docstring)."""
-    return T.Compose([PadTo(size_divisor=size_divisor, image_fill="reflect")])
+def a2u_matting_test(size_divisor: int | None = 16) -> T.Compose:
+    """Whole image, reflect-padded to a multiple of the output stride (see the module docstring);
+    ``size_divisor=None`` leaves it unpadded, for a task that pads the input itself
+    (``MattingTask(eval_size_divisor=...)``, which pads the trimap channel as the release does)."""
+    return T.Compose(
+        [] if size_divisor is None else [PadTo(size_divisor=size_divisor, image_fill="reflect")]
+    )

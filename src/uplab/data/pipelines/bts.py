@@ -31,11 +31,18 @@ def _scaled(bounds: Sequence[int], height: int, width: int, order: str) -> list[
 
 class CropValidRegion:
     """Cut the white border of the NYUv2 frames (BTS's ``crop((43, 45, 608, 472))``); on frames of
-    another size the box is scaled proportionally."""
+    another size the box is scaled proportionally.
+
+    Args:
+        box: ``(left, top, right, bottom)`` on 480x640 frames.
+    """
+
+    def __init__(self, box: Sequence[int] = VALID_BOX):
+        self.box = tuple(box)
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         height, width = T._size(sample)
-        left, top, right, bottom = _scaled(VALID_BOX, height, width, "xyxy")
+        left, top, right, bottom = _scaled(self.box, height, width, "xyxy")
         return {
             k: np.ascontiguousarray(v[top:bottom, left:right]) if k in T.DENSE_KEYS else v
             for k, v in sample.items()
@@ -97,29 +104,46 @@ class ColorAugment:
 
 class EigenCropMask:
     """Set the depth outside Eigen et al.'s crop to 0 (invalid): evaluation on the crop, as BTS's
-    ``eval_with_pngs``/``test`` do with ``--eigen_crop``. Scaled proportionally off 480x640."""
+    ``eval_with_pngs``/``online_eval`` do with ``--eigen_crop``. Scaled proportionally off 480x640.
+
+    Args:
+        crop: ``(top, bottom, left, right)`` on 480x640 frames.
+    """
+
+    def __init__(self, crop: Sequence[int] = EIGEN_CROP):
+        self.crop = tuple(crop)
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         depth = sample["depth"]
-        top, bottom, left, right = _scaled(EIGEN_CROP, *depth.shape, "yyxx")
+        top, bottom, left, right = _scaled(self.crop, *depth.shape, "yyxx")
         masked = np.zeros_like(depth)
         masked[top:bottom, left:right] = depth[top:bottom, left:right]
         return {**sample, "depth": masked}
 
 
-def bts_nyu_train(crop_size=(416, 544), degrees: float = 2.5, flip: float = 0.5) -> T.Compose:
-    """BTS's NYUv2 training pipeline (see the module docstring)."""
+def bts_nyu_train(
+    crop_size: Sequence[int] = (416, 544),
+    degrees: float = 2.5,
+    flip: float = 0.5,
+    valid_box: Sequence[int] = VALID_BOX,
+    color_p: float = 0.5,
+    gamma: Sequence[float] = (0.9, 1.1),
+    brightness: Sequence[float] = (0.75, 1.25),
+    color: Sequence[float] = (0.9, 1.1),
+) -> T.Compose:
+    """BTS's NYUv2 training pipeline (see the module docstring); the defaults are the release's
+    (``bts_dataloader.py`` with ``arguments_train_nyu.txt``)."""
     return T.Compose(
         [
-            CropValidRegion(),
+            CropValidRegion(valid_box),
             RandomRotate(degrees),
             T.RandomCrop(tuple(crop_size)),
             T.RandomHorizontalFlip(flip),
-            ColorAugment(),
+            ColorAugment(color_p, gamma, brightness, color),
         ]
     )
 
 
-def bts_nyu_test() -> T.Compose:
-    """Full frames, evaluated inside Eigen's crop."""
-    return T.Compose([EigenCropMask()])
+def bts_nyu_test(eigen_crop: Sequence[int] = EIGEN_CROP) -> T.Compose:
+    """Full frames, evaluated inside Eigen's crop (no resize, no padding)."""
+    return T.Compose([EigenCropMask(eigen_crop)])

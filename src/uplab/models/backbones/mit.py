@@ -26,6 +26,8 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
+from uplab.weights import load_strict
+
 __all__ = [
     "MIT_VARIANTS",
     "MixTransformer",
@@ -246,30 +248,33 @@ class MixTransformer(nn.Module):
 
     def load_pretrained(self, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> None:
         """Load released weights strictly, NVlabs or Hugging Face key names alike
-        (:func:`convert_state_dict`).
+        (:func:`convert_state_dict`, then :func:`uplab.weights.load_strict`: every encoder tensor
+        set, every checkpoint tensor but the ImageNet classifier used).
 
         Args:
             checkpoint: a state dict, or the path of one: ``*.safetensors`` is read with
                 safetensors, anything else with ``torch.load(weights_only=True)``.
         """
+        source = "the MiT checkpoint"
         if not isinstance(checkpoint, Mapping):
+            source = str(checkpoint)
             checkpoint = _read_checkpoint(checkpoint)
-        self.load_state_dict(convert_state_dict(checkpoint), strict=True)
+        load_strict(self, convert_state_dict(checkpoint), source)
 
     def load_nvlabs(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Load a state dict with NVlabs/SegFormer's ``MixVisionTransformer`` key names, strictly
         (the ImageNet classifier ``head.*`` is dropped); a checkpoint wrapped as
         ``{"state_dict": ...}`` is unwrapped."""
-        self.load_state_dict(convert_nvlabs_state_dict(_unwrap(state_dict)), strict=True)
+        load_strict(self, convert_nvlabs_state_dict(_unwrap(state_dict)), "the NVlabs MiT checkpoint")
 
 
 def _read_checkpoint(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"MixTransformer: expected ImageNet MiT weights at {path}, which does not exist; put "
-            "NVlabs' mit_b1.pth (SegFormer README) or Hugging Face nvidia/mit-b1 "
-            "model.safetensors there, or point backbone.checkpoint at it (docs/datasets.md, ADE20K)"
+            f"MixTransformer: expected ImageNet MiT weights at {path}, which does not exist; "
+            "fetch them with python scripts/fetch_weights.py mit_b1 (reference/weights.yaml), "
+            "or point backbone.checkpoint at NVlabs' mit_b1.pth or Hugging Face's nvidia/mit-b1 file"
         )
     if path.suffix == ".safetensors":
         return load_safetensors(path)

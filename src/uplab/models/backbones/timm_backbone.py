@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import timm
 import torch
 from torch import nn
+
+from uplab.weights import load_strict
 
 
 class TimmBackbone(nn.Module):
@@ -27,6 +31,9 @@ class TimmBackbone(nn.Module):
         frozen_params: regular expressions (``re.search``) on the timm model's parameter names;
             the parameters that match do not train (``requires_grad=False``), e.g. BTS's fixed
             stem convolution and BatchNorm affine weights.
+        checkpoint: path of a state dict in timm's key names for ``name``, loaded strictly
+            (:meth:`load_checkpoint`): torchvision's ImageNet ResNet files name their tensors as
+            timm's ResNet does (``reference/weights.yaml``, ``torchvision_resnet50``).
 
     Example:
         >>> bb = TimmBackbone("resnet18", out_indices=(1, 2, 3, 4))
@@ -42,8 +49,14 @@ class TimmBackbone(nn.Module):
         out_indices: Sequence[int] | None = None,
         include_input: bool = False,
         frozen_params: Sequence[str] = (),
+        checkpoint: str | os.PathLike | None = None,
     ):
         super().__init__()
+        if pretrained and checkpoint is not None:
+            raise ValueError(
+                f"TimmBackbone({name!r}): pretrained=True and checkpoint={checkpoint} both name "
+                "initial weights; keep one (set pretrained=false to load the checkpoint)"
+            )
         kwargs = {"features_only": True, "pretrained": pretrained, "in_chans": in_chans}
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
@@ -58,8 +71,11 @@ class TimmBackbone(nn.Module):
                 f"timm.create_model('{name}', pretrained=True)\" (same HF_HOME). "
                 "backbone.pretrained=false trains the encoder from scratch, which no paper row does"
             ) from err
+        self.name = name
         self.in_chans = in_chans
         self.include_input = include_input
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
         patterns = [re.compile(p) for p in frozen_params]
         for param_name, param in self.model.named_parameters():
             if any(p.search(param_name) for p in patterns):
@@ -70,6 +86,33 @@ class TimmBackbone(nn.Module):
             channels, reductions = [in_chans, *channels], [1, *reductions]
         self.channels: list[int] = channels
         self.reductions: list[int] = reductions
+
+    def load_checkpoint(self, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> None:
+        """Load a state dict in timm's key names strictly (:func:`uplab.weights.load_strict`):
+        every tensor of the feature extractor set, every tensor of the file used except those of
+        the parts of the whole timm model that ``features_only`` does not build (the classifier
+        ``fc``, the stages past the last ``out_indices``). torchvision's ResNet files qualify as
+        they are: torchvision and timm name ResNet tensors alike.
+
+        Args:
+            checkpoint: a state dict (``{"state_dict": ...}`` is unwrapped), or the path of one.
+        """
+        source = "the checkpoint"
+        if not isinstance(checkpoint, Mapping):
+            source = str(checkpoint)
+            if not Path(checkpoint).is_file():
+                raise FileNotFoundError(
+                    f"TimmBackbone({self.name!r}): no weights file at {checkpoint}; fetch the "
+                    "released file (python scripts/fetch_weights.py --all, reference/weights.yaml) "
+                    "or set backbone.checkpoint to its path"
+                )
+            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if isinstance(checkpoint.get("state_dict"), Mapping):
+            checkpoint = checkpoint["state_dict"]
+        with torch.device("meta"):  # the whole architecture's key names, without memory
+            whole = timm.create_model(self.name, in_chans=self.in_chans).state_dict()
+        built = self.model.state_dict()
+        load_strict(self.model, checkpoint, source, dropped=[k for k in whole if k not in built])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != self.in_chans:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uplab.weights import load_strict
+
 __all__ = [
     "A2UMattingDecoder",
     "A2UMattingEncoder",
@@ -166,18 +168,21 @@ class A2UMattingEncoder(nn.Module):
 
     def load_pretrained(self, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> None:
         """Load the release's ImageNet ResNet-34 (a path or its state dict), every encoder
-        tensor from it (:func:`convert_release_resnet34`)."""
+        tensor from it and every tensor of it used but the parts the encoder does not build
+        (:func:`convert_release_resnet34`, :func:`uplab.weights.load_strict`)."""
+        source = "the ImageNet ResNet-34 checkpoint"
         if not isinstance(checkpoint, Mapping):
             path = Path(checkpoint)
+            source = str(path)
             if not path.is_file():
                 raise FileNotFoundError(
                     f"A2UMattingEncoder: expected the A2U release's ImageNet ResNet-34 at {path}, "
-                    f"which does not exist; download {RELEASE_RESNET34_URL} there (see "
-                    "docs/datasets.md, Composition-1k)"
+                    f"which does not exist; fetch it with python scripts/fetch_weights.py "
+                    f"a2u_resnet34 ({RELEASE_RESNET34_URL}; reference/weights.yaml)"
                 )
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        state = convert_release_resnet34(checkpoint, self.state_dict())
-        self.load_state_dict(state, strict=False)
+        state, past_structure = convert_release_resnet34(checkpoint, self.state_dict())
+        load_strict(self, state, source, dropped=past_structure)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != self.in_chans or x.shape[-2] % 16 or x.shape[-1] % 16:
@@ -203,13 +208,13 @@ _RELEASE_PARTS = {
 
 
 def _release_key_to_ours(key: str) -> str | None:
-    """``module.mod3.block1.convs.bn1.weight`` -> ``down2.conv1.1.weight``; None for the parts
-    the encoder does not have (``mod5``, the classifier)."""
+    """``module.mod3.block1.convs.bn1.weight`` -> ``down2.conv1.1.weight``; None for a key of
+    no encoder part (``mod5``, the classifier, or not inplace_abn's ResNet at all)."""
     key = key.removeprefix("module.")
     if m := re.fullmatch(r"mod1\.(conv1|bn1)\.(\w+)", key):
         return f"stem.{0 if m[1] == 'conv1' else 1}.{m[2]}"
     m = re.fullmatch(r"mod(\d)\.block(\d+)\.(convs\.\w+|proj_\w+)\.(\w+)", key)
-    if m is None or int(m[1]) not in _RELEASE_LAYERS:
+    if m is None or int(m[1]) not in _RELEASE_LAYERS or m[3] not in _RELEASE_PARTS:
         return None
     layer, down = _RELEASE_LAYERS[int(m[1])]
     block = int(m[2]) - 1
@@ -220,44 +225,53 @@ def _release_key_to_ours(key: str) -> str | None:
     return f"{prefix}.{_RELEASE_PARTS[m[3]]}.{m[4]}"
 
 
+# inplace_abn ResNet-34 parts the encoder does not build: layer 4 (mod5) and the classifier
+_RELEASE_UNBUILT = re.compile(r"(module\.)?(mod5\.|classifier\.)")
+
+
 def convert_release_resnet34(
     checkpoint: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], set[str]]:
     """The release's ImageNet ResNet-34 as :class:`A2UMattingEncoder` weights, as the release's
     ``resnetmat(pretrained=True)`` maps them: the RGB filters of the first convolution copied and
     the trimap channel's set to 0; blocks past the encoder's structure (the rest of layer 3, layer
-    4) and the classifier dropped.
+    4) and the classifier dropped. Every other key of the checkpoint must be an encoder tensor.
 
     Args:
         checkpoint: the release's file contents (``{"state_dict": ...}`` or the state dict).
         target: the encoder's ``state_dict()`` (its keys and shapes).
 
+    Returns:
+        The renamed tensors, and the encoder keys that name the blocks past the encoder's
+        structure (mapped but dropped, for :func:`uplab.weights.load_strict`).
+
     Raises:
-        ValueError: if an encoder tensor has no counterpart in the checkpoint or a shape differs
-            (not the release's ResNet-34).
+        ValueError: a key that is no part of inplace_abn's ResNet-34 (not the release's file).
     """
     state = checkpoint.get("state_dict", checkpoint)
     out: dict[str, torch.Tensor] = {}
+    past_structure: set[str] = set()
+    foreign = []
     for key, value in state.items():
-        ours = _release_key_to_ours(key)
-        if ours is None or ours not in target:
+        if _RELEASE_UNBUILT.match(key):
             continue
-        if ours == "stem.0.weight":
+        ours = _release_key_to_ours(key)
+        if ours is None:
+            foreign.append(key)
+            continue
+        if ours not in target:
+            past_structure.add(ours)
+        elif ours == "stem.0.weight" and value.shape[1] < target[ours].shape[1]:
             rgb, value = value, torch.zeros_like(target[ours])
             value[:, : rgb.shape[1]] = rgb
-        if value.shape != target[ours].shape:
-            raise ValueError(
-                f"{key}: shape {tuple(value.shape)} where A2UMattingEncoder's {ours} has "
-                f"{tuple(target[ours].shape)}; expected the A2U release's ImageNet ResNet-34"
-            )
         out[ours] = value
-    missing = [k for k in target if k not in out and not k.endswith("num_batches_tracked")]
-    if missing:
+    if foreign:
         raise ValueError(
-            f"the checkpoint has no weights for {len(missing)} encoder tensors ({missing[:3]}...); "
-            f"expected the A2U release's ImageNet ResNet-34 ({RELEASE_RESNET34_URL})"
+            f"{len(foreign)} checkpoint keys are no part of inplace_abn's ResNet-34 "
+            f"({', '.join(foreign[:4])}); expected the A2U release's ImageNet ResNet-34 "
+            f"({RELEASE_RESNET34_URL})"
         )
-    return out
+    return out, past_structure
 
 
 class DecoderStage(nn.Module):
