@@ -21,8 +21,13 @@ from uplab.data.pipelines.a2u_matting import (
     _ellipse,
 )
 from uplab.data.pipelines.bts import ColorAugment, CropValidRegion, EigenCropMask
-from uplab.data.pipelines.common import PadTo, ResizeKeepRatio, keep_ratio_size
-from uplab.data.pipelines.segformer import CatMaxRandomCrop, PhotoMetricDistortion, RandomRescale
+from uplab.data.pipelines.common import PadTo, keep_ratio_size
+from uplab.data.pipelines.segformer import (
+    AlignedResize,
+    CatMaxRandomCrop,
+    PhotoMetricDistortion,
+    RandomRescale,
+)
 from uplab.metrics import DepthMetrics, DetectionMetrics, MattingMetrics, SegmentationMetrics
 
 
@@ -353,5 +358,5 @@ def test_pad_and_resize_reject_bad_arguments():
     with pytest.raises(ValueError, match="exactly one"):
         PadTo()
     with pytest.raises(ValueError, match="two positive"):
-        ResizeKeepRatio((0, 5))
+        AlignedResize((0, 5))
     assert T.Compose([])({"image": np.zeros((2, 2, 3))}, rng())["image"].shape == (2, 2, 3)

@@ -85,32 +85,6 @@ def resize_sample(
     return out
 
 
-class ResizeKeepRatio:
-    """Resize to fit ``scale = (long, short)`` keeping the aspect ratio (mmseg/mmdet ``Resize``
-    with ``keep_ratio=True``), optionally rounding each side to a multiple of ``size_divisor``
-    (SegFormer's ``AlignedResize``).
-
-    Args:
-        scale: ``(long, short)`` edge limits, e.g. ``(2048, 512)`` or ``(1333, 800)``.
-        size_divisor: round the new sides to multiples of it (``int(ceil(side / d)) * d``), or None.
-        keys: the dense maps to resize (None: all, e.g. ``["image"]`` to keep labels at their size).
-    """
-
-    def __init__(self, scale: Sequence[float], size_divisor: int | None = None, keys=None) -> None:
-        if len(scale) != 2 or min(scale) <= 0:
-            raise ValueError(f"scale must be two positive edge lengths (long, short); got {scale}")
-        self.scale = tuple(scale)
-        self.size_divisor = size_divisor
-        self.keys = None if keys is None else tuple(keys)
-
-    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
-        height, width = keep_ratio_size(*T._size({"image": sample["image"]}), self.scale)
-        if self.size_divisor:
-            d = self.size_divisor
-            height, width = int(np.ceil(height / d)) * d, int(np.ceil(width / d)) * d
-        return resize_sample(sample, height, width, self.keys)
-
-
 class PadTo:
     """Pad the dense maps at the bottom and right to at least ``size = (height, width)``, or to the
     next multiple of ``size_divisor``, with each map's fill value (``image_fill`` for the image;
