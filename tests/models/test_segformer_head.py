@@ -83,3 +83,24 @@ def test_coarse_output_control_fuses_at_the_coarsest_level_without_upsamplers():
     # the finest level still reaches the output, area-pooled: changing it changes the output
     feats[0] = feats[0] + 1.0
     assert not torch.allclose(head(feats), out)
+
+
+def test_fusing_conv_is_initialised_as_mmcv_conv_module_and_the_predictor_as_pytorch():
+    """linear_fuse: kaiming_normal_(fan_out, relu), std sqrt(2 / 256); the class predictor
+    (the release's linear_pred, a plain nn.Conv2d): uniform within 1 / sqrt(fan_in)."""
+    from uplab.models import DenseModel
+
+    torch.manual_seed(0)
+    head = SegFormerHead([64, 128, 320, 512], partial(build, "bilinear"), embed_dim=256)
+    fuse = head.linear_fuse[0].weight
+    assert fuse.std().item() == pytest.approx((2 / 256) ** 0.5, rel=0.02)
+    assert head.linear_fuse[1].weight.eq(1).all() and head.linear_fuse[1].bias.eq(0).all()
+
+    class Pyramid(nn.Module):
+        channels = CHANNELS
+
+    model = DenseModel(Pyramid(), partial(SegFormerHead, embed_dim=256), partial(build, "bilinear"), 150)
+    bound = 1 / 256**0.5
+    weight = model.head.weight
+    assert weight.abs().max().item() <= bound
+    assert weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)

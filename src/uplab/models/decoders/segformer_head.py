@@ -36,6 +36,10 @@ class SegFormerHead(nn.Module):
 
     The class predictor is not part of the decoder: ``out_channels`` is ``embed_dim``.
 
+    Initialisation as the release's: the projections keep PyTorch's ``nn.Linear`` default, the
+    fusing convolution is mmcv's ``ConvModule`` default (``kaiming_normal_``, ``fan_out``, ReLU
+    gain; its BatchNorm weight 1, bias 0).
+
     Args:
         in_channels: channels of the backbone's levels, finest first.
         upsampler: factory ``upsampler(in_channels=, scale=2, guide_channels=)`` for one ×2 step.
@@ -86,6 +90,7 @@ class SegFormerHead(nn.Module):
             nn.BatchNorm2d(embed_dim),
             nn.ReLU(inplace=True),
         )
+        nn.init.kaiming_normal_(self.linear_fuse[0].weight, mode="fan_out", nonlinearity="relu")
         self.dropout = nn.Dropout2d(dropout)
         self.coarse_output = coarse_output
         num_steps = 0 if coarse_output else len(selected) * (len(selected) - 1) // 2
