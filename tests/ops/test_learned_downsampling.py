@@ -25,7 +25,9 @@ def released_loop(features, kernels, k, s, g):
                         for ix in range(s * pw - lo, s * pw + hi):
                             if 0 <= iy < h and 0 <= ix < w:
                                 m = (group * k + iy - s * ph + lo) * k + ix - s * pw + lo
-                                out[n, ch, ph, pw] += features[n, ch, iy, ix] * kernels[n, m, ph, pw]
+                                out[n, ch, ph, pw] += (
+                                    features[n, ch, iy, ix] * kernels[n, m, ph, pw]
+                                )
     return out
 
 
@@ -48,7 +50,9 @@ def test_each_group_of_channels_reads_its_own_kernels():
     assert out[0, 1].flatten().tolist() == [6, 8, 14, 16]
 
 
-@pytest.mark.parametrize(("k", "s", "g"), [(6, 2, 1), (6, 2, 2), (4, 2, 1), (3, 2, 1), (5, 3, 1), (1, 2, 1)])
+@pytest.mark.parametrize(
+    ("k", "s", "g"), [(6, 2, 1), (6, 2, 2), (4, 2, 1), (3, 2, 1), (5, 3, 1), (1, 2, 1)]
+)
 def test_matches_the_released_index_arithmetic(k, s, g):
     torch.manual_seed(0)
     x = torch.randn(2, 4, 3 * s, 2 * s, dtype=torch.float64)

@@ -59,7 +59,11 @@ def learned_downsample(
     check_nchw("features", features)
     check_nchw("kernels", kernels)
     check_same_batch_device_dtype("features", features, "kernels", kernels)
-    for name, value in (("kernel_size", kernel_size), ("scale_factor", scale_factor), ("group_size", group_size)):
+    for name, value in (
+        ("kernel_size", kernel_size),
+        ("scale_factor", scale_factor),
+        ("group_size", group_size),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"learned_downsample: {name} must be a positive int, got {value!r}")
     b, c, h, w = features.shape
@@ -86,7 +90,11 @@ def learned_downsample(
     out = None
     for y in range(kernel_size):
         for x in range(kernel_size):
-            window = padded[..., y : y + scale_factor * ho : scale_factor, x : x + scale_factor * wo : scale_factor]
+            window = padded[
+                ...,
+                y : y + scale_factor * ho : scale_factor,
+                x : x + scale_factor * wo : scale_factor,
+            ]
             term = weights[:, :, y * kernel_size + x] * window
             out = term if out is None else out + term
     return out.reshape(b, c, ho, wo)
