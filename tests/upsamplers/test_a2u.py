@@ -186,3 +186,16 @@ def test_learned_downsampling_errors():
         A2U(C, scale=3, learned_downsampling=True)
     with pytest.raises(ValueError, match=rf"\[B, {C}, H, W\]"):
         A2U(C, learned_downsampling=True).downsample(torch.randn(1, 8, 8, 8))
+
+
+def test_downsample_then_upsample_on_one_guide_computes_one_affinity(monkeypatch):
+    up = A2U(C, learned_downsampling=True)
+    calls = []
+    affinity = up._affinity
+    monkeypatch.setattr(up, "_affinity", lambda g: calls.append(g) or affinity(g))
+    guide = torch.randn(1, C, 8, 8)
+    up.downsample(guide)
+    up(torch.randn(1, C, 4, 4), guide=guide)
+    assert len(calls) == 1
+    up(torch.randn(1, C, 4, 4), guide=guide)  # nothing kept for a second forward
+    assert len(calls) == 2

@@ -50,7 +50,8 @@ class A2U(Upsampler):
     over ``(2K)^2`` (no sigmoid), and reduces ``G`` itself to ``[B, C_g, sH/2, sW/2]`` with
     :func:`uplab.ops.learned_downsample` over ``2K x 2K`` windows, as the released encoder does
     before each stride-2 step. The upsampling kernels of that affinity are kept for the next
-    :meth:`forward` with the same guide tensor, so the pair is computed once, as released.
+    :meth:`forward` with the same guide tensor (unless ``recompute``), so the pair is computed
+    once, as released.
 
     Departures from the release, none of which changes its published setting (``K = 3``,
     ``k = 6``, shared, one group, ×2), which the golden test reproduces to 1e-10:
