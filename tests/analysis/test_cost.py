@@ -78,7 +78,8 @@ NOT_REPRODUCED = {
     ("faster_rcnn_r50_fpn", "sapa_g", "sapa_readme"): "SAPA-B's +0.05M printed for SAPA-G",
     ("a2u_matting_r34", "sapa_g", "sapa_readme"): "SAPA-B's +0.04M printed for SAPA-G",
     ("segformer_b1", "a2u", "fade_readme"): "counts A2U's downsampling branch, unused there",
-    ("a2u_matting_r34", "a2u", "fade_readme"): "counts the encoder's A2U downsampling branches",
+    ("a2u_matting_r34", "a2u", "sapa_readme"): "counts A2U's blocks without their downsampling branch",
+    ("a2u_matting_r34", "a2u", "fade_readme"): "2.2K under the released blocks, downsampling included",
     ("a2u_matting_r34", "indexnet", "sapa_readme"): "twice the index blocks the forward runs",
     ("a2u_matting_r34", "indexnet", "fade_readme"): "twice the index blocks the forward runs",
 }

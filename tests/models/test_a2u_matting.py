@@ -110,3 +110,45 @@ def test_a_missing_or_foreign_encoder_checkpoint_is_an_error(tmp_path):
     wrong_shape["state_dict"]["module.mod2.block1.convs.bn1.bias"] = torch.zeros(32)
     with pytest.raises(WeightsError, match=r"layer1\.0\.conv1\.1\.bias \(32,\) vs \(64,\)"):
         A2UMattingEncoder(4).load_pretrained(wrong_shape)
+
+
+def a2u_row_model() -> DenseModel:
+    """The A2U row's model: the encoder downsamples with the decoder's A2U blocks."""
+    up = partial(build, "a2u", learned_downsampling=True)
+    return DenseModel(A2UMattingEncoder(4, learned_downsampling=True), A2UMattingDecoder, up, 1)
+
+
+def test_a2u_row_encoder_downsamples_with_the_decoders_a2u_kernels():
+    torch.manual_seed(0)
+    net = a2u_row_model().eval()
+    x = torch.randn(1, 4, 32, 32)
+    with torch.no_grad():
+        before = net.backbone(x)
+        # stage 2 of the decoder upsamples guided by e2, whose learned downsampling feeds layer 2
+        net.decoder.stages[1].up.downsample_weights.weight.normal_()
+        after = net.backbone(x)
+    unchanged, changed = [0, 1, 2, 3, 4], [5, 6, 7]  # x, e0, e1, s1, e2 | s2, e3, top
+    assert all(torch.equal(before[i], after[i]) for i in unchanged)
+    assert not any(torch.allclose(before[i], after[i]) for i in changed)
+    # the blocks are the decoder's: counted once, and trained by the decoder's loss
+    assert not any("downsample" in k for k in net.backbone.state_dict())
+    assert sum("downsample_weights" in k for k in net.state_dict()) == 8
+    net.train()
+    net(torch.randn(2, 4, 32, 32)).mean().backward()
+    assert all(s.up.downsample_weights.weight.grad.abs().sum() > 0 for s in net.decoder.stages)
+
+
+def test_other_rows_max_pool_and_have_no_downsampling_parameters():
+    net = a2u_matting("a2u")
+    assert not any("downsample" in k for k in net.state_dict())
+    x = torch.randn(1, 4, 32, 32)
+    features = net.backbone(x)
+    torch.testing.assert_close(features[2], torch.nn.functional.max_pool2d(features[1], 2))
+
+
+def test_learned_downsampling_needs_a2u_blocks_bound_from_the_decoder():
+    with pytest.raises(ValueError, match="upsampler.learned_downsampling=true"):
+        encoder = A2UMattingEncoder(4, learned_downsampling=True)
+        DenseModel(encoder, A2UMattingDecoder, partial(build, "bilinear"), 1)
+    with pytest.raises(ValueError, match="bind_decoder"):
+        A2UMattingEncoder(4, learned_downsampling=True)(torch.zeros(1, 4, 32, 32))

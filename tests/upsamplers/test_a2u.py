@@ -1,6 +1,7 @@
 """A2U beyond the golden case: normalised kernels at any scale and group count, reassembly through
 the shared carafe op, channel-wise encoding filters, samples kept apart in the batched encoding,
-the converter dropping the downsampling branch, and clear errors."""
+the converter dropping the downsampling branch (or keeping it), the learned downsampling against
+the released formula, and clear errors."""
 
 import pytest
 import torch
@@ -116,3 +117,85 @@ def test_registry_builds_the_paper_setting():
 def test_rejects_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         A2U(**kwargs)
+
+
+def released_down_up_kernels(up: A2U, guide: torch.Tensor):
+    """InterChannelUpDown.forward (shared filters, one group) sample by sample: the
+    downsampling kernels softmax(p_d * affinity) over 36 and the upsampling kernels
+    softmax(sigmoid(pixel_shuffle(p_u * affinity))) over 9, from one affinity map."""
+    n, c, h, w = guide.shape
+    pad = (up.encoder_kernel_size - 1) // 2
+    downs, ups = [], []
+    for i in range(n):
+        g = guide[i : i + 1]
+        encoded = []
+        for conv, norm in ((up.filter_u, up.norm_u), (up.filter_v, up.norm_v)):
+            f = conv(torch.nn.functional.adaptive_avg_pool2d(g, up.encoder_kernel_size))
+            e = torch.nn.functional.conv2d(
+                g[0].unsqueeze(1), f.view(1, 1, *f.shape[-2:]), stride=2, padding=pad
+            )
+            encoded.append(torch.nn.functional.leaky_relu(norm(e.view(1, c, h // 2, w // 2)), 0.01))
+        affinity = (encoded[0] * encoded[1]).sum(dim=1, keepdim=True) / c**0.5
+        pooled = torch.nn.functional.adaptive_avg_pool2d(g, 1)
+        p_d = up.downsample_weights(pooled).view(36, 1, 1, 1)
+        p_u = up.kernel_weights(pooled).view(36, 1, 1, 1)
+        downs.append(torch.softmax(torch.nn.functional.conv2d(affinity, p_d), dim=1))
+        shuffled = torch.nn.functional.pixel_shuffle(torch.nn.functional.conv2d(affinity, p_u), 2)
+        ups.append(torch.softmax(torch.sigmoid(shuffled), dim=1))
+    return torch.cat(downs), torch.cat(ups)
+
+
+def test_learned_downsampling_follows_the_release_from_the_affinity_of_the_upsampling():
+    from uplab.ops import learned_downsample
+
+    up = _randomise(A2U(C, learned_downsampling=True))
+    guide = torch.randn(2, C, 8, 12, dtype=torch.float64)
+    down_kernels, up_kernels = released_down_up_kernels(up, guide)
+    torch.testing.assert_close(up.downsample(guide), learned_downsample(guide, down_kernels, 6))
+    x = torch.randn(2, C, 4, 6, dtype=torch.float64)
+    expected = carafe_unfold(x, up_kernels, 3, 2)
+    # the kernels kept by downsample() for this guide, and those of a fresh forward
+    torch.testing.assert_close(up(x, guide), expected)
+    torch.testing.assert_close(up(x, guide.clone()), expected)
+
+
+def test_converter_keeps_the_downsampling_branch_when_asked():
+    donor = _randomise(A2U(C, learned_downsampling=True))
+    names = {
+        "norm_u": "bnu.0",
+        "norm_v": "bnv.0",
+        "filter_u": "bconv_U.1",
+        "filter_v": "bconv_V.1",
+        "kernel_weights": "bconv_UP.1",
+        "downsample_weights": "bconv_DP.1",
+    }
+    released = {}
+    for key, value in donor.state_dict().items():
+        module, param = key.split(".")
+        released[f"{names[module]}.{param}"] = value
+    up = load_official("BilinearModel.InterChannelUpDown", released, c=C, learned_downsampling=True)
+    assert torch.equal(up.downsample_weights.weight, released["bconv_DP.1.weight"])
+    guide = torch.randn(1, C, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(up.downsample(guide), donor.downsample(guide))
+
+
+def test_learned_downsampling_errors():
+    with pytest.raises(ValueError, match="learned_downsampling=True"):
+        A2U(C).downsample(torch.randn(1, C, 8, 8))
+    with pytest.raises(ValueError, match="scale=3"):
+        A2U(C, scale=3, learned_downsampling=True)
+    with pytest.raises(ValueError, match=rf"\[B, {C}, H, W\]"):
+        A2U(C, learned_downsampling=True).downsample(torch.randn(1, 8, 8, 8))
+
+
+def test_downsample_then_upsample_on_one_guide_computes_one_affinity(monkeypatch):
+    up = A2U(C, learned_downsampling=True)
+    calls = []
+    affinity = up._affinity
+    monkeypatch.setattr(up, "_affinity", lambda g: calls.append(g) or affinity(g))
+    guide = torch.randn(1, C, 8, 8)
+    up.downsample(guide)
+    up(torch.randn(1, C, 4, 4), guide=guide)
+    assert len(calls) == 1
+    up(torch.randn(1, C, 4, 4), guide=guide)  # nothing kept for a second forward
+    assert len(calls) == 2

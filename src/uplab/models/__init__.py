@@ -36,6 +36,9 @@ class DenseModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.decoder = decoder(in_channels=list(backbone.channels), upsampler=upsampler)
+        if hasattr(backbone, "bind_decoder"):
+            # an encoder that runs modules the decoder owns (A2U's learned downsampling)
+            backbone.bind_decoder(self.decoder)
         if not getattr(self.decoder, "provides_guide", True) and upsampler_is_guided(upsampler):
             raise ValueError(
                 f"the upsampler {getattr(upsampler, 'keywords', {}).get('name', upsampler)!r} needs "

@@ -8,6 +8,14 @@ of layers 2 and 3 a block that convolves *before* pooling, so the pre-pooling fe
 the encoder feature (``guide``) of the matching decoder stage. Decoder stage ``i``:
 ``up(x, guide=e_i) + shortcut_i(skip_i)`` then two residual 3x3 blocks.
 
+A2U's own row (dongdong93/a2u_matting ``scripts/resnet.py``, ``ResNet34DecoderLearning``) replaces
+the four poolings by A2U's learned downsampling: each pre-pooling feature is reduced by the A2U
+block whose upsampling kernels the matching decoder stage uses (one affinity map for both). Here
+the decoder owns those blocks (its upsamplers, built with ``learned_downsampling=True``) and the
+encoder, built with ``learned_downsampling=True``, runs their :meth:`~uplab.upsamplers.a2u.A2U.
+downsample` after :class:`uplab.models.DenseModel` binds the pair (:meth:`A2UMattingEncoder.
+bind_decoder`); their parameters are counted once, under the decoder.
+
 Normalisation: the release uses in-place activated batch norm (BN + leaky ReLU 0.01 in one
 module, ``inplace_abn.InPlaceABN``); here it is :class:`ActivatedBatchNorm`, a ``BatchNorm2d``
 subclass doing the same, so parameters, buffers and numbers match.
@@ -75,6 +83,10 @@ def init_like_release(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def _max_pool(x: torch.Tensor) -> torch.Tensor:
+    return F.max_pool2d(x, 2, 2)
+
+
 def _conv_bn(inp: int, oup: int, k: int, stride: int = 1, act: bool = True) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(inp, oup, k, stride, padding=k // 2, bias=False), ActivatedBatchNorm(oup, act)
@@ -96,10 +108,14 @@ class ResidualBlock(nn.Module):
         if inp != oup or pool_inside:
             self.proj = _conv_bn(inp, oup, 1, stride=2 if pool_inside else 1, act=False)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, pool: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """``pool``: the ×1/2 step of a ``pool_inside`` block (default 2x2 max-pool)."""
         residual = x if self.proj is None else self.proj(x)
         pre_pool = self.conv1(x)
-        y = F.max_pool2d(pre_pool, 2, 2) if self.pool_inside else pre_pool
+        if self.pool_inside:
+            y = _max_pool(pre_pool) if pool is None else pool(pre_pool)
+        else:
+            y = pre_pool
         out = F.leaky_relu(self.conv2(y) + residual, _SLOPE)
         return (out, pre_pool) if self.pool_inside else out
 
@@ -144,6 +160,10 @@ class A2UMattingEncoder(nn.Module):
         checkpoint: path of the release's ImageNet ResNet-34 (:data:`RELEASE_RESNET34_URL`),
             loaded after the release's initialisation (:meth:`load_pretrained`); None keeps
             the initialisation (an encoder trained from scratch, which no paper row does).
+        learned_downsampling: replace the four 2x2 max-pools (after the stem, before layer 1,
+            inside the first blocks of layers 2 and 3) by A2U's learned downsampling with the
+            decoder's A2U blocks (A2U's row); the encoder runs once :meth:`bind_decoder` has
+            given it those blocks.
     """
 
     def __init__(
@@ -151,9 +171,13 @@ class A2UMattingEncoder(nn.Module):
         in_chans: int = 4,
         structure: Sequence[int] = (3, 4, 4),
         checkpoint: str | os.PathLike | None = None,
+        learned_downsampling: bool = False,
     ):
         super().__init__()
         self.in_chans = in_chans
+        self.learned_downsampling = learned_downsampling
+        # the decoder modules that reduce e0, e1, e2, e3 (not registered: the decoder owns them)
+        self._downsamplers: tuple[Callable[[torch.Tensor], torch.Tensor], ...] | None = None
         self.stem = _conv_bn(in_chans, 64, 7)
         self.layer1 = nn.Sequential(*(ResidualBlock(64, 64) for _ in range(structure[0])))
         self.down2 = ResidualBlock(64, 128, pool_inside=True)
@@ -184,18 +208,37 @@ class A2UMattingEncoder(nn.Module):
         state, past_structure = convert_release_resnet34(checkpoint, self.state_dict())
         load_strict(self, state, source, dropped=past_structure)
 
+    def bind_decoder(self, decoder: nn.Module) -> None:
+        """Take the decoder's A2U blocks for the learned downsampling (a no-op without it): the
+        ``downsample`` of the upsamplers guided by ``e0, e1, e2, e3``
+        (:meth:`A2UMattingDecoder.downsamplers`). :class:`uplab.models.DenseModel` calls it."""
+        if self.learned_downsampling:
+            self._downsamplers = tuple(decoder.downsamplers())
+
+    def _pools(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], ...]:
+        if not self.learned_downsampling:
+            return (_max_pool,) * 4
+        if self._downsamplers is None:
+            raise ValueError(
+                "A2UMattingEncoder(learned_downsampling=True) downsamples with the decoder's A2U "
+                "blocks, and none are bound: build the pair with uplab.models.DenseModel, or call "
+                "encoder.bind_decoder(decoder) first"
+            )
+        return self._downsamplers
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != self.in_chans or x.shape[-2] % 16 or x.shape[-1] % 16:
             raise ValueError(
                 f"A2UMattingEncoder: expected [B, {self.in_chans}, H, W] with H and W multiples "
                 f"of 16 (output stride 16), got {tuple(x.shape)}"
             )
+        pool0, pool1, pool2, pool3 = self._pools()
         e0 = self.stem(x)
-        e1 = F.max_pool2d(e0, 2, 2)
-        s1 = self.layer1(F.max_pool2d(e1, 2, 2))
-        y, e2 = self.down2(s1)
+        e1 = pool0(e0)
+        s1 = self.layer1(pool1(e1))
+        y, e2 = self.down2(s1, pool=pool2)
         s2 = self.layer2(y)
-        y, e3 = self.down3(s2)
+        y, e3 = self.down3(s2, pool=pool3)
         return [x, e0, e1, s1, e2, s2, e3, self.layer3(y)]
 
 
@@ -326,6 +369,26 @@ class A2UMattingDecoder(nn.Module):
         self.pred = nn.Sequential(*_conv_bn(32, 1, 3), nn.Conv2d(1, 1, 3, padding=1, bias=False))
         self.out_channels = 1
         init_like_release(self)
+
+    def downsamplers(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """The learned downsampling of the upsamplers guided by ``e0, e1, e2, e3`` (stages 4 to
+        1), for :meth:`A2UMattingEncoder.bind_decoder`.
+
+        Raises:
+            ValueError: an upsampler without a downsampling branch.
+        """
+        ups = [stage.up for stage in reversed(self.stages)]
+        lacking = sorted(
+            {type(up).__name__ for up in ups if not getattr(up, "learned_downsampling", False)}
+        )
+        if lacking:
+            raise ValueError(
+                f"A2UMattingEncoder(learned_downsampling=True) downsamples with the decoder's "
+                f"upsamplers, but {', '.join(lacking)} has no downsampling branch: use "
+                "upsampler=a2u with upsampler.learned_downsampling=true, or the encoder's "
+                "learned_downsampling=false"
+            )
+        return [up.downsample for up in ups]
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         x, e0, e1, s1, e2, s2, e3, top = features
