@@ -13,10 +13,13 @@ from omegaconf import OmegaConf
 from uplab.analysis import records as rec
 
 ROOT = Path(__file__).parents[2]
-spec = importlib.util.spec_from_file_location("reproduce_table", ROOT / "scripts" / "reproduce_table.py")
-rt = importlib.util.module_from_spec(spec)
-sys.modules["reproduce_table"] = rt
-spec.loader.exec_module(rt)
+if "reproduce_table" in sys.modules:  # one module object per process: --jobs pickles its functions by name
+    rt = sys.modules["reproduce_table"]
+else:
+    spec = importlib.util.spec_from_file_location("reproduce_table", ROOT / "scripts" / "reproduce_table.py")
+    rt = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce_table"] = rt
+    spec.loader.exec_module(rt)
 
 FIXTURE = ROOT / "tests" / "fixtures" / "results" / "toy"
 TINY = {
