@@ -44,8 +44,10 @@ import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -192,6 +194,38 @@ def is_done(run: Run) -> bool:
     return json.loads(key.read_text()).get("overrides") == list(run.overrides)
 
 
+# the signals a scheduler stops a run with: submitit's preemption/timeout signal (USR2; its
+# handler requeues the job and exits), Lightning's SLURM requeue (USR1), and TERM
+DEFERRED_SIGNALS = {signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM}
+
+
+@contextmanager
+def signals_deferred(signals=DEFERRED_SIGNALS):
+    """Hold :data:`DEFERRED_SIGNALS` back until the block ends, then hand each one that came to
+    the handler it had. A handler that exits (submitit's requeue) in the middle of composing a
+    config leaves OmegaConf's nodes half built, and the error that follows would be recorded as
+    the run's failure instead of the requeue the signal asked for. (Python runs handlers in the
+    main thread whichever thread the signal reached, so the handlers are swapped, not masked.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be set from the main thread, the only one they run in
+        return
+    pending: list[int] = []
+    previous = {s: signal.getsignal(s) for s in signals}
+    for s in signals:
+        signal.signal(s, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for signum in pending:
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
+
+
 def train_run(run: Run, resume: bool = False) -> str:
     """Train one run in this process; returns its status: ``finished``, ``failed`` (the error
     goes to ``failed.json``) or what its record says instead (``diverged``, ``not_evaluated``).
@@ -206,9 +240,10 @@ def train_run(run: Run, resume: bool = False) -> str:
         {"table": run.table, "task": run.task, "row": run.row, "seed": run.seed, "overrides": list(run.overrides)},
     )
     try:
-        cfg = compose_run(run, resume)
-        (run.run_dir / ".hydra").mkdir(exist_ok=True)
-        OmegaConf.save(cfg, run.run_dir / ".hydra" / "config.yaml")
+        with signals_deferred():
+            cfg = compose_run(run, resume)
+            (run.run_dir / ".hydra").mkdir(exist_ok=True)
+            OmegaConf.save(cfg, run.run_dir / ".hydra" / "config.yaml")
         train(cfg)
     except Exception as err:  # noqa: BLE001  a failed run is a table cell, not the end of the grid
         rec.write_failure(run.run_dir, err, traceback.format_exc())

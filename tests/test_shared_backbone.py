@@ -1,6 +1,5 @@
 """uplab.shared_backbone: a table's stage 0 trains one backbone per task, every row loads it frozen."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -12,13 +11,9 @@ from uplab import shared_backbone as sb
 from uplab.analysis import records as rec
 
 ROOT = Path(__file__).parents[1]
-if "reproduce_table" in sys.modules:  # one module object per process: --jobs pickles its functions by name
-    rt = sys.modules["reproduce_table"]
-else:
-    spec = importlib.util.spec_from_file_location("reproduce_table", ROOT / "scripts" / "reproduce_table.py")
-    rt = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce_table"] = rt
-    spec.loader.exec_module(rt)
+# imported by name, one module object per process: --jobs pickles its worker functions by name
+sys.path.insert(0, str(ROOT / "scripts"))
+import reproduce_table as rt  # noqa: E402
 
 TABLE = {
     "name": "probe",

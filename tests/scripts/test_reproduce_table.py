@@ -1,7 +1,6 @@
 """scripts/reproduce_table.py: grid planning, resume (complete runs skipped, the rest redone),
 failed runs shown in the table, the paper tables' configs, and one tiny end-to-end grid."""
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -13,13 +12,9 @@ from omegaconf import OmegaConf
 from uplab.analysis import records as rec
 
 ROOT = Path(__file__).parents[2]
-if "reproduce_table" in sys.modules:  # one module object per process: --jobs pickles its functions by name
-    rt = sys.modules["reproduce_table"]
-else:
-    spec = importlib.util.spec_from_file_location("reproduce_table", ROOT / "scripts" / "reproduce_table.py")
-    rt = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce_table"] = rt
-    spec.loader.exec_module(rt)
+# imported by name, one module object per process: --jobs pickles its worker functions by name
+sys.path.insert(0, str(ROOT / "scripts"))
+import reproduce_table as rt  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "results" / "toy"
 TINY = {
@@ -340,6 +335,38 @@ def test_grid_runs_as_submitit_jobs_and_a_preempted_job_is_requeued_with_resume(
     assert isinstance(requeued.function, rt.TableJob) and requeued.function.resume
     assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").resume is True  # what the requeued job ran
     assert (tmp_path / "out/tables/tiny.md").is_file()
+
+
+def test_a_preemption_signal_while_the_config_is_composed_arrives_after_it(tmp_path, monkeypatch):
+    """submitit's requeue handler exits the process; landing inside Hydra's compose it left
+    OmegaConf half built and the run was recorded as failed instead of requeued."""
+    import os
+    import signal
+
+    delivered, seen_inside = [], []
+
+    class Requeued(BaseException):  # as submitit's sys.exit: not an Exception
+        pass
+
+    def handler(signum, frame):
+        delivered.append(signum)
+        raise Requeued
+
+    def compose(run, resume):
+        os.kill(os.getpid(), signal.SIGUSR2)
+        seen_inside.append(list(delivered))
+        return OmegaConf.create({"x": 1})
+
+    previous = signal.signal(signal.SIGUSR2, handler)
+    try:
+        monkeypatch.setattr(rt, "compose_run", compose)
+        run = rt.plan_runs(rt.load_table(write_table(tmp_path)), tmp_path / "runs")[0]
+        with pytest.raises(Requeued):
+            rt.train_run(run)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert seen_inside == [[]] and delivered == [signal.SIGUSR2]
+    assert not (run.run_dir / rec.FAILURE_FILE).exists()
 
 
 def test_toy_table_pairs_three_seeds_and_its_claims_name_its_rows_and_metrics():

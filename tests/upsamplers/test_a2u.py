@@ -60,15 +60,19 @@ def test_samples_do_not_mix_in_the_batched_encoding():
         torch.testing.assert_close(batched[i : i + 1], up.kernels(guide[i : i + 1]))
 
 
+# uplab's A2U module names -> the released A2U block's (dongdong93/a2u_matting)
+RELEASED_NAMES = {
+    "norm_u": "bnu.0",
+    "norm_v": "bnv.0",
+    "filter_u": "bconv_U.1",
+    "filter_v": "bconv_V.1",
+    "kernel_weights": "bconv_UP.1",
+}
+
+
 def test_converter_drops_the_downsampling_branch():
     donor = A2U(C, kernel_size=3, encoder_kernel_size=4)
-    names = {
-        "norm_u": "bnu.0",
-        "norm_v": "bnv.0",
-        "filter_u": "bconv_U.1",
-        "filter_v": "bconv_V.1",
-        "kernel_weights": "bconv_UP.1",
-    }
+    names = RELEASED_NAMES
     released = {}
     for key, value in donor.state_dict().items():
         module, param = key.split(".")
@@ -161,14 +165,7 @@ def test_learned_downsampling_follows_the_release_from_the_affinity_of_the_upsam
 
 def test_converter_keeps_the_downsampling_branch_when_asked():
     donor = _randomise(A2U(C, learned_downsampling=True))
-    names = {
-        "norm_u": "bnu.0",
-        "norm_v": "bnv.0",
-        "filter_u": "bconv_U.1",
-        "filter_v": "bconv_V.1",
-        "kernel_weights": "bconv_UP.1",
-        "downsample_weights": "bconv_DP.1",
-    }
+    names = {**RELEASED_NAMES, "downsample_weights": "bconv_DP.1"}
     released = {}
     for key, value in donor.state_dict().items():
         module, param = key.split(".")
