@@ -40,19 +40,20 @@ from uplab.models.backbones import TimmBackbone
 
 
 def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of a task model's backbone as :class:`TimmBackbone` holds it (keys
-    ``model.*``): the ``backbone`` of a :class:`uplab.models.DenseModel`, or the timm ``body`` a
-    Faster R-CNN (:func:`uplab.models.detection.build_faster_rcnn`) took out of its TimmBackbone.
+    """The ``state_dict`` of a task model's timm feature extractor, in timm's key names (what
+    :meth:`TimmBackbone.load_checkpoint` loads): the ``backbone.model`` of a
+    :class:`uplab.models.DenseModel`, or the timm ``body`` a Faster R-CNN
+    (:func:`uplab.models.detection.build_faster_rcnn`) took out of its TimmBackbone.
 
     Raises:
         ValueError: the model has neither.
     """
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, TimmBackbone):
-        return backbone.state_dict()
+        return backbone.model.state_dict()
     body = getattr(backbone, "body", None)
     if isinstance(body, nn.Module):
-        return {f"model.{k}": v for k, v in body.state_dict().items()}
+        return body.state_dict()
     raise ValueError(
         f"{type(model).__name__} has no TimmBackbone (model.backbone) nor a detector body "
         "(model.backbone.body) to save; a shared backbone needs one of the two"
@@ -103,12 +104,18 @@ def _baseline_overrides(task_spec: DictConfig) -> list[str]:
     return [f"upsampler={baseline}"]
 
 
+# the saved file's layout (2: timm's key names); in the digest, so a file of another layout is
+# trained again rather than loaded
+FILE_FORMAT = 2
+
+
 def plan(spec: DictConfig, runs_dir: Path, tasks: Sequence[str] | None = None) -> list[BackboneRun]:
     """The stage-0 runs of a table (none without a ``shared_backbone`` section): per task, the
     table's overrides, the task's, its baseline row's, the section's ``overrides``, the callback
     that saves the backbone, and the section's ``seed``.
 
-    The checkpoint's file name holds a digest of the other overrides, so a changed stage 0 also
+    The checkpoint's file name holds a digest of the other overrides (and of
+    :data:`FILE_FORMAT`), so a changed stage 0 also
     changes the overrides of every row that loads it (:func:`freeze_rows`), and a table run
     again redoes those rows instead of keeping ones trained on another backbone.
     """
@@ -127,7 +134,8 @@ def plan(spec: DictConfig, runs_dir: Path, tasks: Sequence[str] | None = None) -
                 *stage.get("overrides", []),
             )
         ]
-        digest = hashlib.sha256("\n".join([*schedule, f"seed={seed}"]).encode()).hexdigest()[:12]
+        key = [*schedule, f"seed={seed}", f"format={FILE_FORMAT}"]
+        digest = hashlib.sha256("\n".join(key).encode()).hexdigest()[:12]
         checkpoint = run_dir / f"backbone-{digest}.pt"
         save = (
             f"+callbacks.save_backbone={{_target_:{SaveBackbone.__module__}.{SaveBackbone.__name__},"

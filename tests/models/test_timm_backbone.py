@@ -52,7 +52,7 @@ def test_checkpoint_loads_and_frozen_backbone_neither_trains_nor_updates_statist
         for p in trained.parameters():
             p.add_(0.1 * torch.randn_like(p))
     trained(torch.randn(4, 3, 32, 32) * 3 + 1)  # train mode: running statistics move
-    torch.save(trained.state_dict(), tmp_path / "backbone.pt")
+    torch.save(trained.model.state_dict(), tmp_path / "backbone.pt")
     trained.eval()
     x = torch.randn(2, 3, 32, 32)
     expected = trained(x)
@@ -69,6 +69,6 @@ def test_checkpoint_loads_and_frozen_backbone_neither_trains_nor_updates_statist
 def test_checkpoint_that_is_missing_or_does_not_fit_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no weights file at .*missing\.pt.*shared backbone"):
         TimmBackbone("test_resnet", checkpoint=tmp_path / "missing.pt")
-    torch.save(TimmBackbone("test_resnet", in_chans=4).state_dict(), tmp_path / "rgbt.pt")
+    torch.save(TimmBackbone("test_resnet", in_chans=4).model.state_dict(), tmp_path / "rgbt.pt")
     with pytest.raises(WeightsError, match=r"rgbt\.pt does not fit .*conv1\.0\.weight \(16, 4, 3, 3\) vs \(16, 3, 3, 3\)"):
         TimmBackbone("test_resnet", checkpoint=tmp_path / "rgbt.pt")

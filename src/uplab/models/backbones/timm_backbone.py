@@ -34,9 +34,8 @@ class TimmBackbone(nn.Module):
             stem convolution and BatchNorm affine weights.
         checkpoint: path of a state dict in timm's key names for ``name``, loaded strictly
             (:meth:`load_checkpoint`): torchvision's ImageNet ResNet files name their tensors as
-            timm's ResNet does (``reference/weights.yaml``, ``torchvision_resnet50``); a
-            backbone's own ``state_dict()`` (keys ``model.*``) loads too, e.g. the shared backbone
-            a probe table trains once per task (:mod:`uplab.shared_backbone`).
+            timm's ResNet does (``reference/weights.yaml``, ``torchvision_resnet50``), and
+            :mod:`uplab.shared_backbone` saves a probe table's shared backbone in these names.
         frozen: nothing in the backbone trains: every parameter has ``requires_grad=False`` and
             BatchNorm becomes ``FrozenBatchNorm2d`` (eval-mode statistics whatever the module's
             mode, also when a detector takes the timm model out of this wrapper). The frozen-
@@ -122,8 +121,6 @@ class TimmBackbone(nn.Module):
             checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if isinstance(checkpoint.get("state_dict"), Mapping):
             checkpoint = checkpoint["state_dict"]
-        if checkpoint and all(k.startswith("model.") for k in checkpoint):  # this wrapper's own
-            checkpoint = {k.removeprefix("model."): v for k, v in checkpoint.items()}
         with torch.device("meta"):  # the whole architecture's key names, without memory
             whole = timm.create_model(self.name, in_chans=self.in_chans).state_dict()
         built = self.model.state_dict()
